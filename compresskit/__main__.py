@@ -1,0 +1,3 @@
+from compresskit.cli.main import main
+
+main()

@@ -1,0 +1,25 @@
+"""Errors that reach the user as one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class CompressKitError(Exception):
+    """A problem with the user's input: names what is wrong and how to fix it.
+
+    The CLI prints the message on one line and exits with code 2; the Python API lets it
+    propagate. Internal bugs are any other exception.
+
+    >>> raise CompressKitError("policy passes[2].ratio: 1.3 is not in (0, 1)")
+    Traceback (most recent call last):
+    ...
+    compresskit.errors.CompressKitError: policy passes[2].ratio: 1.3 is not in (0, 1)
+    """
+
+
+class MissingDependencyError(CompressKitError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package: pip install 'compresskit[{extra}]'"
+        )

@@ -1,0 +1,103 @@
+"""Fold constant subgraphs of a QDQ ONNX file so weights are stored as int8.
+
+The legacy exporter writes ``QuantizeLinear(float weight)`` and the bias chain
+``Div -> Round -> Cast`` on initializers. Every node whose inputs are all constant,
+except DequantizeLinear (``DQ(int8 constant)`` is exactly what ORT's QDQ fusions look
+for), is evaluated with ``onnx.reference`` and replaced by its result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_NEVER_FOLD = {"DequantizeLinear"}
+
+
+def _evaluate(node: Any, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" for k in range(len(node.input))]
+    single = helper.make_node(
+        node.op_type,
+        [name if source else "" for name, source in zip(names, node.input, strict=True)],
+        [f"o{k}" for k in range(len(node.output))],
+        domain=node.domain,
+    )
+    single.attribute.extend(node.attribute)
+    present = [
+        (name, value)
+        for name, value, source in zip(names, inputs, node.input, strict=True)
+        if source and value is not None
+    ]
+    graph = helper.make_graph(
+        [single],
+        "fold",
+        [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for n, v in present
+        ],
+        [
+            helper.make_tensor_value_info(f"o{k}", TensorProto.UNDEFINED, None)
+            for k in range(len(node.output))
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return list(ReferenceEvaluator(model).run(None, dict(present)))
+
+
+def fold_constants(model: Any) -> int:
+    """Fold constant nodes of ``model`` (an onnx.ModelProto) in place; returns how many."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    origin: dict[str, str] = {}  # folded tensor -> the parameter it was computed from
+    parameters = set(constants)
+    kept, folded = [], 0
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            continue
+        if (
+            node.op_type in _NEVER_FOLD
+            or node.domain not in ("", "ai.onnx")
+            or not all((not name) or name in constants for name in node.input)
+        ):
+            kept.append(node)
+            continue
+        outputs = _evaluate(node, [constants[n] if n else None for n in node.input], opset)
+        first = node.input[0] if node.input else ""
+        for name, value in zip(node.output, outputs, strict=False):
+            constants[name] = np.asarray(value)
+            if first in parameters or first in origin:
+                origin[name] = origin.get(first, first)
+        folded += 1
+    # Readable names: DQ(x) where x was folded from parameter P becomes "P_quantized".
+    rename: dict[str, str] = {}
+    for node in kept:
+        source = node.input[0] if node.input else ""
+        if node.op_type == "DequantizeLinear" and source in origin and source not in rename:
+            new = origin[source] + "_quantized"
+            if new not in constants:
+                rename[source] = new
+    for old, new in rename.items():
+        constants[new] = constants.pop(old)
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(
+        numpy_helper.from_array(constants[name], name) for name in sorted(used) if name in constants
+    )
+    value_info = [v for v in graph.value_info if v.name not in constants]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    return folded

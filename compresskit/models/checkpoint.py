@@ -1,0 +1,162 @@
+"""Saving compressed models so they reload with their new shapes, without pickled code.
+
+The file holds plain data (loadable with ``torch.load(weights_only=True)``): where the
+architecture comes from, the structure that differs from a fresh build (widths, swapped
+module classes, shortened layer lists) and the state dict. Reloading rebuilds the
+architecture, replays the structure and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "compresskit-model"
+FORMAT_VERSION = 1
+
+# Attributes that describe a layer's size; restored before the weights are loaded.
+SIZE_ATTRIBUTES = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
+    "num_embeddings",
+    "embedding_dim",
+)
+
+# Classes our passes swap in (e.g. quantized conv); only these may be named in a file.
+_RESTORABLE: dict[str, type[nn.Module]] = {}
+
+ModuleT = type[nn.Module]
+
+
+def restorable(cls: ModuleT) -> ModuleT:
+    """Class decorator: allow ``cls`` to be swapped in when a saved model is restored.
+
+    The class must provide ``restore_structure(module, attrs)`` as a classmethod that
+    turns a freshly built float module into an empty instance of ``cls``.
+    """
+    _RESTORABLE[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def _qualname(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Class, size attributes and list lengths of every module."""
+    structure: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        entry: dict[str, Any] = {"class": _qualname(module)}
+        attrs = {a: getattr(module, a) for a in SIZE_ATTRIBUTES if hasattr(module, a)}
+        extra = getattr(module, "structure_attributes", None)
+        if callable(extra):
+            attrs.update(extra())
+        if attrs:
+            entry["attrs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+        if isinstance(module, nn.ModuleList | nn.Sequential):
+            entry["length"] = len(module)
+        structure[name] = entry
+    return structure
+
+
+def save_model(model: nn.Module, path: Path, *, source: dict[str, Any]) -> None:
+    """Write ``model`` atomically to ``path`` with the recipe to rebuild it."""
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "source": source,
+        "structure": describe_structure(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save(payload, tmp.name)
+    os.replace(tmp.name, path)
+
+
+def is_saved_model(obj: object) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def restore_model(payload: dict[str, Any], build: Callable[[], nn.Module]) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` from a fresh ``build()``."""
+    model = build()
+    structure: dict[str, dict[str, Any]] = payload["structure"]
+    _apply_structure(model, structure)
+    state = payload["state_dict"]
+    _resize_to(model, state)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> None:
+    # Shorten layer lists first (depth pruning), then swap classes and sizes.
+    for name, entry in structure.items():
+        length = entry.get("length")
+        if length is None:
+            continue
+        container = model.get_submodule(name) if name else model
+        while isinstance(container, nn.ModuleList | nn.Sequential) and len(container) > length:
+            del container[len(container) - 1]
+    modules = dict(model.named_modules())
+    for name, entry in structure.items():
+        module = modules.get(name)
+        if module is None:
+            continue
+        attrs = entry.get("attrs", {})
+        if entry["class"] == _qualname(nn.Identity()) and not isinstance(module, nn.Identity):
+            _set_submodule(model, name, nn.Identity())  # folded or fused away
+            continue
+        if _qualname(module) != entry["class"]:
+            cls = _RESTORABLE.get(entry["class"])
+            if cls is None:
+                raise ValueError(
+                    f"module {name!r} was saved as {entry['class']}, which a fresh build does "
+                    f"not make ({_qualname(module)}) and compresskit cannot restore"
+                )
+            cls.restore_structure(module, attrs)  # type: ignore[attr-defined]
+        for attr, value in attrs.items():
+            if attr in SIZE_ATTRIBUTES and hasattr(module, attr):
+                current = getattr(module, attr)
+                setattr(module, attr, tuple(value) if isinstance(current, tuple) else value)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every parameter and buffer the shape it has in ``state`` (values come later)."""
+    for key, value in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name) if owner_name else model
+        except AttributeError:
+            continue  # load_state_dict(strict=True) names it
+        current = getattr(owner, attr, None)
+        if current is None and attr in owner._parameters:  # e.g. a bias added by BN folding
+            setattr(owner, attr, nn.Parameter(torch.empty(value.shape, dtype=value.dtype)))
+            continue
+        if not isinstance(current, torch.Tensor) or current.shape == value.shape:
+            continue
+        empty = torch.empty(value.shape, dtype=current.dtype)
+        if isinstance(current, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(empty, requires_grad=current.requires_grad))
+        else:
+            owner.register_buffer(attr, empty)

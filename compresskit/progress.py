@@ -1,0 +1,41 @@
+"""Progress and status lines on stderr, so stdout stays for results."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True, highlight=False)
+
+
+def quiet() -> bool:
+    return os.environ.get("COMPRESSKIT_QUIET", "") not in ("", "0")
+
+
+def status(message: str) -> None:
+    """One line of what is happening now."""
+    if not quiet():
+        console.print(f"[dim]·[/dim] {message}")
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Progress]:
+    """A bar with a task 0 of ``total`` steps; transient on a terminal, silent when quiet."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet() or not sys.stderr.isatty(),
+    )
+    with progress:
+        progress.add_task(description, total=total, info="")
+        yield progress

@@ -1,0 +1,299 @@
+"""Fake-quant conv and linear layers that export to ONNX QDQ and fuse into int8 kernels.
+
+The scheme is the one ONNX Runtime's x86 QDQ fusions accept on AVX2 without VNNI:
+
+* activations: per tensor, uint8, affine (0..255)
+* weights: per output channel, int8, symmetric (zero point 0, |q| <= 127)
+* bias: int32 with scale ``s_in * s_w[c]`` (exported as an int32 DequantizeLinear)
+
+Layers are converted in place by swapping ``__class__`` (like ``torch.ao.nn.qat``), so
+module and parameter names stay the same and teachers, hooks and counters still match.
+
+Each quant layer has a mode: ``float`` (quantizers bypassed), ``calib`` (observers record
+min/max) and ``quant`` (fake quant with straight-through gradients, usable for QAT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from compresskit.models.checkpoint import restorable
+
+Mode = Literal["float", "calib", "quant"]
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class ActQuant(nn.Module):
+    """Per-tensor uint8 affine fake quantizer with a min/max observer.
+
+    ``enabled=False`` makes it an identity: the producer already quantized this tensor,
+    and a second Q/DQ pair would only cost time. ``tied_to`` (not a submodule) makes it
+    copy a producer's parameters at freeze time, so ``DQ -> MaxPool -> Q`` pairs have equal
+    parameters and ONNX Runtime can drop them.
+    """
+
+    quant_min, quant_max = 0, 255
+
+    def __init__(self, *, force_zero_point_zero: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+        self.mode: Mode = "float"
+        self.enabled = True
+        self.force_zero_point_zero = force_zero_point_zero  # after a fused ReLU
+        self.tied_to: ActQuant | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "tied_to":  # a reference, not a child: no duplicate state-dict entries
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        self.min_val.copy_(torch.minimum(self.min_val, x.detach().min()))
+        self.max_val.copy_(torch.maximum(self.max_val, x.detach().max()))
+
+    @torch.no_grad()
+    def freeze_(self) -> None:
+        """Fix scale and zero point from the observed range (or the tied producer)."""
+        if self.tied_to is not None:
+            self.scale.copy_(self.tied_to.scale)
+            self.zero_point.copy_(self.tied_to.zero_point)
+            return
+        if not torch.isfinite(self.min_val):
+            raise RuntimeError("activation observer saw no data; run calibration first")
+        low = torch.clamp(self.min_val, max=0.0)
+        high = torch.clamp(self.max_val, min=0.0)
+        if self.force_zero_point_zero:
+            low = torch.zeros_like(low)
+        scale = torch.clamp((high - low) / (self.quant_max - self.quant_min), min=1e-8)
+        zero_point = torch.clamp(
+            torch.round(self.quant_min - low / scale), self.quant_min, self.quant_max
+        )
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point.to(torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.mode == "float":
+            return x
+        if self.mode == "calib":
+            self.observe(x)
+            return x
+        return torch.fake_quantize_per_tensor_affine(
+            x, self.scale, self.zero_point, self.quant_min, self.quant_max
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"enabled={self.enabled}, mode={self.mode}, scale={float(self.scale):.4g}, "
+            f"zero_point={int(self.zero_point)}, tied={self.tied_to is not None}"
+        )
+
+
+class _BiasFakeQuantInt32(torch.autograd.Function):
+    """int32 bias fake quant; exports as Div -> Round -> Cast -> DequantizeLinear, and the
+    chain on initializers is folded to an int32 initializer after export."""
+
+    @staticmethod
+    def forward(ctx: Any, bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(bias / scale), INT32_MIN, INT32_MAX) * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None  # straight-through
+
+    @staticmethod
+    def symbolic(g: Any, bias: Any, scale: Any) -> Any:
+        q = g.op("Cast", g.op("Round", g.op("Div", bias, scale)), to_i=6)  # INT32
+        zero = g.op("Constant", value_t=torch.zeros(1, dtype=torch.int32))
+        zero = g.op("Expand", zero, g.op("Shape", scale))
+        return g.op("DequantizeLinear", q, scale, zero, axis_i=0)
+
+
+def weight_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-output-channel int8 scale: max |w| / 127."""
+    return torch.clamp(weight.detach().abs().flatten(1).amax(dim=1) / 127.0, min=1e-8)
+
+
+class _QuantMixin:
+    """What QuantConv2d and QuantLinear share; mixed in before the float class."""
+
+    # The ONNX fake-quant symbolic only takes (-128, 127); with scale max|w|/127 the value
+    # -128 never occurs, so numerics equal a symmetric -127..127 range.
+    weight_qmin, weight_qmax = -128, 127
+    requires_legacy_export = True  # fake quant exports through the TorchScript exporter
+    is_quantized = True
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    act_in: ActQuant
+    act_out: ActQuant
+    w_scale: torch.Tensor
+    w_zero_point: torch.Tensor
+    fused_relu: bool
+    mode: Mode
+    training: bool
+
+    def _init_quant(self, *, fused_relu: bool = False) -> None:
+        module: Any = self
+        nn.Module.__setattr__(module, "fused_relu", bool(fused_relu))
+        module.act_in = ActQuant()
+        module.act_out = ActQuant(force_zero_point_zero=fused_relu)
+        module.register_buffer("w_scale", weight_scale(self.weight))
+        module.register_buffer("w_zero_point", torch.zeros(self.weight.shape[0], dtype=torch.int32))
+        self.mode = "float"
+
+    @classmethod
+    def restore_structure(cls, module: nn.Module, attrs: dict[str, Any]) -> None:
+        """Turn a freshly built float layer into a quant layer ready for a state dict."""
+        module.__class__ = cls
+        quant: Any = module
+        quant._init_quant(fused_relu=bool(attrs.get("fused_relu", False)))
+        quant.act_in.enabled = bool(attrs.get("act_in_enabled", True))
+        set_mode(module, attrs.get("mode", "quant"))
+
+    def structure_attributes(self) -> dict[str, Any]:
+        return {
+            "fused_relu": self.fused_relu,
+            "act_in_enabled": self.act_in.enabled,
+            "mode": self.mode,
+        }
+
+    def set_fused_relu(self, flag: bool = True) -> None:
+        self.fused_relu = flag
+        self.act_out.force_zero_point_zero = flag
+
+    @torch.no_grad()
+    def freeze_(self) -> None:
+        self.w_scale.copy_(weight_scale(self.weight))
+
+    def _fake_quant_weight(self) -> torch.Tensor:
+        if self.training:  # QAT: scales follow the weights as they move
+            with torch.no_grad():
+                self.w_scale.copy_(weight_scale(self.weight))
+        return torch.fake_quantize_per_channel_affine(
+            self.weight, self.w_scale, self.w_zero_point, 0, self.weight_qmin, self.weight_qmax
+        )
+
+    def _fake_quant_bias(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        # A disabled act_in copied its producer's scale at freeze time.
+        return _BiasFakeQuantInt32.apply(self.bias, self.act_in.scale * self.w_scale)  # type: ignore[no-any-return]
+
+    def _quant_forward(
+        self,
+        x: torch.Tensor,
+        op: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    ) -> torch.Tensor:
+        if self.mode == "quant":
+            y = op(self.act_in(x), self._fake_quant_weight(), self._fake_quant_bias())
+        else:
+            if self.mode == "calib":
+                self.act_in(x)
+            y = op(x, self.weight, self.bias)
+        if self.fused_relu:
+            y = F.relu(y)
+        return self.act_out(y)
+
+
+@restorable
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """A Conv2d with int8 fake quant; ``QuantConv2d.convert_(conv)`` converts in place."""
+
+    @classmethod
+    def convert_(cls, module: nn.Conv2d, *, fused_relu: bool = False) -> QuantConv2d:
+        if module.padding_mode != "zeros":
+            raise ValueError(f"padding_mode {module.padding_mode!r} cannot be quantized")
+        module.__class__ = cls
+        quant: QuantConv2d = module  # type: ignore[assignment]
+        quant._init_quant(fused_relu=fused_relu)
+        return quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quant_forward(x, self._conv_forward)
+
+
+@restorable
+class QuantLinear(_QuantMixin, nn.Linear):
+    """A Linear with int8 fake quant. Inputs are flattened to 2-D so export always gives
+    Gemm (fused by ORT into QGemm with the int32 bias); an N-D MatMul + Add would put the
+    Add between the MatMul and its output quantizer."""
+
+    @classmethod
+    def convert_(cls, module: nn.Linear, *, fused_relu: bool = False) -> QuantLinear:
+        module.__class__ = cls
+        quant: QuantLinear = module  # type: ignore[assignment]
+        quant._init_quant(fused_relu=fused_relu)
+        return quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leading = x.shape[:-1]
+        if x.dim() != 2:
+            x = x.reshape(-1, self.in_features)
+        y = self._quant_forward(x, F.linear)
+        if len(leading) != 1:
+            y = y.reshape(*leading, self.out_features)
+        return y
+
+
+QUANT_TYPES = (QuantConv2d, QuantLinear)
+
+
+def quant_layers(model: nn.Module) -> list[QuantConv2d | QuantLinear]:
+    return [m for m in model.modules() if isinstance(m, QUANT_TYPES)]
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(quant_layers(model))
+
+
+def set_mode(model: nn.Module, mode: Mode) -> None:
+    """Set every quant layer (or the one given) and its quantizers to ``mode``."""
+    layers = [model] if isinstance(model, QUANT_TYPES) else quant_layers(model)
+    for layer in layers:
+        layer.mode = mode
+        layer.act_in.mode = mode
+        layer.act_out.mode = mode
+
+
+@torch.no_grad()
+def freeze_(model: nn.Module) -> None:
+    """Fix all scales: own observers first, then the tied quantizers copy theirs."""
+    layers = quant_layers(model)
+    for layer in layers:
+        layer.freeze_()
+        for quantizer in (layer.act_in, layer.act_out):
+            if quantizer.tied_to is None and quantizer.enabled:
+                quantizer.freeze_()
+    for layer in layers:
+        for quantizer in (layer.act_in, layer.act_out):
+            if quantizer.tied_to is not None:
+                quantizer.freeze_()
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> int:
+    """Observe activation ranges on ``batches``, freeze scales, switch to ``quant``.
+
+    Returns the number of samples seen.
+    """
+    was_training = model.training
+    model.eval()
+    set_mode(model, "calib")
+    seen = 0
+    for inputs, *_ in batches:
+        model(inputs)
+        seen += len(inputs)
+    freeze_(model)
+    set_mode(model, "quant")
+    model.train(was_training)
+    return seen

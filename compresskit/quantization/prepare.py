@@ -1,0 +1,196 @@
+"""Prepare a float model for int8: fold BatchNorm, convert layers, fuse ReLU, link quantizers.
+
+torch.fx is used only to *find* patterns by module name (conv -> bn, conv/linear -> relu,
+which quant layer feeds which); the edits happen in the user's own module tree, so its
+class and ``forward`` stay untouched and the model keeps its names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.nn import functional as F
+
+from compresskit.quantization.modules import QUANT_TYPES, QuantConv2d, QuantLinear
+
+# Ops that keep a quantized tensor on the same (scale, zero point) grid.
+_TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten, nn.ReLU)
+_TRANSPARENT_FUNCTIONS = {torch.flatten, F.max_pool2d, F.relu, torch.relu, F.dropout}
+_TRANSPARENT_METHODS = {"view", "reshape", "flatten", "contiguous", "relu"}
+
+
+@dataclass
+class Preparation:
+    """What :func:`prepare` did, for the report."""
+
+    quantized: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    traced: bool = True
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold eval-mode BatchNorm statistics into the conv's weight and bias."""
+    std = torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    factor = gamma / std
+    conv.weight.mul_(factor.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)  # type: ignore[arg-type]
+    folded = (bias - bn.running_mean) * factor + beta
+    if conv.bias is None:
+        conv.bias = nn.Parameter(folded)
+    else:
+        conv.bias.copy_(folded)
+
+
+class _Graph:
+    def __init__(self, model: nn.Module) -> None:
+        self.graph_module = fx.symbolic_trace(model)
+        self.modules = dict(model.named_modules())
+        self.calls = Counter(
+            n.target for n in self.graph_module.graph.nodes if n.op == "call_module"
+        )
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        return self.modules.get(str(node.target)) if node.op == "call_module" else None
+
+    def transparent(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.module(node), _TRANSPARENT_MODULES)
+        if node.op == "call_function":
+            return node.target in _TRANSPARENT_FUNCTIONS
+        return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
+
+
+def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparation:
+    """Convert ``model`` in place for int8; layers matching ``exclude`` stay float."""
+    exclude = exclude or []
+    result = Preparation()
+    model.eval()
+    try:
+        graph: _Graph | None = _Graph(model)
+    except Exception as error:  # dynamic control flow and the like
+        result.traced = False
+        result.notes.append(
+            f"torch.fx could not trace the model ({type(error).__name__}); BatchNorm is not "
+            "folded and ReLU not fused, so more ops stay float"
+        )
+        graph = None
+    relu_plan = _fold_and_plan(model, graph, result) if graph else {}
+    for name, module in list(model.named_modules()):
+        if type(module) not in (nn.Conv2d, nn.Linear):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+            result.excluded.append(name)
+            continue
+        if type(module) is nn.Conv2d:
+            QuantConv2d.convert_(module)  # type: ignore[arg-type]
+        else:
+            QuantLinear.convert_(module)  # type: ignore[arg-type]
+        result.quantized.append(name)
+    if graph is not None:
+        for producer_name, relu_name in relu_plan.items():
+            producer = model.get_submodule(producer_name)
+            if not isinstance(producer, QUANT_TYPES):
+                continue
+            producer.set_fused_relu(True)
+            if graph.calls[relu_name] == 1:
+                set_submodule(model, relu_name, nn.Identity())
+            # A shared ReLU module (ResNet's self.relu) stays: on a fused output it is a no-op.
+        _link_quantizers(graph, model, result)
+    return result
+
+
+def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict[str, str]:
+    """Fold conv -> bn pairs; return {producer: relu} pairs to fuse after conversion."""
+    nodes = list(graph.graph_module.graph.nodes)
+    folded: set[str] = set()
+    for node in nodes:
+        bn = graph.module(node)
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        conv = graph.module(source) if isinstance(source, fx.Node) else None
+        if type(conv) is not nn.Conv2d or not isinstance(source, fx.Node):
+            result.notes.append(f"{node.target}: BatchNorm not after a Conv2d, left in float")
+            continue
+        if (
+            len(source.users) != 1
+            or graph.calls[source.target] != 1
+            or graph.calls[node.target] != 1
+        ):
+            result.notes.append(f"{node.target}: conv output or module shared, not folded")
+            continue
+        fold_batchnorm(conv, bn)
+        set_submodule(model, str(node.target), nn.Identity())
+        folded.add(str(node.target))
+    plan: dict[str, str] = {}
+    for node in nodes:
+        if not isinstance(graph.module(node), nn.ReLU):
+            continue
+        source = node.args[0]
+        if isinstance(source, fx.Node) and source.op == "call_module" and source.target in folded:
+            if len(source.users) != 1:
+                continue
+            source = source.args[0]
+        producer = graph.module(source) if isinstance(source, fx.Node) else None
+        if (
+            isinstance(source, fx.Node)
+            and type(producer) in (nn.Conv2d, nn.Linear)
+            and len(source.users) == 1
+            and graph.calls[source.target] == 1
+        ):
+            plan[str(source.target)] = str(node.target)
+    if folded:
+        result.notes.append(f"folded {len(folded)} BatchNorm layers into their convs")
+    return plan
+
+
+def _link_quantizers(graph: _Graph, model: nn.Module, result: Preparation) -> None:
+    """Consumer input quantizer := producer output quantizer when only grid-preserving
+    ops lie between: a direct edge disables the consumer's (no Q-DQ-Q-DQ), a MaxPool or
+    reshape between ties their parameters (ORT drops the DQ -> op -> Q pair)."""
+    modules = graph.modules = dict(model.named_modules())  # after folding and fusing
+    quant_names = {n for n, m in modules.items() if isinstance(m, QUANT_TYPES)}
+    for node in graph.graph_module.graph.nodes:
+        if (
+            node.op != "call_module"
+            or node.target not in quant_names
+            or graph.calls[node.target] != 1
+        ):
+            continue
+        source, hops = node.args[0], 0
+        while (
+            isinstance(source, fx.Node)
+            and graph.transparent(source)
+            and source.target not in quant_names
+        ):
+            if not isinstance(graph.module(source), nn.Identity | nn.Dropout):
+                hops += 1
+            source = source.args[0]
+        if not (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and source.target in quant_names
+            and graph.calls[source.target] == 1
+        ):
+            continue
+        producer = modules[str(source.target)]
+        consumer = modules[str(node.target)]
+        assert isinstance(producer, QUANT_TYPES) and isinstance(consumer, QUANT_TYPES)
+        consumer.act_in.tied_to = producer.act_out
+        if hops == 0:
+            consumer.act_in.enabled = False

@@ -1,0 +1,87 @@
+"""The contract every registered pass must keep (in the spirit of NNCF's template tests)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from compresskit.context import Context
+from compresskit.export.onnx import export_onnx, needs_legacy_exporter
+from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
+from compresskit.passes import registered_passes
+from compresskit.policies.loader import dump_config
+from compresskit.training.loop import TrainConfig
+
+# Small but real settings per pass, so the contract runs in seconds.
+SETTINGS = {
+    "prune_channels": {"ratio": 0.5},
+    "distill": {"train": TrainConfig(epochs=1, batch_size=64).model_dump()},
+    "quantize": {"calibration_batches": 2},
+}
+BUILTIN = [name for name in registered_passes() if not name.startswith("test_")]
+
+
+def test_every_builtin_pass_has_contract_settings() -> None:
+    assert set(BUILTIN) == set(SETTINGS)
+
+
+@pytest.fixture(params=BUILTIN)
+def pass_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def make(pass_name: str):
+    cls = registered_passes()[pass_name]
+    return cls(cls.config_cls.model_validate(SETTINGS[pass_name]))
+
+
+def apply(pass_name: str, model: torch.nn.Module, tiny, seed: int = 0) -> torch.nn.Module:
+    ctx = Context(
+        data=tiny,
+        teacher=copy.deepcopy(model).eval(),
+        example_inputs=tiny.example_inputs(2),
+        seed=seed,
+    )
+    torch.manual_seed(seed)
+    return make(pass_name).apply(copy.deepcopy(model), ctx)
+
+
+def test_config_round_trips_through_yaml(pass_name: str) -> None:
+    config = make(pass_name).config
+    again = type(config).model_validate(yaml.safe_load(yaml.safe_dump(dump_config(config))))
+    assert again == config
+
+
+def test_apply_is_deterministic_and_keeps_output_shape(
+    pass_name: str, trained_tiny_cnn, tiny
+) -> None:
+    x = tiny.example_inputs(8)[0]
+    first = apply(pass_name, trained_tiny_cnn, tiny)
+    second = apply(pass_name, trained_tiny_cnn, tiny)
+    with torch.no_grad():
+        out_first, out_second = first.eval()(x), second.eval()(x)
+        assert out_first.shape == trained_tiny_cnn(x).shape
+    torch.testing.assert_close(out_first, out_second)
+
+
+def test_result_exports_and_onnx_runtime_matches_torch(
+    pass_name: str, trained_tiny_cnn, tiny, tmp_path: Path
+) -> None:
+    model = apply(pass_name, trained_tiny_cnn, tiny)
+    result = export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
+    loader = tiny.loader("eval", batch_size=64)
+    reference = torch_outputs(model, loader)
+    tolerance, min_agreement = parity_tolerance(needs_legacy_exporter(model), reference)
+    parity = compare(
+        reference,
+        onnx_outputs(result.path, loader),
+        tolerance=tolerance,
+        min_agreement=min_agreement,
+    )
+    assert parity.ok, parity
+    assert np.isfinite(parity.max_abs_error)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compresskit.context import Context
+from compresskit.errors import CompressKitError
+from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.pipeline import Pipeline, run_pipeline
+from compresskit.testing import TinyCNN
+
+
+class ScaleConfig(PassConfig):
+    factor: float = 2.0
+
+
+@register_pass("test_scale_head")
+class ScaleHead(Pass[ScaleConfig]):
+    """Multiplies the classifier weights in place: a leak across branches would show."""
+
+    config_cls = ScaleConfig
+    stage = Stage.TRAINING
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        with torch.no_grad():
+            model.head.weight.mul_(self.config.factor)
+        ctx.record(factor=self.config.factor)
+        return model
+
+
+@pytest.fixture
+def ctx(tiny) -> Context:
+    return Context(data=tiny, teacher=None, example_inputs=tiny.example_inputs(2))
+
+
+def test_branches_get_their_own_copies(ctx: Context) -> None:
+    model = TinyCNN()
+    original = model.head.weight.detach().clone()
+    pipeline = (
+        Pipeline()
+        .add("double", ScaleHead(ScaleConfig(factor=2.0)))
+        .add("then-triple", ScaleHead(ScaleConfig(factor=3.0)), after="double")
+        .add("then-halve", ScaleHead(ScaleConfig(factor=0.5)), after="double")
+        .add("alone", ScaleHead(ScaleConfig(factor=5.0)))
+    )
+    candidates = {c.name: c for c in run_pipeline(pipeline, model, ctx)}
+    assert list(candidates) == ["then-triple", "then-halve", "alone"]
+    torch.testing.assert_close(model.head.weight, original)  # the input is untouched
+    for name, factor in [("then-triple", 6.0), ("then-halve", 1.0), ("alone", 5.0)]:
+        torch.testing.assert_close(candidates[name].model.head.weight, original * factor)
+    assert [n.id for n in candidates["then-halve"].nodes] == ["double", "then-halve"]
+    assert candidates["alone"].nodes[0].records == {"factor": 5.0}
+
+
+def test_add_rejects_a_bad_node_and_keeps_the_graph() -> None:
+    pipeline = Pipeline().add("a", ScaleHead(ScaleConfig()))
+    with pytest.raises(CompressKitError, match="'missing' is not a node id"):
+        pipeline.add("b", ScaleHead(ScaleConfig()), after="missing")
+    assert [n.id for n in pipeline] == ["a"]
+
+
+def test_data_needs_are_checked_before_running(tiny) -> None:
+    from torch.utils.data import TensorDataset
+
+    from compresskit.passes.quantize import Quantize, QuantizeConfig
+
+    empty = TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    ctx = Context(
+        data=type(tiny)(**{**vars(tiny), "calibration": empty}),
+        teacher=None,
+        example_inputs=tiny.example_inputs(2),
+    )
+    pipeline = Pipeline().add("q", Quantize(QuantizeConfig()))
+    with pytest.raises(CompressKitError, match="needs calibration data"):
+        run_pipeline(pipeline, TinyCNN(), ctx)
