@@ -177,7 +177,13 @@ def _evaluate(
         if name != "baseline":
             save_model(model, directory / "model.pt", source=loaded.source)
             files["model"] = f"{name}/model.pt"
-        exported = export_onnx(model, example, directory / "model.onnx", exporter=exporter)
+        exported = export_onnx(
+            model,
+            example,
+            directory / "model.onnx",
+            exporter=exporter,
+            dynamic_sequence=bundle.dynamic_sequence,
+        )
         files["onnx"] = f"{name}/model.onnx"
         onnx_paths[name] = exported.path
         reference = torch_outputs(model, eval_loader)
@@ -208,7 +214,7 @@ def _evaluate(
         if not parity.ok:
             status(f"[red]{name}: ONNX Runtime disagrees with torch[/red] ({parity})")
 
-    skipped = _measure_latency(policy, entries, models, onnx_paths, example[0], latency_seconds)
+    skipped = _measure_latency(policy, entries, models, onnx_paths, example, latency_seconds)
     baseline, *rest = entries
     for entry in rest:
         entry.verdict = _verdict(entry, baseline, policy)
@@ -241,7 +247,7 @@ def _measure_latency(
     entries: list[Entry],
     models: list[tuple[str, nn.Module, Any]],
     onnx_paths: dict[str, Path],
-    sample: torch.Tensor,
+    sample: tuple[torch.Tensor, ...],
     seconds: float,
 ) -> dict[str, str]:
     skipped: dict[str, str] = {}

@@ -52,45 +52,48 @@ def onnx_session(path: Path, target: Target):  # -> onnxruntime.InferenceSession
     return ort.InferenceSession(str(path), options, providers=[target.provider])
 
 
-def batch_of(sample: torch.Tensor, batch: int) -> torch.Tensor:
-    """``batch`` real samples, cycling through ``sample`` if it has fewer."""
-    reps = -(-batch // sample.shape[0])
-    return sample.repeat(reps, *([1] * (sample.dim() - 1)))[:batch].contiguous()
+def batch_of(sample: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, ...]:
+    """``batch`` real samples of every input, cycling through ``sample`` if it has fewer."""
+    reps = -(-batch // sample[0].shape[0])
+    return tuple(x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous() for x in sample)
 
 
 def measure(
     target: Target,
-    sample: torch.Tensor,
+    sample: tuple[torch.Tensor, ...],
     *,
     onnx_path: Path | None = None,
     model: nn.Module | None = None,
     max_seconds: float = 1.0,
 ) -> list[Latency]:
     """Latency at each of the target's batch sizes (ONNX file for ORT, module for torch)."""
+    if target.runtime == "onnxruntime" and onnx_path is None:
+        raise ValueError(f"target {target.name} measures an ONNX file; none given")
+    if target.runtime == "torch" and model is None:
+        raise ValueError(f"target {target.name} measures a torch module; none given")
+    session = onnx_session(onnx_path, target) if onnx_path is not None else None
     results = []
-    runner: Callable[[], object]
-    session = (
-        onnx_session(onnx_path, target) if target.runtime == "onnxruntime" and onnx_path else None
-    )
     for batch in target.batch_sizes:
-        x = batch_of(sample, batch)
-        if session is not None:
-            feed = {session.get_inputs()[0].name: x.numpy()}
+        inputs = batch_of(sample, batch)
+        runner: Callable[[], object]
+        if target.runtime == "onnxruntime":
+            assert session is not None
+            names = [i.name for i in session.get_inputs()]
+            feed = {name: x.numpy() for name, x in zip(names, inputs, strict=True)}
 
-            def runner(feed=feed) -> object:  # type: ignore[misc]
+            def runner(feed: dict[str, np.ndarray] = feed) -> object:
+                assert session is not None
                 return session.run(None, feed)
-        elif target.runtime == "torch" and model is not None:
+        else:
+            assert model is not None
             device = torch.device(target.provider)
             module = model.to(device).eval()
-            x = x.to(device)
+            on_device = tuple(x.to(device) for x in inputs)
 
-            def runner(module=module, x=x) -> object:  # type: ignore[misc]
+            def runner(module: nn.Module = module, args: tuple = on_device) -> object:
                 with torch.inference_mode():
-                    return module(x)
-        else:
-            raise ValueError(
-                f"target {target.name} needs {'an ONNX file' if session is None else 'a model'}"
-            )
+                    return module(*args)
+
         threads = torch.get_num_threads()
         if target.runtime == "torch" and target.threads:
             torch.set_num_threads(target.threads)

@@ -143,11 +143,11 @@ def bench(
     model: Path, targets: tuple[str, ...], batch: str, json_out: Path | None, seconds: float
 ) -> None:
     """Measure the latency of an ONNX MODEL on targets."""
-    import numpy as np
     import onnx
     import torch
 
     from compresskit.bench.latency import measure
+    from compresskit.export.kernels import sample_feed
     from compresskit.export.targets import load_target, target_available
 
     try:
@@ -158,11 +158,8 @@ def bench(
         raise CompressKitError(f"--batch {batch!r}: give positive integers like 1,8,32") from None
     if model.suffix != ".onnx":
         raise CompressKitError(f"{model}: bench takes an .onnx file (export it first)")
-    graph_input = onnx.load(str(model), load_external_data=False).graph.input[0]
-    dims = [d.dim_value or 1 for d in graph_input.type.tensor_type.shape.dim][1:]
-    sample = torch.from_numpy(
-        np.random.default_rng(0).standard_normal((1, *dims)).astype(np.float32)
-    )
+    graph = onnx.load(str(model), load_external_data=False)
+    sample = tuple(torch.from_numpy(x) for x in sample_feed(graph, batch=1).values())
     rows = []
     for name in targets:
         target = load_target(name).model_copy(update={"batch_sizes": sizes})

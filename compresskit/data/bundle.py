@@ -15,6 +15,8 @@ Split = Literal["train", "val", "calibration", "eval"]
 class DataBundle:
     """Calibration, training, validation and evaluation splits of one classification task.
 
+    Each split yields ``(*inputs, label)`` batches; the model is called as ``model(*inputs)``.
+
     ``eval`` is a fixed hold-out (it does not move with the seed, so runs compare) that
     reports use and training never sees; ``val`` (carved from the training data) is what
     training passes select checkpoints on. The seed picks the calibration subset and the
@@ -26,12 +28,14 @@ class DataBundle:
 
     name: str
     num_classes: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # of the first input, without the batch axis
     train: Dataset
     val: Dataset
     calibration: Dataset
     eval: Dataset
     seed: int = 0
+    # Inputs whose second axis varies too (token ids and masks of text models).
+    dynamic_sequence: bool = False
 
     def loader(self, split: Split, *, batch_size: int = 64, shuffle: bool = False) -> DataLoader:
         """A loader over one split; shuffling is seeded by the bundle's seed."""
@@ -45,9 +49,11 @@ class DataBundle:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
     def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
-        """A real batch from the calibration split, used for tracing and export."""
-        x = next(iter(self.loader("calibration", batch_size=batch_size)))[0]
-        return (x,)
+        """A real batch from the calibration split, used for tracing and export.
+
+        Every split yields ``(*inputs, label)``; this returns ``inputs``."""
+        *inputs, _ = next(iter(self.loader("calibration", batch_size=batch_size)))
+        return tuple(inputs)
 
 
 def tensor_dataset(x: torch.Tensor, y: torch.Tensor) -> TensorDataset:

@@ -41,7 +41,7 @@ class KernelReport:
     nodes: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
-def _sample_feed(model: Any, *, batch: int = 1, sequence: int = 16) -> dict[str, np.ndarray]:
+def sample_feed(model: Any, *, batch: int = 1, sequence: int = 16) -> dict[str, np.ndarray]:
     """A feed for every graph input: random floats, ones for integer inputs (token ids,
     masks); symbolic dims are ``batch`` first and ``sequence`` after."""
     from onnx import helper
@@ -122,7 +122,7 @@ def kernel_report(path: Path, *, threads: int = 1) -> KernelReport:
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(str(optimized_path))
-    shapes = _runtime_shapes(optimized, _sample_feed(optimized))
+    shapes = _runtime_shapes(optimized, sample_feed(optimized))
     nodes = []
     ops: dict[str, int] = {}
     for node in optimized.graph.node:

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -51,8 +51,10 @@ def export_onnx(
     *,
     exporter: Exporter = "auto",
     opset: int = DEFAULT_OPSET,
+    dynamic_sequence: bool = False,
 ) -> ExportResult:
-    """Write ``model`` to ``path`` (atomically) with a dynamic batch axis."""
+    """Write ``model`` to ``path`` (atomically) with a dynamic batch axis, and a dynamic
+    second axis on every input when ``dynamic_sequence`` (token ids, masks)."""
     model = model.eval()
     start = time.perf_counter()
     fallback_reason = None
@@ -68,7 +70,7 @@ def export_onnx(
     try:
         if chosen == "dynamo":
             try:
-                _export_dynamo(model, example_inputs, tmp, opset)
+                _export_dynamo(model, example_inputs, tmp, opset, dynamic_sequence)
             except Exception as error:
                 if exporter == "dynamo":
                     raise CompressKitError(
@@ -79,7 +81,7 @@ def export_onnx(
                 chosen = "legacy"
         if chosen == "legacy":
             try:
-                _export_legacy(model, example_inputs, tmp, min(opset, 17))
+                _export_legacy(model, example_inputs, tmp, min(opset, 17), dynamic_sequence)
             except Exception as error:
                 raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
         _finish(tmp)
@@ -113,10 +115,17 @@ def _first_line(error: BaseException) -> str:
 
 
 def _export_dynamo(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path, opset: int
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    dynamic_sequence: bool,
 ) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+    axes: dict[int, Any] = {0: batch}
+    if dynamic_sequence:
+        axes[1] = torch.export.Dim("sequence", min=2, max=8192)
+    dynamic_shapes = tuple(dict(axes) for _ in example_inputs)
     # At least two samples so the exporter does not specialise the batch axis to 1.
     inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
     onnx_logger = logging.getLogger("torch.onnx")
@@ -140,10 +149,16 @@ def _export_dynamo(
 
 
 def _export_legacy(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path, opset: int
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    dynamic_sequence: bool,
 ) -> None:
     names = _input_names(len(example_inputs))
-    axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]}
+    input_axes = {0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"}
+    axes: dict[str, dict[int, str]] = {name: dict(input_axes) for name in names}
+    axes[OUTPUT_NAME] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -30,7 +30,7 @@ class Parity:
 
 
 def onnx_outputs(path: Path, loader: DataLoader, *, threads: int = 0) -> np.ndarray:
-    """ORT CPU outputs of the first model output over all batches of ``loader``."""
+    """ORT CPU outputs (the first graph output) over ``(*inputs, label)`` batches."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -38,14 +38,19 @@ def onnx_outputs(path: Path, loader: DataLoader, *, threads: int = 0) -> np.ndar
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x.numpy()})[0] for x, *_ in loader])
+    names = [i.name for i in session.get_inputs()]
+    outputs = []
+    for *inputs, _ in loader:
+        feed = {name: x.numpy() for name, x in zip(names, inputs, strict=True)}
+        outputs.append(session.run(None, feed)[0])
+    return np.concatenate(outputs)
 
 
 @torch.no_grad()
 def torch_outputs(model: nn.Module, loader: DataLoader) -> np.ndarray:
+    """torch outputs over ``(*inputs, label)`` batches."""
     model.eval()
-    return np.concatenate([model(x).numpy() for x, *_ in loader])
+    return np.concatenate([model(*inputs).numpy() for *inputs, _ in loader])
 
 
 def compare(

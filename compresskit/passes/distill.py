@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
-from compresskit.training.loop import TrainConfig, train
+from compresskit.training.loop import Inputs, TrainConfig, train
 
 
 class DistillConfig(PassConfig):
@@ -55,13 +55,13 @@ class Distill(Pass[DistillConfig]):
             )
         config = self.config
 
-        def loss_fn(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            logits = student(x)
+        def loss_fn(student: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
+            logits = student(*inputs)
             loss = config.alpha * F.cross_entropy(logits, y) if config.alpha > 0 else 0.0
             if config.alpha < 1:
                 assert teacher is not None
                 with torch.no_grad():
-                    target = teacher(x)
+                    target = teacher(*inputs)
                 if target.shape != logits.shape:
                     raise CompressKitError(
                         f"distill: teacher outputs {tuple(target.shape)} but the student "

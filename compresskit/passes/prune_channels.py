@@ -99,7 +99,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             try:
                 pruner = tp.pruner.MetaPruner(
                     model,
-                    example_inputs=ctx.example_inputs[0],
+                    example_inputs=ctx.example_inputs,
                     importance=importance,
                     pruning_ratio=config.ratio,
                     global_pruning=config.global_ranking,

@@ -15,7 +15,7 @@ min/max) and ``quant`` (fake quant with straight-through gradients, usable for Q
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -281,8 +281,9 @@ def freeze_(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def calibrate_(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> int:
-    """Observe activation ranges on ``batches``, freeze scales, switch to ``quant``.
+def calibrate_(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> int:
+    """Observe activation ranges on ``(*inputs, label)`` batches, freeze scales, then
+    switch to ``quant``.
 
     Returns the number of samples seen.
     """
@@ -290,9 +291,9 @@ def calibrate_(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) ->
     model.eval()
     set_mode(model, "calib")
     seen = 0
-    for inputs, *_ in batches:
-        model(inputs)
-        seen += len(inputs)
+    for *inputs, _ in batches:
+        model(*inputs)
+        seen += len(inputs[0])
     freeze_(model)
     set_mode(model, "quant")
     model.train(was_training)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,8 +20,9 @@ from torch import nn
 from compresskit.data.bundle import DataBundle
 from compresskit.progress import progress_bar, status
 
-# (model, inputs, labels) -> scalar loss
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Inputs = tuple[torch.Tensor, ...]
+# (model, inputs, labels) -> scalar loss; the model is called as model(*inputs)
+LossFn = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
 
 
 class TrainConfig(BaseModel):
@@ -60,20 +61,18 @@ class TrainHistory:
         }
 
 
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(model(x), y)
+def cross_entropy(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(*inputs), y)
 
 
 @torch.no_grad()
-def evaluate_accuracy(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> float:
-    """Top-1 accuracy of ``model`` over labelled batches."""
+def evaluate_accuracy(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> float:
+    """Top-1 accuracy of ``model`` over ``(*inputs, label)`` batches."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(dim=-1) == y).sum())
+    for *inputs, y in batches:
+        correct += int((model(*inputs).argmax(dim=-1) == y).sum())
         total += len(y)
     model.train(was_training)
     return correct / max(total, 1)
@@ -112,8 +111,8 @@ def train(
         for epoch in range(config.epochs):
             model.train()
             total_loss, batches = 0.0, 0
-            for x, y in loader:
-                loss = loss_fn(model, x, y)
+            for *inputs, y in loader:
+                loss = loss_fn(model, tuple(inputs), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip is not None:
