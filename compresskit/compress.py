@@ -51,7 +51,7 @@ class RunResult:
 
 
 def run(
-    policy: Policy | str | Path = "default",
+    policy: Policy | Pipeline | str | Path = "default",
     *,
     model: LoadedModel | nn.Module | str | Path | None = None,
     data: DataBundle | str | None = None,
@@ -60,13 +60,17 @@ def run(
     exporter: Exporter = "auto",
     latency_seconds: float = 1.0,
 ) -> RunResult:
-    """Compress ``model`` with ``policy`` and measure every candidate against it.
+    """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
+    :class:`Pipeline` built in code) and measure every candidate against the baseline.
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
     """
     started = time.perf_counter()
-    policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    if isinstance(policy, Pipeline):
+        policy = policy.to_policy()
+    elif not isinstance(policy, Policy):
+        policy = load_policy(policy)
     pipeline = Pipeline.from_policy(policy, where=f"policy {policy.name}")
     loaded = _loaded(model)
     bundle = _bundle(data, loaded, seed)

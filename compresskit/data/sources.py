@@ -101,13 +101,19 @@ def _npz(path: Path, seed: int, calibration_size: int) -> DataBundle:
         )
     x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32))
     y = torch.from_numpy(np.asarray(arrays["y"]).astype(np.int64))
-    eval_split = {}
+    x_eval = y_eval = None
     if {"x_eval", "y_eval"} <= set(arrays.files):
-        eval_split = {
-            "x_eval": torch.from_numpy(np.asarray(arrays["x_eval"], dtype=np.float32)),
-            "y_eval": torch.from_numpy(np.asarray(arrays["y_eval"]).astype(np.int64)),
-        }
-    return split(x, y, name=path.stem, seed=seed, calibration_size=calibration_size, **eval_split)
+        x_eval = torch.from_numpy(np.asarray(arrays["x_eval"], dtype=np.float32))
+        y_eval = torch.from_numpy(np.asarray(arrays["y_eval"]).astype(np.int64))
+    return split(
+        x,
+        y,
+        name=path.stem,
+        seed=seed,
+        calibration_size=calibration_size,
+        x_eval=x_eval,
+        y_eval=y_eval,
+    )
 
 
 def _factory(spec: str, seed: int) -> DataBundle:

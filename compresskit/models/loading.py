@@ -60,7 +60,7 @@ def load_model(
     obj = _read(path, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):
         return LoadedModel(obj.eval(), {"kind": "pickle", "path": str(path)})
-    if is_saved_model(obj):
+    if isinstance(obj, dict) and is_saved_model(obj):
         return _restore(obj, path, arch=arch)
     state = _state_dict_of(obj, path)
     if arch is None:

@@ -53,7 +53,7 @@ def prunable_widths(model: nn.Module) -> dict[str, int]:
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
     """The last linear layer: its outputs are the classes and must keep their count."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1:]
 
 

@@ -75,6 +75,17 @@ class Pipeline:
             raise CompressKitError(f"{where}: {error}") from None
         return pipeline
 
+    def to_policy(self, name: str = "pipeline", **fields: Any) -> Policy:
+        """The policy that builds this pipeline (``fields``: targets, batch_sizes, budget...)."""
+        from compresskit.policies.loader import dump_config
+        from compresskit.policies.schema import NodeSpec, Policy
+
+        nodes = [
+            NodeSpec(id=n.id, pass_=n.pass_.name, after=n.after, config=dump_config(n.pass_.config))
+            for n in self.nodes
+        ]
+        return Policy(version=1, name=name, nodes=nodes, **fields)
+
     # -- structure -------------------------------------------------------------------
 
     def validate(self) -> None:

@@ -71,7 +71,7 @@ def policy_json_schema() -> dict[str, Any]:
                 f"Node_{name}",
                 __base__=_Strict,
                 id=(Annotated[str, Field(pattern=NODE_ID_PATTERN)], ...),
-                pass_=(Literal[name], Field(alias="pass")),  # type: ignore[valid-type]
+                pass_=(Literal[name], Field(alias="pass")),  # type: ignore[valid-type,arg-type]
                 after=(str | None, None),
                 config=(cls.config_cls, Field(default_factory=cls.config_cls)),
             )

@@ -38,6 +38,10 @@ class ActQuant(nn.Module):
     """
 
     quant_min, quant_max = 0, 255
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(self, *, force_zero_point_zero: bool = False) -> None:
         super().__init__()
@@ -132,8 +136,8 @@ class _QuantMixin:
     requires_legacy_export = True  # fake quant exports through the TorchScript exporter
     is_quantized = True
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: torch.Tensor
+    bias: torch.Tensor | None
     act_in: ActQuant
     act_out: ActQuant
     w_scale: torch.Tensor
@@ -144,7 +148,7 @@ class _QuantMixin:
 
     def _init_quant(self, *, fused_relu: bool = False) -> None:
         module: Any = self
-        nn.Module.__setattr__(module, "fused_relu", bool(fused_relu))
+        object.__setattr__(module, "fused_relu", bool(fused_relu))
         module.act_in = ActQuant()
         module.act_out = ActQuant(force_zero_point_zero=fused_relu)
         module.register_buffer("w_scale", weight_scale(self.weight))
@@ -154,8 +158,8 @@ class _QuantMixin:
     @classmethod
     def restore_structure(cls, module: nn.Module, attrs: dict[str, Any]) -> None:
         """Turn a freshly built float layer into a quant layer ready for a state dict."""
-        module.__class__ = cls
         quant: Any = module
+        quant.__class__ = cls
         quant._init_quant(fused_relu=bool(attrs.get("fused_relu", False)))
         quant.act_in.enabled = bool(attrs.get("act_in_enabled", True))
         set_mode(module, attrs.get("mode", "quant"))
@@ -187,7 +191,8 @@ class _QuantMixin:
         if self.bias is None:
             return None
         # A disabled act_in copied its producer's scale at freeze time.
-        return _BiasFakeQuantInt32.apply(self.bias, self.act_in.scale * self.w_scale)  # type: ignore[no-any-return]
+        scale: torch.Tensor = self.act_in.scale * self.w_scale
+        return _BiasFakeQuantInt32.apply(self.bias, scale)  # type: ignore[no-any-return]
 
     def _quant_forward(
         self,
@@ -223,7 +228,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
 
 @restorable
-class QuantLinear(_QuantMixin, nn.Linear):
+class QuantLinear(_QuantMixin, nn.Linear):  # type: ignore[misc]  # bias: Tensor vs Tensor | None
     """A Linear with int8 fake quant. Inputs are flattened to 2-D so export always gives
     Gemm (fused by ORT into QGemm with the int32 bias); an N-D MatMul + Add would put the
     Add between the MatMul and its output quantizer."""

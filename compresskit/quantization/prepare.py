@@ -43,12 +43,13 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 @torch.no_grad()
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold eval-mode BatchNorm statistics into the conv's weight and bias."""
-    std = torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+    assert bn.running_var is not None and bn.running_mean is not None
+    std = torch.sqrt(bn.running_var + bn.eps)
     gamma = bn.weight if bn.affine else torch.ones_like(std)
     beta = bn.bias if bn.affine else torch.zeros_like(std)
     factor = gamma / std
     conv.weight.mul_(factor.reshape(-1, *([1] * (conv.weight.dim() - 1))))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)  # type: ignore[arg-type]
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     folded = (bias - bn.running_mean) * factor + beta
     if conv.bias is None:
         conv.bias = nn.Parameter(folded)

@@ -121,7 +121,7 @@ def train(
                 scheduler.step()
                 total_loss += loss.item()
                 batches += 1
-                bar.update(0, advance=1, info=f"loss {total_loss / batches:.4f}")
+                bar.update(bar.task_ids[0], advance=1, info=f"loss {total_loss / batches:.4f}")
             accuracy = evaluate_accuracy(model, data.loader("val", batch_size=256))
             history.epochs.append(EpochRecord(epoch, total_loss / max(batches, 1), accuracy))
             if config.keep_best and accuracy > best_accuracy:
