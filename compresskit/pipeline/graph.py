@@ -81,7 +81,14 @@ class Pipeline:
         from compresskit.policies.schema import NodeSpec, Policy
 
         nodes = [
-            NodeSpec(id=n.id, pass_=n.pass_.name, after=n.after, config=dump_config(n.pass_.config))
+            NodeSpec.model_validate(
+                {
+                    "id": n.id,
+                    "pass": n.pass_.name,
+                    "after": n.after,
+                    "config": dump_config(n.pass_.config),
+                }
+            )
             for n in self.nodes
         ]
         return Policy(version=1, name=name, nodes=nodes, **fields)
