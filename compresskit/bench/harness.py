@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from rich.progress import TaskID
 
 from compresskit.bench.latency import Latency
 from compresskit.errors import CompressKitError
@@ -134,7 +135,7 @@ def measure_target(
         if not specs:
             run.skipped = next(iter(unusable.values()))
             return run
-        np.savez(workdir / "inputs.npz", **{f"input_{i}": x for i, x in enumerate(sample)})
+        np.savez(workdir / "inputs.npz", *sample)  # arr_0, arr_1, ...
         job = {
             "target": target.model_dump(),
             "models": specs,
@@ -169,7 +170,7 @@ def _run_worker(workdir: Path, target: Target, steps: int) -> dict[str, Any]:
         assert process.stderr is not None
         for line in process.stderr:
             if line.startswith("@@progress"):
-                bar.update(0, completed=int(line.split()[1]))
+                bar.update(TaskID(0), completed=int(line.split()[1]))
             else:
                 log.append(line)
         process.wait()
@@ -241,9 +242,7 @@ def measure_targets(
         if reason:
             status(f"target {target.name} skipped: {reason}")
             runs.append(
-                TargetRun(
-                    target.name, target.runtime, target.provider, target.precision, reason
-                )
+                TargetRun(target.name, target.runtime, target.provider, target.precision, reason)
             )
             continue
         status(
@@ -260,7 +259,8 @@ def measure_targets(
         if run.skipped:
             status(f"target {target.name} skipped: {run.skipped}")
         elif run.noisy:
-            status(f"[yellow]{target.name}: noisy machine[/yellow] ({'; '.join(run.noise_reasons)})")
+            status(
+                f"[yellow]{target.name}: noisy machine[/yellow] ({'; '.join(run.noise_reasons)})"
+            )
         runs.append(run)
     return runs
-

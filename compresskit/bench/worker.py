@@ -143,7 +143,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     target = Target.model_validate(job["target"])
     models: list[dict] = job["models"]
     with np.load(job["inputs"]) as data:
-        sample = tuple(data[f"input_{i}"] for i in range(len(data.files)))
+        sample = tuple(data[f"arr_{i}"] for i in range(len(data.files)))
     threads = target.threads or usable_cores()
     spinning = target.allow_spinning
     if spinning is None:
@@ -203,13 +203,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     before_all = sample_machine()
     for batch in batch_sizes:
         inputs = batch_of(sample, batch, sequence=sequence)
-        before = sample_machine()
+        machine_before = sample_machine()
         series = time_interleaved(
             [runner(inputs) for _, runner in live],
             min_repeats=job.get("min_repeats", 20),
             max_seconds=job["max_seconds"],
         )
-        noise = assess(before, sample_machine())
+        noise = assess(machine_before, sample_machine())
         for (entry, _), timed in zip(live, series, strict=True):
             latency = summarize(target.name, batch, timed.times, stable=timed.stable)
             reasons = list(noise.reasons)
@@ -241,4 +241,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-

@@ -206,7 +206,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         if not isinstance(tensor, torch.Tensor):
             continue
-        value = tensor.detach().cpu().contiguous()
+        value = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
