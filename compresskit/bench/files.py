@@ -75,6 +75,7 @@ def bench_files(
     data: str | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
+    threads: int | None = None,
 ) -> list[TargetRun]:
     """Measure ``paths`` on ``targets`` ("all": every built-in target; those that cannot
     run here come back skipped, with the reason)."""
@@ -82,6 +83,8 @@ def bench_files(
         raise CompressKitError("bench needs at least one MODEL (.onnx file or checkpoint)")
     names = builtin_target_names() if list(targets) == ["all"] else list(targets)
     resolved = [load_target(name) for name in names]
+    if threads is not None:  # a thread sweep: one run per count, same targets otherwise
+        resolved = [t.model_copy(update={"threads": threads}) for t in resolved]
     wants_onnx = any(t.runtime == "onnxruntime" for t in resolved)
     labels = _labels(paths)
     with tempfile.TemporaryDirectory(prefix="compresskit-bench-export-") as tmp:

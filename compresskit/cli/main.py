@@ -177,6 +177,9 @@ def export(
 @click.option("--data", "data_spec", help="Dataset whose inputs to time on.")
 @click.option("--arch", help="MODULE:FACTORY for state-dict checkpoints.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Intra-op threads (overrides the targets')."
+)
 def bench(
     models: tuple[Path, ...],
     targets: tuple[str, ...],
@@ -187,6 +190,7 @@ def bench(
     data_spec: str | None,
     arch: str | None,
     trust_pickle: bool,
+    threads: int | None,
 ) -> None:
     """Measure MODELS (.onnx files or torch checkpoints) on targets; the first is the
     baseline of the speedups. Each target runs in its own process."""
@@ -203,6 +207,7 @@ def bench(
         data=data_spec,
         arch=arch,
         trust_pickle=trust_pickle,
+        threads=threads,
     )
     print_runs(runs)
     if json_out:

@@ -58,7 +58,7 @@ def test_bench_all_targets_lists_every_skip_with_its_reason(tmp_path: Path) -> N
 
     export_onnx(TinyCNN(), (torch.randn(2, 1, 8, 8),), tmp_path / "m.onnx", exporter="legacy")
     result = invoke(
-        "bench", str(tmp_path / "m.onnx"), "--target", "all", "--batch", "1",
+        "bench", str(tmp_path / "m.onnx"), "--target", "all", "--batch", "1", "--threads", "1",
         "--seconds", "0.05", "--json", str(tmp_path / "b.json"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -66,6 +66,7 @@ def test_bench_all_targets_lists_every_skip_with_its_reason(tmp_path: Path) -> N
     assert [t["target"] for t in data["targets"]] == builtin_target_names()
     measured = {r["target"] for r in data["results"]}
     assert measured | set(data["skipped"]) == set(builtin_target_names())
+    assert all(t["threads"] == 1 for t in data["targets"] if not t["skipped"])
     for name, reason in data["skipped"].items():
         assert reason and f"{name} skipped: " in " ".join(result.output.split())
 
