@@ -18,21 +18,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.bench.latency import measure
+from compresskit.bench.harness import BenchModel, TargetRun, measure_targets
 from compresskit.bench.report import (
     Entry,
     LatencyEntry,
     ParityEntry,
     Report,
+    SessionEntry,
     StepEntry,
-    render_markdown,
+    TargetEntry,
+    write_reports,
 )
 from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
 from compresskit.errors import CompressKitError
-from compresskit.export.onnx import Exporter, export_onnx, needs_legacy_exporter
-from compresskit.export.targets import Target, load_target, target_available
-from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
+from compresskit.export.onnx import Exporter, export_onnx, file_sha256, state_dict_sha256
+from compresskit.export.targets import load_target
+from compresskit.export.verify import (
+    compare,
+    model_precision,
+    onnx_outputs,
+    parity_tolerance,
+    torch_outputs,
+)
 from compresskit.models.checkpoint import save_model
 from compresskit.models.loading import LoadedModel, load_model
 from compresskit.models.size import count_macs, count_params
@@ -89,8 +97,7 @@ def run(
     try:
         report = _evaluate(policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds)
         report.seconds = time.perf_counter() - started
-        (tmp / "report.json").write_text(report.model_dump_json(indent=2))
-        (tmp / "report.md").write_text(render_markdown(report))
+        write_reports(report, tmp)
         if final.exists():
             final.rmdir()
         tmp.rename(final)
@@ -174,8 +181,13 @@ def _evaluate(
     entries: list[Entry] = []
     baseline_out = None
     onnx_paths: dict[str, Path] = {}
-    for name, model, steps in models:
-        status(f"exporting and verifying {name}")
+    metadata = {
+        "policy": policy.name,
+        "source_checkpoint": _describe_source(loaded.source),
+        **_source_hash(loaded),
+    }
+    for index, (name, model, steps) in enumerate(models):
+        status(f"exporting and verifying {name} ({index + 1} of {len(models)})")
         directory = run_dir / name
         files = {}
         if name != "baseline":
@@ -187,13 +199,17 @@ def _evaluate(
             directory / "model.onnx",
             exporter=exporter,
             dynamic_sequence=bundle.dynamic_sequence,
+            metadata={**metadata, "model": name},
         )
         files["onnx"] = f"{name}/model.onnx"
         onnx_paths[name] = exported.path
         reference = torch_outputs(model, eval_loader)
         actual = onnx_outputs(exported.path, eval_loader)
-        tolerance, min_agreement = parity_tolerance(needs_legacy_exporter(model), reference)
-        parity = compare(reference, actual, tolerance=tolerance, min_agreement=min_agreement)
+        precision = model_precision(model)
+        tolerance, min_agreement = parity_tolerance(precision, reference)
+        parity = compare(
+            reference, actual, tolerance=tolerance, min_agreement=min_agreement, precision=precision
+        )
         if baseline_out is None:
             baseline_out = actual
         metrics = _metrics(actual, labels, baseline_out)
@@ -203,8 +219,10 @@ def _evaluate(
                 nodes=[step.pass_name for step in steps],
                 params=count_params(model),
                 macs=count_macs(model, example),
-                onnx_bytes=exported.path.stat().st_size,
+                onnx_bytes=exported.bytes,
                 exporter=exported.exporter,
+                exporter_fallback_reason=exported.fallback_reason,
+                precision=precision,
                 metrics=metrics,
                 int8_coverage=kernel_report(exported.path).fraction,
                 parity=ParityEntry(**vars(parity), ok=parity.ok),
@@ -218,10 +236,13 @@ def _evaluate(
         if not parity.ok:
             status(f"[red]{name}: ONNX Runtime disagrees with torch[/red] ({parity})")
 
-    skipped = _measure_latency(policy, entries, models, onnx_paths, example, latency_seconds)
+    runs = _measure_latency(
+        policy, entries, models, onnx_paths, example, latency_seconds, bundle.dynamic_sequence
+    )
     baseline, *rest = entries
     for entry in rest:
         entry.verdict = _verdict(entry, baseline, policy)
+        entry.summary = _summary(entry, baseline, policy, runs)
     return Report(
         compresskit_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -230,7 +251,9 @@ def _evaluate(
         data=bundle.name,
         seed=seed,
         seconds=0.0,
-        skipped_targets=skipped,
+        skipped_targets={run.target: run.skipped for run in runs if run.skipped},
+        targets=[_target_entry(run) for run in runs if not run.skipped],
+        machine=_machine(),
         baseline=baseline,
         candidates=rest,
     )
@@ -253,37 +276,135 @@ def _measure_latency(
     onnx_paths: dict[str, Path],
     sample: tuple[torch.Tensor, ...],
     seconds: float,
-) -> dict[str, str]:
-    skipped: dict[str, str] = {}
-    for name in policy.targets:
-        target: Target = load_target(name).model_copy(update={"batch_sizes": policy.batch_sizes})
-        reason = target_available(target)
-        if reason:
-            skipped[name] = reason
-            status(f"target {name} skipped: {reason}")
+    dynamic_sequence: bool,
+) -> list[TargetRun]:
+    """Every target in its own worker process; all models of a target in the same one."""
+    bench_models = [
+        BenchModel(name, onnx=onnx_paths[name], module=model) for name, model, _ in models
+    ]
+    targets = [
+        load_target(name).model_copy(update={"batch_sizes": policy.batch_sizes})
+        for name in policy.targets
+    ]
+    runs = measure_targets(
+        targets,
+        bench_models,
+        [x.numpy() for x in sample],
+        max_seconds=seconds,
+        dynamic_sequence=dynamic_sequence,
+    )
+    for run in runs:
+        if run.skipped:
             continue
-        status(f"measuring latency on {name} (batch {', '.join(map(str, target.batch_sizes))})")
-        baseline_p50: dict[int, float] = {}
-        for entry, (model_name, model, _) in zip(entries, models, strict=True):
-            for latency in measure(
-                target, sample, onnx_path=onnx_paths[model_name], model=model, max_seconds=seconds
-            ):
-                baseline_p50.setdefault(latency.batch, latency.p50_ms)
-                entry.latency.append(
-                    LatencyEntry(
-                        **vars(latency), speedup=baseline_p50[latency.batch] / latency.p50_ms
-                    )
+        for entry in entries:
+            measured = run.model(entry.name)
+            if measured is None:
+                continue
+            entry.sessions.append(
+                SessionEntry(
+                    target=run.target,
+                    load_ms=measured.load_ms,
+                    rss_delta_mb=measured.rss_delta_mb,
+                    peak_rss_delta_mb=measured.peak_rss_delta_mb,
+                    error=measured.error,
                 )
-    return skipped
+            )
+            entry.latency += [
+                LatencyEntry(**vars(latency), speedup=measured.speedup.get(latency.batch))
+                for latency in measured.latency
+            ]
+    return runs
+
+
+def _target_entry(run: TargetRun) -> TargetEntry:
+    return TargetEntry(
+        name=run.target,
+        runtime=run.runtime,
+        provider=run.provider,
+        precision=run.precision,
+        threads=run.threads,
+        inter_op_threads=run.inter_op_threads,
+        allow_spinning=run.allow_spinning,
+        noisy=run.noisy,
+        noise_reasons=run.noise_reasons,
+        seconds=run.seconds,
+    )
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import onnxruntime
+
+    from compresskit.bench.noise import usable_cores
+
+    return {
+        "cores": usable_cores(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _source_hash(loaded: LoadedModel) -> dict[str, str]:
+    """sha256 of the checkpoint file when there is one, else of the loaded state dict."""
+    path = loaded.source.get("path")
+    if path and Path(path).exists():
+        return {"source_sha256": file_sha256(Path(path)), "source_sha256_of": "file"}
+    return {"source_sha256": state_dict_sha256(loaded.model), "source_sha256_of": "state_dict"}
+
+
+FASTER = 1.05  # a speedup must beat timing noise by this much to count
+
+
+def _speed_clause(entry: Entry, run: TargetRun) -> str:
+    if run.skipped:
+        return f"{run.target} skipped"
+    points = [x for x in entry.latency if x.target == run.target and x.speedup is not None]
+    if not points:
+        return f"not measured on {run.target}"
+    ratios = ", ".join(f"b{x.batch} {x.speedup:.2f}x" for x in points)
+    faster = [x.speedup is not None and x.speedup > FASTER for x in points]
+    word = "faster" if all(faster) else ("NOT faster" if not any(faster) else "faster at some")
+    noisy = " (noisy)" if any(x.noisy for x in points) else ""
+    return f"{word} on {run.target} ({ratios}){noisy}"
+
+
+def _summary(entry: Entry, baseline: Entry, policy: Policy, runs: list[TargetRun]) -> str:
+    """One line: faster or not per target; int8 really used or not; accuracy budget."""
+    clauses = [_speed_clause(entry, run) for run in runs]
+    coverage = entry.int8_coverage or 0.0
+    if entry.precision == "int8" or coverage > 0:
+        minimum = policy.budget.min_int8_coverage or 0.5
+        used = "int8 used" if coverage >= minimum else "int8 NOT really used"
+        clauses.append(f"{used} ({coverage:.0%} of MACs)")
+    else:
+        clauses.append("float (no int8)")
+    drop = baseline.metrics["accuracy"] - entry.metrics["accuracy"]
+    budget = policy.budget.max_accuracy_drop
+    if budget is None:
+        clauses.append(f"accuracy {-drop * 100:+.2f} points (no budget)")
+    else:
+        within = "within" if drop <= budget else "OVER"
+        clauses.append(
+            f"accuracy {within} budget ({-drop * 100:+.2f} points, allowed -{budget * 100:.1f})"
+        )
+    if not entry.parity.ok:
+        clauses.append("ORT DISAGREES with torch")
+    return "; ".join(clauses)
 
 
 def _verdict(entry: Entry, baseline: Entry, policy: Policy) -> list[str]:
     lines = []
     for latency in entry.latency:
         if latency.speedup is not None:
-            faster = "faster" if latency.speedup > 1.05 else "NOT faster"
+            faster = "faster" if latency.speedup > FASTER else "NOT faster"
+            noisy = " (noisy)" if latency.noisy else ""
             lines.append(
-                f"{faster} on {latency.target} at batch {latency.batch}: {latency.speedup:.2f}x"
+                f"{faster} on {latency.target} at batch {latency.batch}: "
+                f"{latency.speedup:.2f}x{noisy}"
             )
     coverage = entry.int8_coverage or 0.0
     int8_wanted = "quantize" in " ".join(entry.nodes)

@@ -94,88 +94,138 @@ def compress(
     "--out", required=True, type=click.Path(path_type=Path), help="Where to write the .onnx file."
 )
 @click.option("--arch", help="MODULE:FACTORY for a state-dict checkpoint.")
-@click.option("--trust-pickle", is_flag=True)
-@click.option("--data", "data_spec", help="Dataset giving the input shape (default: the model's).")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model.")
+@click.option("--data", "data_spec", help="Dataset for inputs and parity (default: the model's).")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    help="Shape of one input without the batch axis, e.g. 3,224,224 (repeat per input); "
+    "parity then runs on random inputs.",
+)
 @click.option(
     "--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True
 )
+@click.option("--opset", type=click.IntRange(min=13), help="ONNX opset (default 18; legacy 17).")
 def export(
     checkpoint: str,
     out: Path,
     arch: str | None,
     trust_pickle: bool,
     data_spec: str | None,
+    input_shapes: tuple[str, ...],
     exporter: str,
+    opset: int | None,
 ) -> None:
     """Export CHECKPOINT to ONNX and check ONNX Runtime against torch."""
-    from compresskit.data import load_data
-    from compresskit.export.onnx import export_onnx, needs_legacy_exporter
-    from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
-    from compresskit.models.loading import load_model
+    from compresskit.export.standalone import export_checkpoint, parse_shape
 
-    loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
-    spec = data_spec or loaded.default_data
-    if spec is None:
-        raise CompressKitError("export needs example inputs: pass --data (e.g. digits)")
-    bundle = load_data(spec)
-    result = export_onnx(loaded.model, bundle.example_inputs(2), out, exporter=exporter)  # type: ignore[arg-type]
-    loader = bundle.loader("eval", batch_size=256)
-    reference = torch_outputs(loaded.model, loader)
-    tolerance, agreement = parity_tolerance(needs_legacy_exporter(loaded.model), reference)
-    parity = compare(
-        reference, onnx_outputs(out, loader), tolerance=tolerance, min_agreement=agreement
+    result = export_checkpoint(
+        checkpoint,
+        out,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        data=data_spec,
+        input_shapes=[parse_shape(s) for s in input_shapes],
+        exporter=exporter,  # type: ignore[arg-type]
+        opset=opset,
+    )
+    exported, parity = result.export, result.parity
+    extra = f" + {exported.data_path.name}" if exported.data_path else ""
+    click.echo(
+        f"wrote {out}{extra} ({exported.bytes:,} bytes, {exported.exporter} exporter"
+        + (f"; fallback: {exported.fallback_reason}" if exported.fallback_reason else "")
+        + ")"
     )
     click.echo(
-        f"wrote {out} ({out.stat().st_size:,} bytes, {result.exporter} exporter); ORT vs torch: "
-        f"max abs error {parity.max_abs_error:.2e}, agreement {parity.agreement:.4f}"
+        f"ORT vs torch on {result.checked_on} ({parity.precision}): max abs error "
+        f"{parity.max_abs_error:.2e} (allowed {parity.tolerance:.2e}), agreement "
+        f"{parity.agreement:.4f}"
     )
     if not parity.ok:
-        raise CompressKitError(f"{out}: ONNX Runtime output differs from torch beyond tolerance")
+        raise CompressKitError(
+            f"{out}: ONNX Runtime output differs from torch beyond the {parity.precision} "
+            "tolerance (the file is kept for inspection); try --exporter legacy"
+        )
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--target", "targets", multiple=True, default=["cpu-ort"], show_default=True)
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    default=["cpu-ort"],
+    show_default=True,
+    help="Target name or YAML file (repeat; 'all' for every built-in target).",
+)
 @click.option("--batch", default="1,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write results as JSON.")
-@click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.05))
+@click.option(
+    "--seconds",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Time cap per model and batch (timing stops earlier once the median is stable).",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    help="Shape of one input without the batch axis (repeat per input).",
+)
+@click.option("--data", "data_spec", help="Dataset whose inputs to time on.")
+@click.option("--arch", help="MODULE:FACTORY for state-dict checkpoints.")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Intra-op threads (overrides the targets')."
+)
 def bench(
-    model: Path, targets: tuple[str, ...], batch: str, json_out: Path | None, seconds: float
+    models: tuple[Path, ...],
+    targets: tuple[str, ...],
+    batch: str,
+    json_out: Path | None,
+    seconds: float,
+    input_shapes: tuple[str, ...],
+    data_spec: str | None,
+    arch: str | None,
+    trust_pickle: bool,
+    threads: int | None,
 ) -> None:
-    """Measure the latency of an ONNX MODEL on targets."""
-    import onnx
-    import torch
+    """Measure MODELS (.onnx files or torch checkpoints) on targets; the first is the
+    baseline of the speedups. Each target runs in its own process."""
+    from compresskit.bench.files import bench_files, parse_batches, runs_json
+    from compresskit.cli.tables import print_runs
+    from compresskit.export.standalone import parse_shape
 
-    from compresskit.bench.latency import measure
-    from compresskit.export.kernels import sample_feed
-    from compresskit.export.targets import load_target, target_available
-
-    try:
-        sizes = [int(b) for b in batch.split(",")]
-        if min(sizes) < 1:
-            raise ValueError
-    except ValueError:
-        raise CompressKitError(f"--batch {batch!r}: give positive integers like 1,8,32") from None
-    if model.suffix != ".onnx":
-        raise CompressKitError(f"{model}: bench takes an .onnx file (export it first)")
-    graph = onnx.load(str(model), load_external_data=False)
-    sample = tuple(torch.from_numpy(x) for x in sample_feed(graph, batch=1).values())
-    rows = []
-    for name in targets:
-        target = load_target(name).model_copy(update={"batch_sizes": sizes})
-        reason = target_available(target)
-        if reason or target.runtime != "onnxruntime":
-            rows.append({"target": name, "skipped": reason or "bench takes ONNX targets only"})
-            continue
-        rows += [vars(r) for r in measure(target, sample, onnx_path=model, max_seconds=seconds)]
-    for row in rows:
-        click.echo(
-            "  ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            )
-        )
+    runs = bench_files(
+        list(models),
+        list(targets),
+        parse_batches(batch),
+        seconds=seconds,
+        input_shapes=[parse_shape(s) for s in input_shapes],
+        data=data_spec,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        threads=threads,
+    )
+    print_runs(runs)
     if json_out:
-        json_out.write_text(json.dumps({"model": str(model), "results": rows}, indent=2))
+        json_out.write_text(json.dumps(runs_json(list(models), runs), indent=2))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Re-render report.md and report.html of RUN_DIR from its report.json."""
+    from compresskit.bench.report import Report, write_reports
+    from compresskit.cli.tables import print_report
+
+    path = run_dir / "report.json" if run_dir.is_dir() else run_dir
+    loaded = Report.load(path)
+    written = write_reports(loaded, path.parent, json_too=False)
+    print_report(loaded)
+    click.echo("\nwrote " + ", ".join(str(p) for p in written))
 
 
 @cli.group()

@@ -1,4 +1,4 @@
-"""Export a torch model to ONNX with a dynamic batch axis.
+"""Export a torch model to ONNX with a dynamic batch axis, metadata and one file.
 
 The dynamo exporter is used by default and the legacy TorchScript exporter when it
 fails, or when the model holds fake-quant modules (which only the legacy exporter turns
@@ -8,13 +8,16 @@ into QuantizeLinear/DequantizeLinear). Which one was used is returned, never hid
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +32,11 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
+# A protobuf file cannot exceed 2 GiB: above this many bytes of weights, they go to one
+# external data file beside the .onnx (``model.onnx.data``).
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """Where the ONNX file is, which exporter wrote it, and why if it fell back."""
@@ -37,6 +45,14 @@ class ExportResult:
     exporter: Literal["dynamo", "legacy"]
     seconds: float
     fallback_reason: str | None = None
+    data_path: Path | None = None  # external weights, only for models over 2 GiB
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        """Size on disk, external data included."""
+        size = self.path.stat().st_size
+        return size + (self.data_path.stat().st_size if self.data_path else 0)
 
 
 def needs_legacy_exporter(model: nn.Module) -> bool:
@@ -52,9 +68,16 @@ def export_onnx(
     exporter: Exporter = "auto",
     opset: int = DEFAULT_OPSET,
     dynamic_sequence: bool = False,
+    metadata: Mapping[str, str] | None = None,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> ExportResult:
     """Write ``model`` to ``path`` (atomically) with a dynamic batch axis, and a dynamic
-    second axis on every input when ``dynamic_sequence`` (token ids, masks)."""
+    second axis on every input when ``dynamic_sequence`` (token ids, masks).
+
+    The result is one ``.onnx`` file, checked with ``onnx.checker``, unless its weights
+    exceed ``external_data_threshold`` bytes: then they go to ``<path>.data`` beside it.
+    ``metadata`` (e.g. policy, source checkpoint hash) is written to the model's
+    ``metadata_props`` with the compresskit version and the exporter used."""
     model = model.eval()
     start = time.perf_counter()
     fallback_reason = None
@@ -63,14 +86,17 @@ def export_onnx(
         chosen = "legacy"
     else:
         chosen = "dynamo"
+    large = _weight_bytes(model) > external_data_threshold
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Exporters may write external data files beside their output: work in a private
+    # directory and move the finished files into place at the end.
+    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    raw = workdir / "raw.onnx"
     try:
         if chosen == "dynamo":
             try:
-                _export_dynamo(model, example_inputs, tmp, opset, dynamic_sequence)
+                _export_dynamo(model, example_inputs, raw, opset, dynamic_sequence, large)
             except Exception as error:
                 if exporter == "dynamo":
                     raise CompressKitError(
@@ -79,34 +105,111 @@ def export_onnx(
                     ) from None
                 fallback_reason = f"dynamo exporter failed: {_first_line(error)}"
                 chosen = "legacy"
+                for stale in workdir.iterdir():
+                    stale.unlink()
         if chosen == "legacy":
             try:
-                _export_legacy(model, example_inputs, tmp, min(opset, 17), dynamic_sequence)
+                _export_legacy(model, example_inputs, raw, min(opset, 17), dynamic_sequence)
             except Exception as error:
                 raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
-        _finish(tmp)
-        os.replace(tmp, path)
+        from compresskit import __version__
+
+        props = {"compresskit_version": __version__, "exporter": chosen}
+        if fallback_reason:
+            props["exporter_fallback_reason"] = fallback_reason
+        props.update(metadata or {})
+        data_name = _finish(
+            raw, workdir / path.name, props, external_data_threshold=external_data_threshold
+        )
+        data_path = path.parent / data_name if data_name else None
+        if data_name:
+            os.replace(workdir / data_name, path.parent / data_name)
+        else:
+            (path.parent / f"{path.name}.data").unlink(missing_ok=True)  # stale, from before
+        os.replace(workdir / path.name, path)
     finally:
-        tmp.unlink(missing_ok=True)
-        for extra in tmp.parent.glob(tmp.name + "*"):
-            extra.unlink()
-    return ExportResult(path, chosen, time.perf_counter() - start, fallback_reason)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ExportResult(
+        path, chosen, time.perf_counter() - start, fallback_reason, data_path, props
+    )
 
 
-def _finish(path: Path) -> None:
-    """Fold constant quantization of weights (int8 on disk) and run the ONNX checker."""
+def _weight_bytes(model: nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _finish(
+    raw: Path, out: Path, metadata: dict[str, str], *, external_data_threshold: int
+) -> str | None:
+    """Fold constant quantization of weights (int8 on disk), write ``metadata``, save to
+    ``out`` (weights in ``<out>.data`` when too large for one file) and run the ONNX
+    checker. Returns the external data file's name, if any."""
     import onnx
 
     from compresskit.export.qdq import fold_constants
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(raw))  # loads external data written by the exporter too
     if any(node.op_type == "QuantizeLinear" for node in model.graph.node):
         fold_constants(model)
-        onnx.save(model, str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in metadata.items():
+        prop = existing.get(key) or model.metadata_props.add()
+        prop.key, prop.value = key, str(value)
+    weights = sum(
+        len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * len(t.int64_data)
+        for t in model.graph.initializer
+    )
+    data_name = f"{out.name}.data" if weights > external_data_threshold else None
+    if data_name:
+        onnx.save_model(
+            model,
+            str(out),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(out))
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(str(out), full_check=True)
     except onnx.checker.ValidationError as error:
         raise CompressKitError(f"exported ONNX fails onnx.checker: {_first_line(error)}") from None
+    return data_name
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (without loading its weights)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over a model's state dict (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        value = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def _first_line(error: BaseException) -> str:
@@ -120,6 +223,7 @@ def _export_dynamo(
     path: Path,
     opset: int,
     dynamic_sequence: bool,
+    large: bool = False,
 ) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     axes: dict[int, Any] = {0: batch}
@@ -141,10 +245,9 @@ def _export_dynamo(
             opset_version=opset,
             input_names=_input_names(len(inputs)),
             output_names=[OUTPUT_NAME],
-            external_data=False,
         )
         assert program is not None
-        program.save(str(path))
+        program.save(str(path), external_data=large)
     onnx_logger.setLevel(level)
 
 

@@ -101,7 +101,7 @@ def test_compress_writes_a_complete_run_directory(inputs: dict[str, Path], tmp_p
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert [c["name"] for c in report["candidates"]] == ["int8", "only-int8"]
     assert report["candidates"][0]["nodes"] == ["prune_channels", "distill", "quantize"]
     for entry in [report["baseline"], *report["candidates"]]:
@@ -171,7 +171,7 @@ def test_compress_writes_a_complete_run_directory(inputs: dict[str, Path], tmp_p
             ],
             "classes",
         ),
-        (["bench", "{weights}"], "takes an .onnx file"),
+        (["bench", "{weights}"], "--arch"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -10,7 +10,7 @@ import torch
 
 from compresskit.context import Context
 from compresskit.export.kernels import kernel_report
-from compresskit.export.onnx import export_onnx
+from compresskit.export.onnx import export_onnx, onnx_metadata
 from compresskit.export.verify import compare, onnx_outputs, torch_outputs
 from compresskit.passes.quantize import Quantize, QuantizeConfig
 from compresskit.testing import TinyCNN, TinyResidualCNN
@@ -77,4 +77,6 @@ def test_export_falls_back_to_legacy_and_says_why(tiny, tmp_path: Path) -> None:
     result = export_onnx(DataDependent(), (torch.ones(2, 1, 8, 8),), tmp_path / "d.onnx")
     assert result.exporter == "legacy"
     assert result.fallback_reason and "dynamo" in result.fallback_reason
+    assert onnx_metadata(result.path)["exporter_fallback_reason"] == result.fallback_reason
+    assert [p.name for p in tmp_path.iterdir()] == ["d.onnx"]  # no temp files left
     assert np.isfinite(onnx_outputs(result.path, tiny.loader("eval", batch_size=16))).all()

@@ -1,0 +1,271 @@
+"""The benchmark worker: measures every model of a job on ONE target, in its own process.
+
+``python -m compresskit.bench.worker JOB.json RESULT.json``. One process per target keeps
+runtimes from distorting each other (torch's OpenMP pool, ORT's spinning threads), and
+one process for all models of a target keeps their ratio honest (interleaved timing,
+same process state). An ONNX Runtime job never imports torch.
+
+Progress goes to stderr as ``@@progress DONE TOTAL`` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresskit.bench.latency import batch_of, summarize, time_interleaved
+from compresskit.bench.noise import MAX_CV, assess, sample_machine, usable_cores
+from compresskit.export.targets import Target
+
+Runner = Callable[[tuple[np.ndarray, ...]], Callable[[], object]]
+
+
+class TargetUnavailable(Exception):
+    """The target cannot run here (e.g. ORT fell back from the requested provider)."""
+
+
+def _proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of this process in kB, when Linux tells."""
+    values = {}
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":")
+                    values[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return values
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _ort_loader(
+    target: Target, spinning: bool, threads: int, cache_dir: str
+) -> Callable[[dict], Any]:
+    import onnxruntime as ort
+
+    def load(spec: dict) -> Runner:
+        return _ort_runner(ort, target, spinning, threads, spec["path"], cache_dir)
+
+    # Start the runtime (environment, thread pools, allocator) on a one-node graph, so
+    # that the first model's load time and memory do not include this one-off cost.
+    try:
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "prime",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+        prime = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        _ort_runner(ort, target, spinning, threads, prime.SerializeToString(), cache_dir)(
+            (np.ones(1, dtype=np.float32),)
+        )()
+    except Exception:  # priming is an accuracy nicety; the measurement itself decides
+        pass
+    return load
+
+
+def _ort_runner(
+    ort: Any, target: Target, spinning: bool, threads: int, model: Any, cache_dir: str
+) -> Runner:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    options.log_severity_level = 3
+    provider: Any = target.provider
+    if target.provider == "TensorrtExecutionProvider":
+        provider = (
+            target.provider,
+            {
+                "trt_fp16_enable": target.precision == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache_dir,
+            },
+        )
+    # GPU providers hand the nodes they lack to the CPU, as in deployment.
+    providers = [provider]
+    if target.provider != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    session = ort.InferenceSession(model, options, providers=providers)
+    if session.get_providers()[0] != target.provider:
+        raise TargetUnavailable(
+            f"ONNX Runtime could not run {target.provider} here (the session got "
+            f"{', '.join(session.get_providers())})"
+        )
+    names = [i.name for i in session.get_inputs()]
+
+    def runner(inputs: tuple[np.ndarray, ...]) -> Callable[[], object]:
+        feed = dict(zip(names, inputs, strict=True))
+        return lambda: session.run(None, feed)
+
+    return runner
+
+
+def _torch_loader(target: Target, threads: int) -> Callable[[dict], Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set (only possible before any parallel work)
+    device = torch.device(target.provider)
+    cuda = device.type == "cuda"
+    half = target.precision == "fp16"
+    # start the runtime (thread pool, CUDA context) before the first model is timed
+    with torch.inference_mode():
+        (torch.ones(64, 64, device=device) @ torch.ones(64, 64, device=device)).sum().item()
+
+    def load(spec: dict) -> Runner:
+        if spec["kind"] == "module":  # our own file, written by the parent for this job
+            model = torch.load(spec["path"], map_location="cpu", weights_only=False)
+        else:
+            from compresskit.models.loading import load_model
+
+            model = load_model(
+                spec["path"], arch=spec.get("arch"), trust_pickle=spec.get("trust_pickle", False)
+            ).model
+        model = model.to(device).eval()
+
+        def runner(inputs: tuple[np.ndarray, ...]) -> Callable[[], object]:
+            args = tuple(torch.from_numpy(x).to(device) for x in inputs)
+
+            def call() -> object:
+                with torch.inference_mode(), torch.autocast(device.type, enabled=half):
+                    out = model(*args)
+                if cuda:
+                    torch.cuda.synchronize()
+                return out
+
+            return call
+
+        return runner
+
+    return load
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure the job's models on its target; a JSON-ready result."""
+    target = Target.model_validate(job["target"])
+    models: list[dict] = job["models"]
+    with np.load(job["inputs"]) as data:
+        sample = tuple(data[f"arr_{i}"] for i in range(len(data.files)))
+    threads = target.threads or usable_cores()
+    spinning = target.allow_spinning
+    if spinning is None:
+        spinning = len(models) == 1
+    result: dict[str, Any] = {
+        "target": target.name,
+        "runtime": target.runtime,
+        "provider": target.provider,
+        "precision": target.precision,
+        "threads": threads,
+        "inter_op_threads": 1,
+        "allow_spinning": spinning if target.runtime == "onnxruntime" else None,
+        "skipped": None,
+        "models": [],
+    }
+    batch_sizes: list[int] = job["batch_sizes"]
+    total = len(models) + len(batch_sizes)
+    done = 0
+
+    def progress() -> None:
+        print(f"@@progress {done} {total}", file=sys.stderr, flush=True)
+
+    sequence = target.sequence_length if job.get("dynamic_sequence") else None
+    load = (
+        _ort_loader(target, spinning, threads, str(Path(job["inputs"]).parent))
+        if target.runtime == "onnxruntime"
+        else _torch_loader(target, threads)
+    )
+    runners: list[Runner | None] = []
+    for spec in models:
+        entry: dict[str, Any] = {"name": spec["name"], "error": None, "latency": []}
+        has_peak = _reset_peak()
+        before = _proc_status()
+        start = time.perf_counter()
+        try:
+            runner = load(spec)
+            entry["load_ms"] = (time.perf_counter() - start) * 1000
+            for batch in batch_sizes:  # one call per shape: memory the runs need too
+                runner(batch_of(sample, batch, sequence=sequence))()
+        except TargetUnavailable as error:
+            result["skipped"] = str(error)
+            return result
+        except Exception as error:
+            entry["error"] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            runner = None
+        after = _proc_status()
+        if "VmRSS" in before and "VmRSS" in after:
+            entry["rss_delta_mb"] = (after["VmRSS"] - before["VmRSS"]) / 1024
+            if has_peak and "VmHWM" in after:
+                entry["peak_rss_delta_mb"] = (after["VmHWM"] - before["VmRSS"]) / 1024
+        runners.append(runner)
+        result["models"].append(entry)
+        done += 1
+        progress()
+
+    live = [(entry, r) for entry, r in zip(result["models"], runners, strict=True) if r]
+    before_all = sample_machine()
+    for batch in batch_sizes:
+        inputs = batch_of(sample, batch, sequence=sequence)
+        machine_before = sample_machine()
+        series = time_interleaved(
+            [runner(inputs) for _, runner in live],
+            min_repeats=job.get("min_repeats", 20),
+            max_seconds=job["max_seconds"],
+        )
+        noise = assess(machine_before, sample_machine())
+        for (entry, _), timed in zip(live, series, strict=True):
+            latency = summarize(target.name, batch, timed.times, stable=timed.stable)
+            reasons = list(noise.reasons)
+            if latency.cv > MAX_CV:
+                reasons.append(f"timings vary (robust CV {latency.cv:.0%})")
+            if not timed.stable:
+                reasons.append(f"median not stable after {timed.seconds:.1f} s")
+            entry["latency"].append(
+                asdict(latency)
+                | {"noisy": bool(reasons), "noise_reason": "; ".join(reasons) or None}
+            )
+        done += 1
+        progress()
+    machine = assess(before_all, sample_machine())
+    result["noise"] = asdict(machine)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    job_path, result_path = Path(argv[0]), Path(argv[1])
+    try:
+        result = run_job(json.loads(job_path.read_text()))
+    except Exception:
+        traceback.print_exc()
+        return 1
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

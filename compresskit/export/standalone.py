@@ -1,0 +1,132 @@
+"""Export any checkpoint on its own (``compresskit export``): load, export, check parity.
+
+>>> result = export_checkpoint("model.pt", Path("m.onnx"), arch="pkg:build",  # doctest: +SKIP
+...                            input_shapes=[(3, 224, 224)])
+>>> result.parity.ok, result.export.exporter
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from compresskit.errors import CompressKitError
+from compresskit.export.onnx import (
+    Exporter,
+    ExportResult,
+    export_onnx,
+    file_sha256,
+    state_dict_sha256,
+)
+from compresskit.export.verify import (
+    Parity,
+    compare,
+    model_precision,
+    onnx_outputs,
+    parity_tolerance,
+    torch_outputs,
+)
+
+
+@dataclass(frozen=True)
+class StandaloneExport:
+    export: ExportResult
+    parity: Parity
+    checked_on: str  # what the parity check ran on
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3,224,224"`` -> ``(3, 224, 224)``: one input's shape without the batch axis."""
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise CompressKitError(
+            f"--input-shape {text!r}: give positive integers without the batch axis, e.g. 3,224,224"
+        )
+    return shape
+
+
+def random_loader(shapes: Sequence[tuple[int, ...]], *, samples: int = 64) -> DataLoader:
+    """``(*inputs, label)`` batches of standard-normal inputs (labels are dummies)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(samples, *shape, generator=generator) for shape in shapes]
+    return DataLoader(TensorDataset(*inputs, torch.zeros(samples, dtype=torch.long)), batch_size=16)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: Path,
+    *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    data: str | None = None,
+    input_shapes: Sequence[tuple[int, ...]] = (),
+    exporter: Exporter = "auto",
+    opset: int | None = None,
+) -> StandaloneExport:
+    """Load ``checkpoint``, export it to ``out`` and check ONNX Runtime against torch on
+    the data's evaluation split, or on random inputs of ``input_shapes``."""
+    from compresskit.data import load_data
+    from compresskit.models.loading import load_model
+
+    if out.suffix != ".onnx":
+        raise CompressKitError(f"--out {out}: give a path ending in .onnx")
+    loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    spec = data or (None if input_shapes else loaded.default_data)
+    dynamic_sequence = False
+    if spec is not None:
+        bundle = load_data(spec)
+        example = bundle.example_inputs(2)
+        loader = bundle.loader("eval", batch_size=256)
+        dynamic_sequence = bundle.dynamic_sequence
+        checked_on = f"{bundle.name} evaluation split"
+    elif input_shapes:
+        loader = random_loader(input_shapes)
+        *first, _ = next(iter(loader))
+        example = tuple(x[:2] for x in first)
+        checked_on = f"{len(loader.dataset)} random inputs"  # type: ignore[arg-type]
+    else:
+        raise CompressKitError(
+            f"{checkpoint}: export needs example inputs: pass --data (e.g. digits) or "
+            "--input-shape C,H,W"
+        )
+    source = Path(str(checkpoint))
+    digest = (
+        {"source_sha256": file_sha256(source), "source_sha256_of": "file"}
+        if source.exists()
+        else {"source_sha256": state_dict_sha256(loaded.model), "source_sha256_of": "state_dict"}
+    )
+    metadata = {"source_checkpoint": str(checkpoint), **digest}
+    kwargs = {} if opset is None else {"opset": opset}
+    try:
+        result = export_onnx(
+            loaded.model,
+            example,
+            out,
+            exporter=exporter,
+            dynamic_sequence=dynamic_sequence,
+            metadata=metadata,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except CompressKitError:
+        raise
+    except Exception as error:  # e.g. the inputs do not fit the model
+        raise CompressKitError(
+            f"{checkpoint}: export failed ({type(error).__name__}: {error}); check "
+            "--input-shape / --data"
+        ) from None
+    reference = torch_outputs(loaded.model, loader)
+    actual = onnx_outputs(out, loader)
+    precision = model_precision(loaded.model)
+    tolerance, agreement = parity_tolerance(precision, np.asarray(reference))
+    parity = compare(
+        reference, actual, tolerance=tolerance, min_agreement=agreement, precision=precision
+    )
+    return StandaloneExport(result, parity, checked_on)

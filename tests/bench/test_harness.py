@@ -1,0 +1,94 @@
+"""The subprocess-per-target harness on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compresskit.bench.harness import BenchModel, measure_target, measure_targets
+from compresskit.export.onnx import export_onnx
+from compresskit.export.targets import load_target, target_available
+from compresskit.testing import TinyCNN
+
+GPU_TARGETS = ["cuda-ort", "tensorrt-ort", "torch-cuda"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[BenchModel]:
+    tmp_path = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    big, small = TinyCNN(width=16).eval(), TinyCNN(width=4).eval()
+    example = (torch.randn(2, 1, 8, 8),)
+    # the legacy exporter is quicker; which exporter wrote the files does not matter here
+    export_onnx(big, example, tmp_path / "big.onnx", exporter="legacy")
+    export_onnx(small, example, tmp_path / "small.onnx", exporter="legacy")
+    return [
+        BenchModel("big", onnx=tmp_path / "big.onnx", module=big),
+        BenchModel("small", onnx=tmp_path / "small.onnx", module=small),
+    ]
+
+
+SAMPLE = [np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)]
+
+
+def test_onnx_target_measures_every_model_with_sane_fields(models: list[BenchModel]) -> None:
+    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [1, 8], "threads": 1})
+    run = measure_target(target, models, SAMPLE, max_seconds=0.1, min_repeats=5)
+    assert run.skipped is None
+    assert run.threads == 1 and run.inter_op_threads == 1
+    assert run.allow_spinning is False  # two sessions interleaved: no spinning threads
+    assert isinstance(run.noisy, bool) and (run.noisy == bool(run.noise_reasons))
+    assert [m.name for m in run.models] == ["big", "small"]
+    for model in run.models:
+        assert model.error is None
+        assert model.load_ms is not None and model.load_ms > 0
+        assert model.rss_delta_mb is not None
+        assert [x.batch for x in model.latency] == [1, 8]
+        for x in model.latency:
+            assert x.target == "cpu-ort" and x.repeats >= 3
+            assert 0 < x.p50_ms <= x.p90_ms <= x.p99_ms
+            assert x.throughput == pytest.approx(x.batch / (x.p50_ms / 1000))
+            assert x.noisy == (x.noise_reason is not None)
+    big, small = run.models
+    assert big.speedup == {1: 1.0, 8: 1.0}  # the first model is the baseline
+    assert small.speedup[8] == pytest.approx(
+        run.latency("big", 8).p50_ms / run.latency("small", 8).p50_ms  # type: ignore[union-attr]
+    )
+
+
+def test_one_model_may_spin_and_torch_targets_need_modules(models: list[BenchModel]) -> None:
+    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [2], "threads": 1})
+    run = measure_target(target, models[:1], SAMPLE, max_seconds=0.05, min_repeats=3)
+    assert run.allow_spinning is True
+    onnx_only = [BenchModel("x", onnx=models[0].onnx)]
+    torch_run = measure_targets(["torch-cpu"], onnx_only, SAMPLE, batch_sizes=[1])[0]
+    assert torch_run.skipped and "torch model" in torch_run.skipped
+
+
+def test_unavailable_targets_are_reported_with_the_reason(models: list[BenchModel]) -> None:
+    runs = measure_targets(GPU_TARGETS, models, SAMPLE, batch_sizes=[1], max_seconds=0.05)
+    assert [r.target for r in runs] == GPU_TARGETS  # none silently dropped
+    for run in runs:
+        reason = target_available(load_target(run.target))
+        assert run.skipped == reason
+        if reason:
+            assert "CUDA" in reason or "onnxruntime" in reason
+
+
+def test_torch_target_runs_in_its_own_process(models: list[BenchModel]) -> None:
+    target = load_target("torch-cpu").model_copy(update={"batch_sizes": [4], "threads": 1})
+    run = measure_target(target, models, SAMPLE, max_seconds=0.05, min_repeats=3)
+    assert run.skipped is None and run.threads == 1 and run.allow_spinning is None
+    assert all(m.latency and m.latency[0].p50_ms > 0 for m in run.models)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GPU_TARGETS)
+def test_gpu_targets_measure_on_a_gpu(name: str, models: list[BenchModel]) -> None:
+    reason = target_available(load_target(name))
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    run = measure_targets([name], models, SAMPLE, batch_sizes=[1, 8], max_seconds=0.2)[0]
+    assert run.skipped is None, run.skipped
+    assert all(len(m.latency) == 2 and m.latency[0].p50_ms > 0 for m in run.models)

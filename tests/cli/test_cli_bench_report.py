@@ -1,0 +1,134 @@
+"""`compresskit bench` on any model, `export` on its own, `report RUN_DIR`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from compresskit.cli.main import cli
+from compresskit.export.onnx import onnx_metadata
+from compresskit.export.targets import builtin_target_names
+from compresskit.testing import TinyCNN
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_export_and_bench_a_state_dict_given_its_input_shape(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(TinyCNN().state_dict(), tmp_path / "w.pt")
+    arch = "compresskit.testing.tiny:TinyCNN"
+    exported = invoke(
+        "export", str(tmp_path / "w.pt"), "--arch", arch, "--input-shape", "1,8,8",
+        "--out", str(tmp_path / "m.onnx"),
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    assert "random inputs (fp32)" in exported.output and "dynamo exporter" in exported.output
+    props = onnx_metadata(tmp_path / "m.onnx")
+    assert props["source_sha256_of"] == "file" and len(props["source_sha256"]) == 64
+
+    bench = invoke(
+        "bench", str(tmp_path / "m.onnx"), str(tmp_path / "w.pt"), "--arch", arch,
+        "--input-shape", "1,8,8", "--target", "cpu-ort-1t", "--target", "torch-cpu",
+        "--batch", "1,2", "--seconds", "0.05", "--json", str(tmp_path / "b.json"),
+    )  # fmt: skip
+    assert bench.exit_code == 0, bench.output
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = {(r["target"], r["model"], r["batch"]) for r in result["results"]}
+    assert rows == {
+        ("cpu-ort-1t", "m", 1), ("cpu-ort-1t", "m", 2), ("cpu-ort-1t", "w", 1),
+        ("cpu-ort-1t", "w", 2), ("torch-cpu", "w", 1), ("torch-cpu", "w", 2),
+    }  # fmt: skip
+    # the .onnx cannot run on torch: said so, per model, not dropped
+    torch_run = next(t for t in result["targets"] if t["target"] == "torch-cpu")
+    assert any(m["name"] == "m" and "torch model" in m["error"] for m in torch_run["models"])
+    assert all(r["p50_ms"] > 0 for r in result["results"])
+    for row in result["results"]:  # the baseline (m.onnx) did not run on torch: no ratio there
+        assert (row["speedup"] is None) == (row["target"] == "torch-cpu")
+    assert all({"p90_ms", "p99_ms", "throughput", "noisy"} <= set(r) for r in result["results"])
+
+
+def test_bench_all_targets_lists_every_skip_with_its_reason(tmp_path: Path) -> None:
+    torch.save(TinyCNN().state_dict(), tmp_path / "w.pt")
+    from compresskit.export.onnx import export_onnx
+
+    export_onnx(TinyCNN(), (torch.randn(2, 1, 8, 8),), tmp_path / "m.onnx", exporter="legacy")
+    result = invoke(
+        "bench", str(tmp_path / "m.onnx"), "--target", "all", "--batch", "1", "--threads", "1",
+        "--seconds", "0.05", "--json", str(tmp_path / "b.json"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert [t["target"] for t in data["targets"]] == builtin_target_names()
+    measured = {r["target"] for r in data["results"]}
+    assert measured | set(data["skipped"]) == set(builtin_target_names())
+    assert all(t["threads"] == 1 for t in data["targets"] if not t["skipped"])
+    for name, reason in data["skipped"].items():
+        assert reason and f"{name} skipped: " in " ".join(result.output.split())
+
+
+def test_report_re_renders_markdown_and_html(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "report.json").write_text(json.dumps(REPORT))
+    before = (run_dir / "report.json").read_text()
+    result = invoke("report", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report.md").read_text().startswith("# compresskit run: policy `tiny`")
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert (run_dir / "report.json").read_text() == before  # the data is not rewritten
+    assert "int8" in result.output and "report.html" in result.output
+
+    (run_dir / "report.json").write_text(json.dumps({**REPORT, "schema_version": 99}))
+    refused = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert refused.exit_code == 2 and "schema_version 99" in refused.output
+
+
+def _entry(name: str, accuracy: float, p50: float) -> dict:
+    return {
+        "name": name,
+        "nodes": [] if name == "baseline" else ["quantize"],
+        "params": 100,
+        "macs": 1000,
+        "onnx_bytes": 2048,
+        "exporter": "dynamo",
+        "metrics": {"accuracy": accuracy, "agreement": 1.0},
+        "latency": [
+            {
+                "target": "cpu-ort",
+                "batch": 1,
+                "p50_ms": p50,
+                "p90_ms": p50,
+                "repeats": 9,
+                "speedup": 1.0 / p50,
+            },
+        ],  # fmt: skip
+        "parity": {
+            "max_abs_error": 0.0,
+            "mean_abs_error": 0.0,
+            "agreement": 1.0,
+            "samples": 8,
+            "tolerance": 1e-3,
+            "min_agreement": 0.999,
+            "ok": True,
+        },  # fmt: skip
+    }
+
+
+REPORT = {
+    "schema_version": 2,
+    "compresskit_version": "0.1.0",
+    "created": "2026-01-01T00:00:00+00:00",
+    "policy": "tiny",
+    "checkpoint": "w.pt",
+    "data": "tiny",
+    "seed": 0,
+    "seconds": 1.0,
+    "baseline": _entry("baseline", 0.9, 1.0),
+    "candidates": [_entry("int8", 0.89, 0.5)],
+}
