@@ -72,6 +72,8 @@ class Report(_Model):
     data: str
     seed: int
     seconds: float
+    world_size: int = Field(default=1, description="processes that ran the training passes")
+    backend: str | None = Field(default=None, description="torch.distributed backend, if any")
     skipped_targets: dict[str, str] = Field(default_factory=dict)
     baseline: Entry
     candidates: list[Entry]
