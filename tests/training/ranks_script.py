@@ -60,8 +60,39 @@ def main() -> None:
         assert world.rank == 1 and "rank 0 failed during the test step: ValueError" in str(error)
     else:
         raise AssertionError("main_only hid a failure")
+    check_training_matches_one_process(world)
     if world.is_main:
         print("ranks ok", flush=True)
+
+
+def check_training_matches_one_process(world: distributed.World) -> None:
+    """Without BatchNorm, 2 ranks with half batches train what 1 process does with the
+    whole batch: the same weights up to float rounding of the gradient sums."""
+    from compresskit.testing import tiny_data
+    from compresskit.training.loop import TrainConfig, train
+
+    data = tiny_data(samples=500)  # 360 training samples: no padding on 2 ranks
+    config = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    )
+    alone = copy.deepcopy(model)
+    history = train(model, data, config)
+    if world.is_main:
+        real_current = distributed.current
+        distributed.current = lambda: distributed.World()  # type: ignore[assignment]
+        try:
+            reference = train(alone, data, config)
+        finally:
+            distributed.current = real_current  # type: ignore[assignment]
+        for (name, a), b in zip(
+            model.state_dict().items(), alone.state_dict().values(), strict=True
+        ):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (name, (a - b).abs().max())
+        for a, b in zip(history.epochs, reference.epochs, strict=True):
+            assert abs(a.loss - b.loss) < 1e-5 and a.accuracy == b.accuracy, (a, b)
+        print("training matches one process", flush=True)
 
 
 if __name__ == "__main__":
