@@ -47,6 +47,7 @@ from compresskit.models.size import count_macs, count_params
 from compresskit.pipeline import Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy
 from compresskit.progress import status
+from compresskit.training import distributed
 
 
 @dataclass
@@ -75,6 +76,7 @@ def run(
     >>> result.report.candidates[0].latency[0].speedup
     """
     started = time.perf_counter()
+    world = distributed.setup()  # joins torchrun's process group; one process otherwise
     if isinstance(policy, Pipeline):
         policy = policy.to_policy()
     elif not isinstance(policy, Policy):
@@ -87,23 +89,31 @@ def run(
     _check_task(loaded.model, example, bundle)
     teacher = _teacher(policy, loaded)
     ctx = Context(data=bundle, teacher=teacher, example_inputs=example, seed=seed)
+    final = Path(out) if out is not None else _default_out(policy.name)
+    if world.is_main and final.exists() and any(final.iterdir()):
+        raise CompressKitError(f"--out {final} exists and is not empty; choose another directory")
+    # Every rank runs every pass (training passes together, through DDP) ...
     candidates = run_pipeline(pipeline, loaded.model, ctx)
 
-    final = Path(out) if out is not None else _default_out(policy.name)
-    if final.exists() and any(final.iterdir()):
-        raise CompressKitError(f"--out {final} exists and is not empty; choose another directory")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        report = _evaluate(policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds)
-        report.seconds = time.perf_counter() - started
-        write_reports(report, tmp)
-        if final.exists():
-            final.rmdir()
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    def write_outputs() -> Report:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            report = _evaluate(
+                policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds
+            )
+            report.seconds = time.perf_counter() - started
+            write_reports(report, tmp)
+            if final.exists():
+                final.rmdir()
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return report
+
+    # ... and rank 0 alone exports, measures and writes, once the others are done.
+    report = distributed.main_only(write_outputs, what="export, benchmarks and report")
     models = {"baseline": loaded.model, **{c.name: c.model for c in candidates}}
     return RunResult(report, models, final)
 
@@ -254,6 +264,8 @@ def _evaluate(
         skipped_targets={run.target: run.skipped for run in runs if run.skipped},
         targets=[_target_entry(run) for run in runs if not run.skipped],
         machine=_machine(),
+        world_size=distributed.current().world_size,
+        backend=distributed.current().backend,
         baseline=baseline,
         candidates=rest,
     )

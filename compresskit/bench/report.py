@@ -122,6 +122,8 @@ class Report(_Model):
     data: str
     seed: int
     seconds: float
+    world_size: int = Field(default=1, description="processes that ran the training passes")
+    backend: str | None = Field(default=None, description="torch.distributed backend, if any")
     skipped_targets: dict[str, str] = Field(default_factory=dict)
     targets: list[TargetEntry] = Field(default_factory=list)
     machine: dict[str, Any] = Field(default_factory=dict)

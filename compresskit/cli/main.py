@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CompressKitError as error:
+            if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: tell it why
+                from compresskit.training.distributed import record_error
+
+                record_error(error)
             click.echo(f"Error: {error}", err=True)
             ctx.exit(2)
 
@@ -56,6 +62,18 @@ def cli() -> None:
     type=click.FloatRange(min=0.05),
     help="Time budget per latency measurement.",
 )
+@click.option(
+    "--nproc",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Train on N processes on this machine (starts torchrun; see README).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "gloo", "nccl"]),
+    help="torch.distributed backend under torchrun (default $COMPRESSKIT_BACKEND or auto).",
+)
 def compress(
     checkpoint: str | None,
     policy: str,
@@ -66,26 +84,57 @@ def compress(
     seed: int,
     exporter: str,
     latency_seconds: float,
+    nproc: int,
+    backend: str | None,
 ) -> None:
-    """Compress CHECKPOINT (default: the embedded example:digits-cnn) with a policy."""
+    """Compress CHECKPOINT (default: the embedded example:digits-cnn) with a policy.
+
+    Under torchrun (or with --nproc N) the training passes run on every process through
+    DistributedDataParallel; rank 0 alone exports, benchmarks and writes the run directory.
+    """
     from compresskit.cli.tables import print_report
     from compresskit.compress import run
     from compresskit.models.loading import load_model
     from compresskit.policies import load_policy
+    from compresskit.training import distributed
 
-    loaded_policy = load_policy(policy)
-    loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
-    result = run(
-        loaded_policy,
-        model=loaded,
-        data=data_spec,
-        out=out,
-        seed=seed,
-        exporter=exporter,  # type: ignore[arg-type]
-        latency_seconds=latency_seconds,
-    )
-    print_report(result.report)
-    click.echo(f"\nrun directory: {result.run_dir}")
+    if nproc > 1:
+        if distributed.launched_by_torchrun():
+            raise CompressKitError("--nproc starts torchrun itself; under torchrun leave it out")
+        load_policy(policy)  # fail on a bad policy here, not once per process
+        distributed.launch(nproc, ["compress", *_forwarded_options(click.get_current_context())])
+        return
+    with distributed.session(backend) as world:
+        loaded_policy = load_policy(policy)
+        loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        result = run(
+            loaded_policy,
+            model=loaded,
+            data=data_spec,
+            out=out,
+            seed=seed,
+            exporter=exporter,  # type: ignore[arg-type]
+            latency_seconds=latency_seconds,
+        )
+    if world.is_main:
+        print_report(result.report)
+        click.echo(f"\nrun directory: {result.run_dir}")
+
+
+def _forwarded_options(ctx: click.Context) -> list[str]:
+    """The command line of ``ctx`` again, without --nproc: what each process runs."""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.name == "nproc" or value is None or value is False:
+            continue
+        if isinstance(param, click.Argument):
+            argv.append(str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            argv.append(param.opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
 
 
 @cli.command()
@@ -288,5 +337,10 @@ def targets_list() -> None:
 
 
 def main() -> None:
-    cli.main(prog_name="compresskit", standalone_mode=True)
+    entry: Callable[..., Any] = cli.main
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: record crashes
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        entry = record(entry)
+    entry(prog_name="compresskit", standalone_mode=True)
     sys.exit(0)

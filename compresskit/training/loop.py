@@ -19,6 +19,7 @@ from torch import nn
 
 from compresskit.data.bundle import DataBundle
 from compresskit.progress import progress_bar, status
+from compresskit.training import distributed
 
 Inputs = tuple[torch.Tensor, ...]
 # (model, inputs, labels) -> scalar loss; the model is called as model(*inputs)
@@ -89,7 +90,8 @@ def train(
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` each epoch and
     keep the best weights (``data.eval`` stays unseen for the report)."""
-    parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
+    extra = list(extra_parameters)
+    parameters = [p for p in model.parameters() if p.requires_grad] + extra
     optimizer: torch.optim.Optimizer
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(
@@ -97,7 +99,9 @@ def train(
         )
     else:
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    loader = data.loader("train", batch_size=config.batch_size, shuffle=True)
+    # batch_size is the global batch; each rank loads its share (training/distributed.py)
+    loader = distributed.train_loader(data.train, batch_size=config.batch_size, seed=data.seed)
+    student = distributed.wrap(model)  # DDP when torchrun started several processes
     steps = config.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -109,12 +113,14 @@ def train(
     best_accuracy, best_state = -1.0, None
     with progress_bar(description, total=steps) as bar:
         for epoch in range(config.epochs):
+            distributed.set_epoch(loader, epoch)
             model.train()
             total_loss, batches = 0.0, 0
             for *inputs, y in loader:
-                loss = loss_fn(model, tuple(inputs), y)
+                loss = loss_fn(student, tuple(inputs), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(extra)
                 if config.grad_clip is not None:
                     nn.utils.clip_grad_norm_(parameters, config.grad_clip)
                 optimizer.step()
@@ -122,8 +128,12 @@ def train(
                 total_loss += loss.item()
                 batches += 1
                 bar.update(bar.task_ids[0], advance=1, info=f"loss {total_loss / batches:.4f}")
-            accuracy = evaluate_accuracy(model, data.loader("val", batch_size=256))
-            history.epochs.append(EpochRecord(epoch, total_loss / max(batches, 1), accuracy))
+            distributed.sync_buffers(model)
+            accuracy = distributed.mean_over_shards(
+                data.val, lambda loader: evaluate_accuracy(model, loader)
+            )
+            epoch_loss = distributed.weighted_mean(total_loss / max(batches, 1), batches)
+            history.epochs.append(EpochRecord(epoch, epoch_loss, accuracy))
             if config.keep_best and accuracy > best_accuracy:
                 best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
                 history.best_epoch = epoch

@@ -1,0 +1,304 @@
+"""Training passes on several processes or machines: torch.distributed + DDP, via torchrun.
+
+Every rank runs the whole pipeline. Structural passes (pruning, quantization insertion)
+are deterministic, so they run identically everywhere; :func:`wrap` checks that the ranks
+really hold the same model (an all-gathered checksum) before training starts. Training
+passes wrap the student in DistributedDataParallel and shard the training data with a
+DistributedSampler. Export, verification, benchmarks and the report run on rank 0 alone
+(:func:`main_only`) after every rank has finished; the other ranks wait for its result.
+
+Global batch semantics: ``train.batch_size`` is the global batch. Each rank takes
+``batch_size / world_size`` samples per step, and the sampler's permutation does not
+depend on the world size, so a run on N processes sees the same batches, in the same
+order, as one process (up to float rounding and BatchNorm statistics per rank).
+
+>>> with session("auto") as world:                                 # doctest: +SKIP
+...     loader = train_loader(dataset, batch_size=64, seed=0)
+...     student = wrap(model)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, get_args
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from compresskit.errors import CompressKitError
+
+BackendChoice = Literal["auto", "gloo", "nccl"]
+BACKEND_ENV = "COMPRESSKIT_BACKEND"
+TIMEOUT_ENV = "COMPRESSKIT_DIST_TIMEOUT"  # seconds; every collective fails after this
+DEFAULT_TIMEOUT_S = 1800.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run; one process (rank 0 of 1) when not distributed."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def current() -> World:
+    """The world of the initialised process group, or a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        backend=str(dist.get_backend()),
+    )
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment describes more than one process (torchrun sets it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def choose_backend(requested: str | None, device: torch.device) -> str:
+    """``auto`` (or nothing; ``$COMPRESSKIT_BACKEND`` first) is nccl for CUDA training and
+    gloo for CPU training. compresskit's training loop runs on CPU today, so auto -> gloo."""
+    choice = requested or os.environ.get(BACKEND_ENV) or "auto"
+    if choice not in get_args(BackendChoice):
+        raise CompressKitError(
+            f"backend {choice!r} is not one of auto, gloo, nccl; fix --backend or ${BACKEND_ENV}"
+        )
+    if choice == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if choice == "nccl" and device.type != "cuda":
+        raise CompressKitError(
+            "backend nccl needs CUDA tensors but training runs on the CPU; use --backend gloo"
+        )
+    return choice
+
+
+def timeout() -> dt.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+        if seconds <= 0:
+            raise ValueError
+    except ValueError:
+        raise CompressKitError(
+            f"${TIMEOUT_ENV}={raw!r}: give a positive number of seconds"
+        ) from None
+    return dt.timedelta(seconds=seconds)
+
+
+def setup(backend: str | None = None, *, device: torch.device | None = None) -> World:
+    """Join the process group torchrun described in the environment (idempotent); a
+    no-op in a single process. Other ranks go quiet, and SIGTERM (how torchrun stops the
+    survivors when a rank fails) unwinds Python so no half-written directory is left."""
+    if dist.is_initialized() or not launched_by_torchrun():
+        return current()
+    chosen = choose_backend(backend, device or torch.device("cpu"))
+    dist.init_process_group(backend=chosen, timeout=timeout())
+    world = current()
+    if not world.is_main:
+        os.environ["COMPRESSKIT_QUIET"] = "1"
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return world
+
+
+@contextmanager
+def session(backend: str | None = None) -> Iterator[World]:
+    """:func:`setup`, and leave the process group at the end if this call joined it.
+
+    Only after success, and together (a barrier): a rank that tears the group down alone
+    aborts the others. After a failure the process just exits and torchrun stops the rest.
+    """
+    joined = not dist.is_initialized() and launched_by_torchrun()
+    world = setup(backend)
+    yield world
+    if joined and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# --- training -------------------------------------------------------------------------
+
+
+def model_checksum(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer: names, shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_same_model(model: nn.Module) -> None:
+    """Fail on every rank, before training, if the ranks hold different models."""
+    world = current()
+    if not world.distributed:
+        return
+    sums: list[Any] = [None] * world.world_size
+    dist.all_gather_object(sums, model_checksum(model))
+    differ = [rank for rank, value in enumerate(sums) if value != sums[0]]
+    if differ:
+        raise CompressKitError(
+            f"ranks {differ} hold a different model than rank 0 before training (parameter "
+            "checksums differ); a structural pass is not deterministic: fix its seed or run "
+            "with --nproc 1"
+        )
+
+
+def wrap(model: nn.Module) -> nn.Module:
+    """The module a training step calls: ``model`` itself in one process, else a
+    DistributedDataParallel around it, once the ranks are checked to agree. Rank r draws
+    random numbers from ``initial_seed + r``: deterministic, different per rank, and
+    rank 0 draws what a single process would."""
+    world = current()
+    if not world.distributed:
+        return model
+    check_same_model(model)
+    torch.manual_seed(torch.initial_seed() + world.rank)
+    device_ids = [world.local_rank] if world.backend == "nccl" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def train_loader(dataset: Dataset, *, batch_size: int, seed: int) -> DataLoader:
+    """This rank's share of every global batch of ``batch_size`` samples, reshuffled each
+    epoch by :func:`set_epoch`. The permutation is the same at any world size."""
+    world = current()
+    if batch_size % world.world_size:
+        raise CompressKitError(
+            f"train.batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{world.world_size} processes; use a multiple of {world.world_size}"
+        )
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=seed
+    )
+    return DataLoader(dataset, batch_size=batch_size // world.world_size, sampler=sampler)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+def _tensor(values: Sequence[float]) -> torch.Tensor:
+    device = f"cuda:{current().local_rank}" if current().backend == "nccl" else "cpu"
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def weighted_mean(value: float, weight: float) -> float:
+    """The mean of ``value`` over all ranks, each weighted (samples, batches)."""
+    if not current().distributed:
+        return value
+    total = _tensor([value * weight, weight])
+    dist.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] > 0 else 0.0
+
+
+def mean_over_shards(
+    dataset: Dataset, measure: Callable[[DataLoader], float], *, batch_size: int = 256
+) -> float:
+    """``measure`` (a per-sample mean such as accuracy) over ``dataset``, each rank taking
+    every world_size-th sample (no padding, so the counts are exact)."""
+    world = current()
+    if not world.distributed:
+        return measure(DataLoader(dataset, batch_size=batch_size))
+    shard = Subset(dataset, range(world.rank, len(dataset), world.world_size))  # type: ignore[arg-type]
+    return weighted_mean(measure(DataLoader(shard, batch_size=batch_size)), len(shard))
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics move with local batches)."""
+    if current().distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """All-reduce the gradients of parameters outside the DDP module (e.g. a loss's own)."""
+    world = current()
+    if not world.distributed:
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= world.world_size
+
+
+# --- outputs ----------------------------------------------------------------------------
+
+
+def main_only(produce: Callable[[], T], *, what: str) -> T:
+    """Run ``produce`` on rank 0 once every rank is done (a barrier, so it has the cores
+    to itself) and hand its result, or its failure, to the waiting ranks."""
+    world = current()
+    if not world.distributed:
+        return produce()
+    dist.barrier()
+    box: list[Any] = [None]
+    if world.is_main:
+        try:
+            box[0] = ("ok", produce())
+        except BaseException as error:
+            dist.broadcast_object_list([("error", f"{type(error).__name__}: {error}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    state, value = box[0]
+    if state == "error":
+        raise CompressKitError(f"rank 0 failed during {what}: {value}")
+    return value  # type: ignore[no-any-return]
+
+
+# --- launching --------------------------------------------------------------------------
+
+
+def launch(nproc: int, argv: Sequence[str]) -> None:
+    """``torchrun --standalone --nproc-per-node nproc -m compresskit *argv``, in process
+    (torch.distributed.run's API). A failed rank ends the run: torchrun stops the others,
+    and this raises with every failed rank's error, the first one first."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", "compresskit", *argv]
+    )
+    try:
+        run(args)
+    except ChildFailedError as error:
+        failures = sorted(error.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+        parts = []
+        for rank, failure in failures:
+            message = failure.message
+            if isinstance(message, dict):
+                message = message.get("message", "")
+            text = str(message).strip().splitlines()[-1:] or [f"exit code {failure.exitcode}"]
+            parts.append(f"rank {rank} (exit code {failure.exitcode}): {text[0]}")
+        raise CompressKitError(f"{nproc}-process run failed; " + "; ".join(parts)) from None
+
+
+def record_error(error: BaseException) -> None:
+    """Leave ``error`` where torchrun reads a failed rank's reason (a no-op elsewhere)."""
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        get_error_handler().record_exception(error)
