@@ -280,7 +280,7 @@ def train(
                 loss = value
             if not torch.isfinite(loss):
                 raise CompressKitError(
-                    f"{description}: the loss became {float(loss)} at step {step}; "
+                    f"{description}: the loss became {float(loss.detach())} at step {step}; "
                     "lower train.lr or the loss weights"
                 )
             optimizer.zero_grad(set_to_none=True)
