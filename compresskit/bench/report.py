@@ -52,7 +52,9 @@ class Entry(_Model):
     macs: int
     onnx_bytes: int
     exporter: str
-    metrics: dict[str, float] = Field(description="accuracy, agreement with the baseline, kl")
+    metrics: dict[str, float] = Field(
+        description="accuracy, agreement with the baseline, kl, churn (good/bad) vs the baseline"
+    )
     int8_coverage: float | None = None
     latency: list[LatencyEntry] = Field(default_factory=list)
     parity: ParityEntry
@@ -138,6 +140,11 @@ def render_markdown(report: Report) -> str:
     for entry in report.candidates:
         lines += [f"## {entry.name}", "", f"Passes: {' -> '.join(entry.nodes)}.", ""]
         lines += [f"- {line}" for line in entry.verdict]
+        if "churn" in entry.metrics:
+            lines.append(
+                f"- churn vs baseline {entry.metrics['churn']:.4f} (good "
+                f"{entry.metrics['churn_good']:.4f}, bad {entry.metrics['churn_bad']:.4f})"
+            )
         lines += [
             f"- ORT vs torch: max abs error {entry.parity.max_abs_error:.2e}, "
             f"agreement {entry.parity.agreement:.4f} ({'ok' if entry.parity.ok else 'FAILED'}); "
@@ -152,11 +159,29 @@ def render_markdown(report: Report) -> str:
                     + ", ".join(f"{k} {a}->{b}" for k, (a, b) in list(changed.items())[:8])
                     + (" ..." if len(changed) > 8 else "")
                 )
+            history = step.records.get("history")
+            if history and history.get("epochs"):
+                lines.append(f"- `{step.id}` {_curve(history)}")
             floats = step.records.get("float_layers")
             if floats:
                 lines.append(f"- `{step.id}` kept in float: {', '.join(floats)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _curve(history: dict[str, Any]) -> str:
+    """One line of a training curve: loss and val metrics per validation, the kept one."""
+    epochs = history["epochs"]
+    points = " ".join(
+        f"{e['loss']:.3f}/{e.get('metrics', {}).get('accuracy', e.get('accuracy', 0.0)):.3f}"
+        for e in epochs[:12]
+    ) + (" ..." if len(epochs) > 12 else "")
+    kept = history.get("best_epoch")
+    return (
+        f"training curve (loss/val acc): {points}"
+        + (f"; kept {kept}" if kept is not None else "")
+        + (f"; {history['stopped']}" if history.get("stopped", "completed") != "completed" else "")
+    )
 
 
 def _si(n: int) -> str:

@@ -34,8 +34,9 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
 class Taps:
     """Named captures of module outputs/inputs during one forward (``values``)."""
 
-    def __init__(self, model: nn.Module, spec: Mapping[str, tuple[str, Capture]], *,
-                 role: str = "model") -> None:
+    def __init__(
+        self, model: nn.Module, spec: Mapping[str, tuple[str, Capture]], *, role: str = "model"
+    ) -> None:
         self.model = model
         self.spec = dict(spec)
         self.role = role

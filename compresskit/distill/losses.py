@@ -181,9 +181,7 @@ def nkd_loss(
     return target_term + gamma * temperature**2 * kl
 
 
-def taid_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
-) -> torch.Tensor:
+def taid_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
     """KL(p_t || q_student) with p_t = softmax((1 - t) stopgrad(student) + t teacher)."""
     mixed = (1 - t) * student_logits.detach() + t * teacher_logits
     return F.kl_div(
@@ -230,9 +228,12 @@ class DTSSchedule:
 
     def update(self, gap: float) -> float:
         spec = self.spec
-        base = spec.t_min + 0.5 * (spec.t_max - spec.t_min) * (1 + math.cos(math.pi * self.progress))
-        wanted = min(max(base * (1 + spec.gap_scale * math.tanh(max(gap, 0.0))), spec.t_min),
-                     spec.t_max)
+        base = spec.t_min + 0.5 * (spec.t_max - spec.t_min) * (
+            1 + math.cos(math.pi * self.progress)
+        )
+        wanted = min(
+            max(base * (1 + spec.gap_scale * math.tanh(max(gap, 0.0))), spec.t_min), spec.t_max
+        )
         self.temperature = spec.momentum * self.temperature + (1 - spec.momentum) * wanted
         return self.temperature
 

@@ -118,9 +118,9 @@ def check_names(model: nn.Module, names: Sequence[str], role: str) -> None:
     for name in names:
         if name not in known:
             close = [n for n in known if n and (n.endswith(name) or name in n)][:3]
-            hint = f"; did you mean {', '.join(close)}?" if close else (
-                f"; its layers are named like {', '.join([n for n in known if n][:4])}"
+            hint = (
+                f"; did you mean {', '.join(close)}?"
+                if close
+                else (f"; its layers are named like {', '.join([n for n in known if n][:4])}")
             )
-            raise CompressKitError(
-                f"distill: layer {name!r} is not a module of the {role}{hint}"
-            )
+            raise CompressKitError(f"distill: layer {name!r} is not a module of the {role}{hint}")

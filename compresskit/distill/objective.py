@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from compresskit.distill import losses as L
 from compresskit.distill.hooks import Capture, Taps
-from compresskit.distill.mapping import classifier_name, check_names, map_layers
-from compresskit.distill.projectors import build_projector, channel_dim
+from compresskit.distill.mapping import check_names, classifier_name, map_layers
+from compresskit.distill.projectors import ChannelProjector, build_projector, channel_dim
 from compresskit.errors import CompressKitError
 from compresskit.training.loop import Inputs, Objective, StepState, to_device
 
@@ -171,8 +171,9 @@ class DistillObjective:
                 entry["final_temperature"] = round(term.schedule.temperature, 4)
             terms.append(entry)
         projectors = {
-            name: [p.linear.in_features, p.linear.out_features]
+            name: [p.in_features, p.out_features]
             for name, p in self.projectors.items()
+            if isinstance(p, ChannelProjector)
         }
         return {"terms": terms, "projectors": projectors, "teacher_cached": self.cache is not None}
 
@@ -228,8 +229,8 @@ class DistillObjective:
             self.student_taps.clear()
             logits = model(*inputs)
             s_values = dict(self.student_taps.values)
-        t_logits, t_values = (None, {}) if self.teacher is None else self._teacher_outputs(
-            inputs, index
+        t_logits, t_values = (
+            (None, {}) if self.teacher is None else self._teacher_outputs(inputs, index)
         )
         terms: dict[str, torch.Tensor] = {}
         for term in self.terms:
@@ -270,9 +271,11 @@ class DistillObjective:
         for s_key, t_key in term.pairs:
             s, t = s_values[s_key], t_values[t_key]
             if isinstance(spec, L.HiddenLoss):
-                projector = self.projectors[self._projector_name(s_key, t_key)] if (
-                    self._projector_name(s_key, t_key) in self.projectors
-                ) else None
+                projector = (
+                    self.projectors[self._projector_name(s_key, t_key)]
+                    if (self._projector_name(s_key, t_key) in self.projectors)
+                    else None
+                )
                 s = projector(s) if projector is not None else s
                 values.append(
                     L.hidden_loss(s, t, metric=spec.metric, channel_dim=self.channel_dims[s_key])

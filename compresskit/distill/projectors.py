@@ -25,6 +25,7 @@ class ChannelProjector(nn.Module):
     def __init__(self, dim: int, in_features: int, out_features: int) -> None:
         super().__init__()
         self.dim = dim
+        self.in_features, self.out_features = in_features, out_features
         self.linear = nn.Linear(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

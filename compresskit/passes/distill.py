@@ -95,9 +95,9 @@ class TeacherAgreement:
         self.predictions: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> dict[
-        str, float
-    ]:
+    def __call__(
+        self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
+    ) -> dict[str, float]:
         batches = list(batches)
         metrics = {"accuracy": evaluate_accuracy(model, batches)}
         if self.teacher is None:
@@ -157,7 +157,7 @@ class Distill(Pass[DistillConfig]):
             data = self._maybe_cache(objective, ctx, example)
             metric_fn = TeacherAgreement(teacher)
             stop_at = self._stop_at(ctx, metric_fn, teacher, device)
-            with objective.student_taps, (objective.teacher_taps or contextlib.nullcontext()):
+            with objective.student_taps, objective.teacher_taps or contextlib.nullcontext():
                 history = train(
                     model,
                     data,
@@ -206,7 +206,10 @@ class Distill(Pass[DistillConfig]):
         return dataclasses.replace(ctx.data, train=IndexedDataset(ctx.data.train))
 
     def _stop_at(
-        self, ctx: Context, metric_fn: TeacherAgreement, teacher: nn.Module | None,
+        self,
+        ctx: Context,
+        metric_fn: TeacherAgreement,
+        teacher: nn.Module | None,
         device: torch.device,
     ) -> float | None:
         """The val metric at which the policy budget is met (budget-based early stop)."""

@@ -171,7 +171,9 @@ def evaluate_accuracy(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]
     return correct / max(total, 1)
 
 
-def accuracy_metric(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> dict[str, float]:
+def accuracy_metric(
+    model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
+) -> dict[str, float]:
     return {"accuracy": evaluate_accuracy(model, batches)}
 
 
@@ -318,7 +320,7 @@ def train(
                 accuracy=metrics.get("accuracy", float("nan")),
                 metrics=metrics,
                 parts={k: v / max(float(sums[1]), 1.0) for k, v in parts.items()},
-                lr=scheduler.get_last_lr()[0],
+                lr=float(scheduler.get_last_lr()[0]),
             )
             history.epochs.append(record)
             sums.zero_()
@@ -341,9 +343,7 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     last = history.epochs[-1]
-    kept = (
-        f" (kept validation {history.best_epoch}: {best_value:.4f})" if best_state else ""
-    )
+    kept = f" (kept validation {history.best_epoch}: {best_value:.4f})" if best_state else ""
     status(
         f"{description}: {last.step} steps, loss {last.loss:.4f}, val {config.monitor} "
         f"{last.metrics[config.monitor]:.4f}{kept}; {history.stopped}"

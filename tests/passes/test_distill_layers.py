@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from compresskit.context import Context
-from compresskit.distill.mapping import map_layers, stage_names
 from compresskit.distill.losses import LayerPair
+from compresskit.distill.mapping import map_layers, stage_names
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import export_onnx
 from compresskit.models.checkpoint import save_model
@@ -87,7 +87,10 @@ def test_auto_mapping_is_uniform_by_depth_and_by_name_for_equal_depth() -> None:
     torch.manual_seed(0)
     teacher = TinyTransformer(depth=4)
     student = depth_pruned(teacher, [0, 2])
-    assert map_layers(student, teacher, "auto") == [("layers.0", "layers.1"), ("layers.1", "layers.3")]
+    assert map_layers(student, teacher, "auto") == [
+        ("layers.0", "layers.1"),
+        ("layers.1", "layers.3"),
+    ]
     assert map_layers(student, teacher, "last") == [("layers.1", "layers.3")]
     assert map_layers(student, teacher, "auto", kind="attention") == [
         ("layers.0.attention", "layers.1.attention"),
@@ -146,7 +149,10 @@ def test_hidden_distillation_after_width_pruning_leaves_no_trace_in_the_export(
     distilled = Distill(config).apply(pruned, ctx)
     records = ctx.records["distill"]
     assert records["projectors"] and all(a < b for a, b in records["projectors"].values())
-    assert records["terms"][1]["pairs"] == [["features.1", "features.1"], ["features.4", "features.4"]]
+    assert records["terms"][1]["pairs"] == [
+        ["features.1", "features.1"],
+        ["features.4", "features.4"],
+    ]
     # Hooks removed, no projector in the model, its state dict or its ONNX graph.
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in distilled.modules())
     assert all(not m._forward_hooks for m in trained_tiny_cnn.modules())
@@ -197,9 +203,13 @@ def test_cached_teacher_outputs_train_the_same_as_live_ones(tiny, trained_tiny_c
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_unlabelled_distillation_from_a_teacher_checkpoint(tiny, trained_tiny_cnn, tmp_path) -> None:
+def test_unlabelled_distillation_from_a_teacher_checkpoint(
+    tiny, trained_tiny_cnn, tmp_path
+) -> None:
     path = tmp_path / "teacher.pt"
-    save_model(trained_tiny_cnn, path, source={"kind": "arch", "factory": "compresskit.testing:TinyCNN"})
+    save_model(
+        trained_tiny_cnn, path, source={"kind": "arch", "factory": "compresskit.testing:TinyCNN"}
+    )
     ctx = Context(data=tiny, teacher=None, example_inputs=tiny.example_inputs(2))
     torch.manual_seed(1)
     config = DistillConfig(

@@ -69,7 +69,10 @@ def test_objective_trains_extra_modules_and_logs_parts(tiny) -> None:
     steps: list[int] = []
 
     def loss(model, inputs, y):  # noqa: ANN001, ANN202
-        return {"task": cross_entropy(model, inputs, y), "extra": extra(model(*inputs)).pow(2).mean()}
+        return {
+            "task": cross_entropy(model, inputs, y),
+            "extra": extra(model(*inputs)).pow(2).mean(),
+        }
 
     objective = Objective(loss=loss, modules=[extra], on_step=lambda s: steps.append(s.step))
     history = train(fresh(), tiny, TrainConfig(epochs=1, batch_size=64), objective=objective)
