@@ -88,7 +88,9 @@ def run(
     example = bundle.example_inputs(batch_size=2)
     _check_task(loaded.model, example, bundle)
     teacher = _teacher(policy, loaded)
-    ctx = Context(data=bundle, teacher=teacher, example_inputs=example, seed=seed)
+    ctx = Context(
+        data=bundle, teacher=teacher, example_inputs=example, seed=seed, budget=policy.budget
+    )
     final = Path(out) if out is not None else _default_out(policy.name)
     if world.is_main and final.exists() and any(final.iterdir()):
         raise CompressKitError(f"--out {final} exists and is not empty; choose another directory")
@@ -274,10 +276,17 @@ def _evaluate(
 def _metrics(outputs: Any, labels: Any, baseline: Any) -> dict[str, float]:
     logp = torch.log_softmax(torch.from_numpy(outputs).double(), -1)
     base_logp = torch.log_softmax(torch.from_numpy(baseline).double(), -1)
+    pred, base_pred = outputs.argmax(-1), baseline.argmax(-1)
+    changed = pred != base_pred
     return {
-        "accuracy": float((outputs.argmax(-1) == labels).mean()),
-        "agreement": float((outputs.argmax(-1) == baseline.argmax(-1)).mean()),
+        "accuracy": float((pred == labels).mean()),
+        "agreement": float((pred == base_pred).mean()),
         "kl": float((base_logp.exp() * (base_logp - logp)).sum(-1).mean()),
+        # Prediction churn vs the baseline ("Churn Reduction via Distillation"): good churn
+        # fixes a baseline mistake, bad churn breaks a correct baseline prediction.
+        "churn": float(changed.mean()),
+        "churn_good": float((changed & (pred == labels)).mean()),
+        "churn_bad": float((changed & (base_pred == labels)).mean()),
     }
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from compresskit.data.bundle import DataBundle
+
+if TYPE_CHECKING:
+    from compresskit.policies.schema import Budget
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     run_dir: Path | None = None
     records: dict[str, Any] = field(default_factory=dict)
+    # The policy's budget, for training that stops once it is met (train.stop_at_budget).
+    budget: Budget | None = None
 
     def for_node(self) -> Context:
         """A copy with empty records, for one node of the pipeline."""

@@ -100,7 +100,9 @@ class Entry(_Model):
         default=None, description="why the dynamo exporter was not used, when it failed"
     )
     precision: str = Field(default="fp32", description="fp32, fp16 or int8 (parity tolerance)")
-    metrics: dict[str, float] = Field(description="accuracy, agreement with the baseline, kl")
+    metrics: dict[str, float] = Field(
+        description="accuracy, agreement with the baseline, kl, churn (good/bad) vs the baseline"
+    )
     int8_coverage: float | None = None
     latency: list[LatencyEntry] = Field(default_factory=list)
     sessions: list[SessionEntry] = Field(default_factory=list)
@@ -238,6 +240,11 @@ def render_markdown(report: Report) -> str:
         if entry.nodes:
             lines += [f"Passes: {' -> '.join(entry.nodes)}.", ""]
         lines += [f"- {line}" for line in entry.verdict]
+        if "churn" in entry.metrics:
+            lines.append(
+                f"- churn vs baseline {entry.metrics['churn']:.4f} (good "
+                f"{entry.metrics['churn_good']:.4f}, bad {entry.metrics['churn_bad']:.4f})"
+            )
         lines.append(
             f"- ORT vs torch ({entry.precision}): max abs error "
             f"{entry.parity.max_abs_error:.2e} (allowed {entry.parity.tolerance:.2e}), agreement "
@@ -305,10 +312,28 @@ def _step_lines(entry: Entry) -> list[str]:
                 + ", ".join(f"{k} {a}->{b}" for k, (a, b) in list(changed.items())[:8])
                 + (" ..." if len(changed) > 8 else "")
             )
+        history = step.records.get("history")
+        if history and history.get("epochs"):
+            lines.append(f"- `{step.id}` {_curve(history)}")
         floats = step.records.get("float_layers")
         if floats:
             lines.append(f"- `{step.id}` kept in float: {', '.join(floats)}")
     return lines
+
+
+def _curve(history: dict[str, Any]) -> str:
+    """One line of a training curve: loss and val metrics per validation, the kept one."""
+    epochs = history["epochs"]
+    points = " ".join(
+        f"{e['loss']:.3f}/{e.get('metrics', {}).get('accuracy', e.get('accuracy', 0.0)):.3f}"
+        for e in epochs[:12]
+    ) + (" ..." if len(epochs) > 12 else "")
+    kept = history.get("best_epoch")
+    return (
+        f"training curve (loss/val acc): {points}"
+        + (f"; kept {kept}" if kept is not None else "")
+        + (f"; {history['stopped']}" if history.get("stopped", "completed") != "completed" else "")
+    )
 
 
 def si(n: int) -> str:

@@ -1,45 +1,130 @@
-"""Fine-tuning with knowledge distillation from the teacher (Hinton logit KD).
+"""Fine-tuning with knowledge distillation from a teacher, through the shared loop.
 
-The loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``;
-``alpha = 1`` is plain fine-tuning on labels, ``alpha = 0`` needs no labels at all.
+The teacher is the model as it entered the pipeline (``ctx.teacher``) or a checkpoint
+(``teacher: path``). ``losses`` composes weighted terms (task, kd, nkd, dts, taid,
+hidden, attention, rkd_distance, rkd_angle; see :mod:`compresskit.distill.losses`).
+Without ``losses``, the short form is ``alpha * CE(labels) + (1 - alpha) * KD(T)``:
+``alpha = 1`` is plain fine-tuning, ``alpha = 0`` needs no labels at all.
+
+Projectors and hooks are training-only: hooks are removed when training ends and
+projectors are never attached to the model, so neither reaches the export.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
-from torch.nn import functional as F
 
 from compresskit.context import Context
+from compresskit.distill.losses import KDLoss, LossSpec, TaskLoss, kd_loss
+from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
-from compresskit.training.loop import Inputs, TrainConfig, train
+from compresskit.progress import status
+from compresskit.training.loop import Runtime, TrainConfig, evaluate_accuracy, to_device, train
+
+__all__ = ["Distill", "DistillConfig", "kd_loss"]
 
 
 class DistillConfig(PassConfig):
-    temperature: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the label loss")
+    """Teacher, weighted losses, teacher-output caching and training settings."""
+
+    teacher: str | None = Field(
+        default=None, description="checkpoint to distil from; default: the pipeline's input"
+    )
+    alpha: float | None = Field(
+        default=None, ge=0, le=1, description="short form: weight of the label loss (0.5)"
+    )
+    temperature: float | None = Field(
+        default=None, gt=0, description="short form: KD temperature (4.0)"
+    )
+    losses: list[LossSpec] = Field(
+        default_factory=list, description="weighted loss terms; replaces alpha/temperature"
+    )
+    cache_teacher: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="compute teacher outputs once over the training data (auto: if they "
+        "fit in cache_max_mb and inputs have a fixed shape)",
+    )
+    cache_max_mb: float = Field(default=256, gt=0)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _one_form(self) -> DistillConfig:
+        if self.losses and (self.alpha is not None or self.temperature is not None):
+            raise ValueError(
+                "alpha/temperature are the short form; with losses, give the weights and "
+                "temperature in the losses (kind: task / kind: kd)"
+            )
+        return self
 
-def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Hinton's distillation loss, scaled by T^2 so gradients keep their size across T."""
-    return F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=-1),
-        F.log_softmax(teacher_logits / temperature, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (temperature**2)
+    def loss_specs(self) -> list[Any]:
+        if self.losses:
+            return list(self.losses)
+        alpha = 0.5 if self.alpha is None else self.alpha
+        temperature = 4.0 if self.temperature is None else self.temperature
+        specs: list[Any] = []
+        if alpha > 0:
+            specs.append(TaskLoss(weight=alpha))
+        if alpha < 1:
+            specs.append(KDLoss(weight=1 - alpha, temperature=temperature))
+        return specs
+
+
+def load_teacher(path: str) -> nn.Module:
+    from compresskit.models.loading import load_model
+
+    teacher = load_model(path).model
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher.eval()
+
+
+class TeacherAgreement:
+    """Validation metrics: accuracy, and top-1 agreement with the teacher (whose val
+    predictions are computed once; the val loader's order is fixed)."""
+
+    def __init__(self, teacher: nn.Module | None) -> None:
+        self.teacher = teacher
+        self.predictions: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def __call__(
+        self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
+    ) -> dict[str, float]:
+        batches = list(batches)
+        metrics = {"accuracy": evaluate_accuracy(model, batches)}
+        if self.teacher is None:
+            return metrics
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.predictions is None:
+            self.predictions = [
+                self.teacher(*to_device(b, device)[:-1]).argmax(-1) for b in batches
+            ]
+        was_training = model.training
+        model.eval()
+        same = total = 0
+        for batch, expected in zip(batches, self.predictions, strict=True):
+            got = model(*to_device(batch, device)[:-1]).argmax(-1)
+            same += int((got == expected).sum())
+            total += len(got)
+        model.train(was_training)
+        metrics["agreement"] = same / max(total, 1)
+        return metrics
 
 
 @register_pass("distill")
 class Distill(Pass[DistillConfig]):
-    """Train the model to match the teacher's logits (and the labels, by ``alpha``).
+    """Train the model against the teacher with the policy's weighted losses.
 
-    >>> Distill(DistillConfig(alpha=0.3)).apply(pruned, ctx)     # doctest: +SKIP
+    >>> Distill(DistillConfig(losses=[{"kind": "kd"}, {"kind": "hidden"}])).apply(m, ctx)
+    ...                                                                 # doctest: +SKIP
     """
 
     config_cls = DistillConfig
@@ -48,29 +133,99 @@ class Distill(Pass[DistillConfig]):
     may_follow = frozenset({Stage.QUANTIZATION})  # fine-tuning a fake-quant model is QAT
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        teacher = ctx.teacher
-        if teacher is None and self.config.alpha < 1:
-            raise CompressKitError(
-                "distill: no teacher in the context; set alpha: 1 to fine-tune on labels only"
-            )
         config = self.config
-
-        def loss_fn(student: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
-            logits = student(*inputs)
-            loss = config.alpha * F.cross_entropy(logits, y) if config.alpha > 0 else 0.0
-            if config.alpha < 1:
-                assert teacher is not None
-                with torch.no_grad():
-                    target = teacher(*inputs)
-                if target.shape != logits.shape:
-                    raise CompressKitError(
-                        f"distill: teacher outputs {tuple(target.shape)} but the student "
-                        f"{tuple(logits.shape)}; the teacher must solve the same task"
-                    )
-                loss = loss + (1 - config.alpha) * kd_loss(logits, target, config.temperature)
-            return loss  # type: ignore[return-value]
-
-        torch.manual_seed(ctx.seed)
-        history = train(model, ctx.data, config.train, loss_fn=loss_fn, description="distill")
-        ctx.record(history=history.as_dict())
+        specs = config.loss_specs()
+        needs_teacher = any(spec.kind != "task" for spec in specs)
+        teacher = load_teacher(config.teacher) if config.teacher else ctx.teacher
+        if teacher is None and needs_teacher:
+            raise CompressKitError(
+                "distill: no teacher in the context; set teacher: PATH, or alpha: 1 to "
+                "fine-tune on labels only"
+            )
+        if not needs_teacher:
+            teacher = None
+        device = ctx.device
+        teacher_device = _device_of(teacher)
+        model_device = _device_of(model)
+        model.to(device)
+        if teacher is not None:
+            teacher.to(device)
+        try:
+            torch.manual_seed(ctx.seed)
+            example = tuple(x.to(device) for x in ctx.example_inputs)
+            objective = DistillObjective(specs, model, teacher, example_inputs=example)
+            data = self._maybe_cache(objective, ctx, example)
+            metric_fn = TeacherAgreement(teacher)
+            stop_at = self._stop_at(ctx, metric_fn, teacher, device)
+            with objective.student_taps, objective.teacher_taps or contextlib.nullcontext():
+                history = train(
+                    model,
+                    data,
+                    config.train,
+                    objective=objective.as_objective(),
+                    metric_fn=metric_fn,
+                    stop_at=stop_at,
+                    seed=ctx.seed,
+                    runtime=Runtime(device),
+                    description="distill",
+                )
+        finally:
+            if teacher is not None:
+                teacher.to(teacher_device)
+        model.to(model_device)
+        ctx.record(
+            history=history.as_dict(),
+            distill={
+                **objective.describe(),
+                "teacher": config.teacher or "input",
+                "stop_at": stop_at,
+            },
+        )
         return model
+
+    def _maybe_cache(self, objective: DistillObjective, ctx: Context, example: Any) -> Any:
+        mode = self.config.cache_teacher
+        if objective.teacher is None or mode == "never":
+            return ctx.data
+        if ctx.data.dynamic_sequence:
+            if mode == "always":
+                raise CompressKitError(
+                    "distill: cache_teacher: always needs fixed-shape inputs, but "
+                    f"{ctx.data.name} pads each batch to its own length; use auto or never"
+                )
+            return ctx.data
+        size = objective.cache_bytes(example, len(ctx.data.train))  # type: ignore[arg-type]
+        limit = self.config.cache_max_mb * 2**20
+        if mode == "auto" and size > limit:
+            status(
+                f"distill: teacher outputs need {size / 2**20:.0f} MB > cache_max_mb "
+                f"{self.config.cache_max_mb:.0f}; running the teacher every step"
+            )
+            return ctx.data
+        objective.build_cache(ctx.data.train, ctx.device)
+        return dataclasses.replace(ctx.data, train=IndexedDataset(ctx.data.train))
+
+    def _stop_at(
+        self,
+        ctx: Context,
+        metric_fn: TeacherAgreement,
+        teacher: nn.Module | None,
+        device: torch.device,
+    ) -> float | None:
+        """The val metric at which the policy budget is met (budget-based early stop)."""
+        train_config = self.config.train
+        budget = ctx.budget
+        if not train_config.stop_at_budget or budget is None:
+            return None
+        if train_config.monitor == "agreement":
+            return budget.min_agreement
+        if budget.max_accuracy_drop is None or teacher is None:
+            return None
+        loader = [to_device(b, device) for b in ctx.data.loader("val", batch_size=256)]
+        return evaluate_accuracy(teacher, loader) - budget.max_accuracy_drop
+
+
+def _device_of(model: nn.Module | None) -> torch.device:
+    if model is None:
+        return torch.device("cpu")
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

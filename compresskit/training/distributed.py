@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, get_args
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from compresskit.errors import CompressKitError
 
@@ -206,25 +206,13 @@ def _tensor(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64, device=device)
 
 
-def weighted_mean(value: float, weight: float) -> float:
-    """The mean of ``value`` over all ranks, each weighted (samples, batches)."""
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over all ranks (a copy in one process)."""
     if not current().distributed:
-        return value
-    total = _tensor([value * weight, weight])
+        return values
+    total = values.to(_tensor([0.0]).device, dtype=torch.float64)
     dist.all_reduce(total)
-    return float(total[0] / total[1]) if total[1] > 0 else 0.0
-
-
-def mean_over_shards(
-    dataset: Dataset, measure: Callable[[DataLoader], float], *, batch_size: int = 256
-) -> float:
-    """``measure`` (a per-sample mean such as accuracy) over ``dataset``, each rank taking
-    every world_size-th sample (no padding, so the counts are exact)."""
-    world = current()
-    if not world.distributed:
-        return measure(DataLoader(dataset, batch_size=batch_size))
-    shard = Subset(dataset, range(world.rank, len(dataset), world.world_size))  # type: ignore[arg-type]
-    return weighted_mean(measure(DataLoader(shard, batch_size=batch_size)), len(shard))
+    return total.to(values.device)
 
 
 def sync_buffers(model: nn.Module) -> None:

@@ -1,29 +1,40 @@
 """The one training loop every training pass uses (distillation, QAT, fine-tuning).
 
-Passes contribute a loss function; the loop owns optimisation, evaluation, keeping the
-best state and progress. It takes a model and data, not a pass, so it can later run
-under DistributedDataParallel without a rewrite.
+Passes contribute an :class:`Objective` (a loss, extra trainable modules that never
+become part of the model, a per-step hook); the loop owns optimisation, the schedule,
+validation, early stopping, keeping the best state and progress. Distributed training
+replaces exactly three things, all in :class:`Runtime`: how the model is wrapped, how the
+training data is sampled, and how per-process numbers are reduced.
+
+>>> history = train(model, data, TrainConfig(epochs=3), objective=Objective(loss=my_loss))
+...                                                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from compresskit.data.bundle import DataBundle
+from compresskit.errors import CompressKitError
 from compresskit.progress import progress_bar, status
 from compresskit.training import distributed
 
 Inputs = tuple[torch.Tensor, ...]
-# (model, inputs, labels) -> scalar loss; the model is called as model(*inputs)
-LossFn = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
+# A loss returns one scalar, or named (already weighted) terms that the loop sums and logs.
+LossValue = torch.Tensor | Mapping[str, torch.Tensor]
+# (model, inputs, labels) -> loss; the model is called as model(*inputs)
+LossFn = Callable[[nn.Module, Inputs, torch.Tensor], LossValue]
+# (model, val loader) -> named metrics, higher is better
+MetricFn = Callable[[nn.Module, Iterable[Sequence[torch.Tensor]]], dict[str, float]]
 
 
 class TrainConfig(BaseModel):
@@ -32,38 +43,128 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     epochs: int = Field(default=5, ge=1)
+    steps: int | None = Field(
+        default=None, ge=1, description="optimizer steps in all; overrides epochs when set"
+    )
+    eval_every: int | None = Field(
+        default=None, ge=1, description="steps between validations; default one epoch"
+    )
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=64, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
     grad_clip: float | None = Field(default=1.0, gt=0)
     keep_best: bool = True
+    monitor: Literal["accuracy", "agreement"] = Field(
+        default="accuracy",
+        description="validation metric that picks the best state and early stopping "
+        "(agreement: with the teacher, for unlabelled data)",
+    )
+    patience: int | None = Field(
+        default=None, ge=1, description="stop after this many validations without improvement"
+    )
+    stop_at_budget: bool = Field(
+        default=False,
+        description="stop as soon as the validation metric is within the policy budget",
+    )
+
+
+@dataclass
+class Objective:
+    """What a training pass contributes to the loop.
+
+    ``loss`` is called as ``loss(model, inputs, labels)``. ``modules`` are trained with the
+    model but are never part of it (projectors of hidden-state distillation): the loop
+    moves them to the device and optimises them, and the caller drops them afterwards.
+    ``on_step(state)`` runs after every optimizer step (loss-driven schedules).
+    """
+
+    loss: LossFn
+    modules: Sequence[nn.Module] = ()
+    on_step: Callable[[StepState], None] | None = None
+
+
+@dataclass
+class StepState:
+    step: int  # optimizer steps done
+    total_steps: int
+    loss: float  # of the step just taken
 
 
 @dataclass
 class EpochRecord:
+    """One validation: after ``step`` optimizer steps (``epoch`` counts validations)."""
+
     epoch: int
+    step: int
     loss: float
     accuracy: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
 
 
 @dataclass
 class TrainHistory:
-    """Loss and eval accuracy per epoch, and which epoch's weights were kept."""
+    """Loss and validation metrics per epoch, which epoch's weights were kept, and why
+    training stopped."""
 
     epochs: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
+    stopped: str = "completed"
 
     def as_dict(self) -> dict[str, object]:
         return {
             "epochs": [vars(record) for record in self.epochs],
             "best_epoch": self.best_epoch,
+            "stopped": self.stopped,
         }
+
+
+@dataclass
+class Runtime:
+    """Where training runs, and the single points distributed training replaces.
+
+    In one process these are no-ops; under torchrun (training/distributed.py) ``wrap``
+    puts the model in DistributedDataParallel, ``train_loader`` gives each rank its
+    share of every global batch, ``all_reduce`` sums across ranks, ``sync`` averages the
+    gradients of modules outside the model (projectors) and ``before_validation`` gives
+    every rank rank 0's BatchNorm statistics.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return distributed.wrap(module)
+
+    def train_loader(self, dataset: Dataset, *, batch_size: int, seed: int) -> DataLoader:
+        return distributed.train_loader(dataset, batch_size=batch_size, seed=seed)
+
+    def set_epoch(self, loader: DataLoader, epoch: int) -> None:
+        distributed.set_epoch(loader, epoch)
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(values)
+
+    def sync(self, parameters: Iterable[nn.Parameter]) -> None:
+        distributed.average_gradients(parameters)
+
+    def before_validation(self, model: nn.Module) -> None:
+        distributed.sync_buffers(model)
+
+    @property
+    def is_main(self) -> bool:
+        return distributed.current().is_main
 
 
 def cross_entropy(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(*inputs), y)
+
+
+def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return [t.to(device, non_blocking=True) for t in batch]
 
 
 @torch.no_grad()
@@ -71,12 +172,48 @@ def evaluate_accuracy(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]
     """Top-1 accuracy of ``model`` over ``(*inputs, label)`` batches."""
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     correct = total = 0
-    for *inputs, y in batches:
+    for batch in batches:
+        *inputs, y = to_device(batch, device)
         correct += int((model(*inputs).argmax(dim=-1) == y).sum())
         total += len(y)
     model.train(was_training)
     return correct / max(total, 1)
+
+
+def accuracy_metric(
+    model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
+) -> dict[str, float]:
+    return {"accuracy": evaluate_accuracy(model, batches)}
+
+
+def _optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine to zero (or constant)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _cycle(loader: DataLoader, runtime: Runtime) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """Batches forever, with the epoch each comes from (a fresh shuffle per epoch)."""
+    epoch = 0
+    while True:
+        runtime.set_epoch(loader, epoch)
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1
 
 
 def train(
@@ -84,66 +221,147 @@ def train(
     data: DataBundle,
     config: TrainConfig,
     *,
-    loss_fn: LossFn = cross_entropy,
+    objective: Objective | None = None,
+    loss_fn: LossFn | None = None,
     extra_parameters: Iterable[nn.Parameter] = (),
+    metric_fn: MetricFn = accuracy_metric,
+    stop_at: float | None = None,
+    seed: int | None = None,
+    runtime: Runtime | None = None,
     description: str = "training",
 ) -> TrainHistory:
-    """Train ``model`` in place on ``data.train``; validate on ``data.val`` each epoch and
-    keep the best weights (``data.eval`` stays unseen for the report)."""
-    extra = list(extra_parameters)
-    parameters = [p for p in model.parameters() if p.requires_grad] + extra
-    optimizer: torch.optim.Optimizer
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+    """Train ``model`` in place on ``data.train``; validate on ``data.val`` and keep the
+    best weights (``data.eval`` stays unseen for the report).
+
+    ``stop_at`` is the value of the monitored validation metric at which the policy
+    budget is met (used with ``config.stop_at_budget``). ``loss_fn`` and
+    ``extra_parameters`` are the short form of ``objective``.
+    """
+    if objective is None:
+        objective = Objective(loss=loss_fn or cross_entropy)
+    elif loss_fn is not None:
+        raise TypeError("train() takes objective or loss_fn, not both")
+    if config.stop_at_budget and stop_at is None:
+        raise CompressKitError(
+            f"{description}: train.stop_at_budget needs a budget "
+            "(budget.max_accuracy_drop in the policy); remove stop_at_budget or set one"
         )
-    else:
-        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    # batch_size is the global batch; each rank loads its share (training/distributed.py)
-    loader = distributed.train_loader(data.train, batch_size=config.batch_size, seed=data.seed)
-    student = distributed.wrap(model)  # DDP when torchrun started several processes
-    steps = config.epochs * len(loader)
+    runtime = runtime or Runtime()
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.to(runtime.device)
+    for module in objective.modules:
+        module.to(runtime.device)
+    # The one place the model is wrapped, e.g. in DDP. Extra modules (projectors) are
+    # called by the loss directly, so their gradients are averaged by runtime.sync.
+    wrapped = runtime.wrap(model)
+    extras = list(objective.modules)
+    outside = list(extra_parameters)
+    outside += [p for m in objective.modules for p in m.parameters() if p.requires_grad]
+    parameters = [p for p in model.parameters() if p.requires_grad] + outside
+    optimizer = _optimizer(parameters, config)
+    loader = runtime.train_loader(
+        data.train, batch_size=config.batch_size, seed=data.seed if seed is None else seed
+    )
+    if len(loader) == 0:
+        raise CompressKitError(f"{description}: the training split is empty; give more data")
+    total = config.steps or config.epochs * len(loader)
+    eval_every = min(config.eval_every or len(loader), total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        (lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-        if config.schedule == "cosine"
-        else (lambda step: 1.0),
+        lambda step: lr_factor(
+            step, total=total, warmup=config.warmup_steps, schedule=config.schedule
+        ),
     )
+    val_loader = data.loader("val", batch_size=256)
     history = TrainHistory()
-    best_accuracy, best_state = -1.0, None
-    with progress_bar(description, total=steps) as bar:
-        for epoch in range(config.epochs):
-            distributed.set_epoch(loader, epoch)
-            model.train()
-            total_loss, batches = 0.0, 0
-            for *inputs, y in loader:
-                loss = loss_fn(student, tuple(inputs), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_gradients(extra)
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                total_loss += loss.item()
-                batches += 1
-                bar.update(bar.task_ids[0], advance=1, info=f"loss {total_loss / batches:.4f}")
-            distributed.sync_buffers(model)
-            accuracy = distributed.mean_over_shards(
-                data.val, lambda loader: evaluate_accuracy(model, loader)
+    best_value, best_state = -math.inf, None
+    stale = 0
+    sums = torch.zeros(2, dtype=torch.float64)  # loss sum, batches since the last validation
+    parts: dict[str, float] = {}
+    with progress_bar(description, total=total) as bar:
+        wrapped.train()
+        for module in extras:
+            module.train()
+        batches = _cycle(loader, runtime)
+        for step in range(1, total + 1):
+            _, batch = next(batches)
+            *inputs, y = to_device(batch, runtime.device)
+            value = objective.loss(wrapped, tuple(inputs), y)
+            if isinstance(value, Mapping):
+                loss = torch.stack([term for term in value.values()]).sum()
+                for name, term in value.items():
+                    parts[name] = parts.get(name, 0.0) + float(term.detach())
+            else:
+                loss = value
+            if not torch.isfinite(loss):
+                raise CompressKitError(
+                    f"{description}: the loss became {float(loss.detach())} at step {step}; "
+                    "lower train.lr or the loss weights"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            runtime.sync(outside)
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step_loss = float(loss.detach())
+            sums += torch.tensor([step_loss, 1.0], dtype=torch.float64)
+            if objective.on_step is not None:
+                objective.on_step(StepState(step, total, step_loss))
+            info = f"loss {float(sums[0] / sums[1]):.4f}"
+            if history.epochs:
+                info += f" val {config.monitor} {history.epochs[-1].metrics[config.monitor]:.4f}"
+            bar.update(bar.task_ids[0], advance=1, info=info)
+            if step % eval_every and step != total:
+                continue
+
+            # Validation: the train loss is averaged across processes, the metric is
+            # computed on the whole (small) val split, identically in every process.
+            reduced = runtime.all_reduce(sums.clone())
+            mean_loss = float(reduced[0] / reduced[1].clamp(min=1))
+            runtime.before_validation(model)
+            metrics = metric_fn(model, val_loader)
+            if config.monitor not in metrics:
+                raise CompressKitError(
+                    f"{description}: train.monitor is {config.monitor!r} but this pass "
+                    f"measures only {', '.join(metrics)}; choose one of them"
+                )
+            value_now = metrics[config.monitor]
+            record = EpochRecord(
+                epoch=len(history.epochs),
+                step=step,
+                loss=mean_loss,
+                accuracy=metrics.get("accuracy", float("nan")),
+                metrics=metrics,
+                parts={k: v / max(float(sums[1]), 1.0) for k, v in parts.items()},
+                lr=float(scheduler.get_last_lr()[0]),
             )
-            epoch_loss = distributed.weighted_mean(total_loss / max(batches, 1), batches)
-            history.epochs.append(EpochRecord(epoch, epoch_loss, accuracy))
-            if config.keep_best and accuracy > best_accuracy:
-                best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
-                history.best_epoch = epoch
+            history.epochs.append(record)
+            sums.zero_()
+            parts.clear()
+            if value_now > best_value:
+                best_value, stale = value_now, 0
+                if config.keep_best:
+                    best_state = copy.deepcopy(model.state_dict())
+                    history.best_epoch = record.epoch
+            else:
+                stale += 1
+            wrapped.train()
+            if config.stop_at_budget and stop_at is not None and value_now >= stop_at:
+                history.stopped = f"budget met (val {config.monitor} {value_now:.4f})"
+                break
+            if config.patience is not None and stale >= config.patience:
+                history.stopped = f"no val improvement in {config.patience} validations"
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     last = history.epochs[-1]
+    kept = f" (kept validation {history.best_epoch}: {best_value:.4f})" if best_state else ""
     status(
-        f"{description}: {config.epochs} epochs, loss {last.loss:.4f}, "
-        f"val accuracy {last.accuracy:.4f}"
-        + (f" (kept epoch {history.best_epoch}: {best_accuracy:.4f})" if best_state else "")
+        f"{description}: {last.step} steps, loss {last.loss:.4f}, val {config.monitor} "
+        f"{last.metrics[config.monitor]:.4f}{kept}; {history.stopped}"
     )
     return history
