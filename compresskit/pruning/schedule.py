@@ -111,11 +111,12 @@ def prune_in_steps(
                     goals[step],
                     step=target.step,
                     what=label,
-                    log=lambda r, v, tried=tried: tried.append([round(r, 4), round(v, 4)]),
+                    log=_logger(tried),
                 )
             else:
                 amount, model, value = bisect_ratio(prune, meter, goals[step], what=label)
-            entry = {"step": step + 1, "ratio": round(amount, 4), target.kind: value}
+            entry: dict[str, Any] = {"step": step + 1, "ratio": round(amount, 4)}
+            entry[target.kind] = value
             entry["goal"] = goals[step]
             if tried:
                 entry["tried"] = tried
@@ -123,3 +124,10 @@ def prune_in_steps(
         if finetune_config is not None:
             records[-1]["finetune"] = finetune(model, ctx, finetune_config, what=what)
     return model, records
+
+
+def _logger(tried: list[list[float]]) -> Callable[[float, float], None]:
+    def log(ratio: float, value: float) -> None:
+        tried.append([round(ratio, 4), round(value, 4)])
+
+    return log

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -151,7 +153,7 @@ class TinyTransformer(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
-TINY_BERT_CONFIG = {
+TINY_BERT_CONFIG: dict[str, Any] = {
     "vocab_size": 40,
     "hidden_size": 32,
     "num_hidden_layers": 3,
