@@ -169,7 +169,9 @@ def remove_blocks(model: nn.Module, names: list[str]) -> None:
                     f"prune_blocks: removing {', '.join(children)} would empty {parent_name}; "
                     "remove fewer blocks"
                 )
-            replacement = type(parent)(kept)
+            replacement = (
+                nn.ModuleList(kept) if isinstance(parent, nn.ModuleList) else nn.Sequential(*kept)
+            )
             if parent_name:
                 grand, _, attr = parent_name.rpartition(".")
                 setattr(model.get_submodule(grand) if grand else model, attr, replacement)
