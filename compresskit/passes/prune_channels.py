@@ -175,7 +175,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         ignored, ratios, heads = self._scope(model)
 
         def prune(amount: float) -> nn.Module:
-            pruned = copy.deepcopy(model)
+            pruned = _copy_with_gradients(model)
             modules = dict(pruned.named_modules())
             torch.manual_seed(ctx.seed)
             pruner = _run_torch_pruning(
@@ -193,7 +193,8 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 num_heads={modules[n]: c for n, c in heads.items()},
                 prune_num_heads=bool(heads),
                 prune_head_dims=not heads,
-                head_pruning_ratio=amount if heads else 0.0,
+                # torch-pruning removes ceil(ratio * heads): always leave one head
+                head_pruning_ratio=min([amount] + [(c - 1) / c for c in heads.values()]),
             )
             if heads:
                 _fix_head_attributes(pruned, {n: pruner.num_heads[modules[n]] for n in heads})
@@ -201,6 +202,15 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             return pruned
 
         return prune
+
+
+def _copy_with_gradients(model: nn.Module) -> nn.Module:
+    """A deep copy that keeps each parameter's ``.grad`` (deepcopy drops them)."""
+    pruned = copy.deepcopy(model)
+    for source, target in zip(model.parameters(), pruned.parameters(), strict=True):
+        if source.grad is not None:
+            target.grad = source.grad.clone()
+    return pruned
 
 
 def _run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) -> Any:
@@ -236,11 +246,15 @@ def _check_result(model: nn.Module, example_inputs: tuple, amount: float) -> Non
         )
     failure = failing_module(model, example_inputs)
     if failure is not None:
-        name, error = failure
+        where = failure.module or "the top-level forward"
+        fix = (
+            f"add {failure.producer!r} (the layer feeding it) to `ignore`"
+            if failure.producer
+            else f"add {failure.module!r} to `ignore`"
+        )
         raise CompressKitError(
-            f"prune_channels: the pruned model fails in {name or 'the top-level forward'} "
-            f"({describe(error)}); torch-pruning could not follow that module's shapes: "
-            f"add {name!r} to `ignore`"
+            f"prune_channels: the pruned model fails in {where} ({describe(failure.error)}); "
+            f"torch-pruning could not follow that module's shapes: {fix}"
         )
 
 

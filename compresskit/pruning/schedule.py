@@ -94,6 +94,9 @@ def prune_in_steps(
         start = meter(model)
         goals = step_goals(start, meter.goal(start), steps)
         records.append({"step": 0, target.kind: start})
+        if start <= meter.goal(start):
+            records[0]["note"] = f"already meets {target.describe()}: nothing pruned"
+            return model, records
     for step in range(steps):
         prune = make_pruner(model)
         if meter is None or goals is None:

@@ -137,28 +137,51 @@ def bisect_ratio(
     goal: float,
     *,
     what: str,
-    iterations: int = 10,
+    iterations: int = 6,
 ) -> tuple[float, nn.Module, float]:
-    """The smallest ratio in (0, MAX_RATIO] whose pruned model has ``metric <= goal``
-    (metric must grow smaller as the ratio grows). Returns ratio, model, metric."""
-    model = prune(MAX_RATIO)
-    value = metric(model)
-    if value > goal:
+    """The smallest ratio in (0, MAX_RATIO] whose pruned model has ``metric <= goal``.
+
+    A coarse grid first (a ratio that would empty a layer counts as not reaching the goal,
+    and torch-pruning may skip groups near the extremes, so the metric is only roughly
+    monotone), then bisection between the last grid point that misses and the first that
+    meets the goal. Returns ratio, model, metric."""
+    grid = [round(0.1 * k, 2) for k in range(1, 10)] + [MAX_RATIO]
+    lo, best = 0.0, None
+    smallest = math.inf
+    for ratio in grid:
+        evaluated = _evaluate(prune, metric, ratio)
+        if evaluated is not None:
+            smallest = min(smallest, evaluated[1])
+            if evaluated[1] <= goal:
+                best = (ratio, *evaluated)
+                break
+        lo = ratio
+    if best is None:
         raise CompressKitError(
-            f"{what}: even pruning {MAX_RATIO:.0%} leaves {value:,.0f} (goal {goal:,.0f}); "
-            "relax the target or stop ignoring so many layers"
+            f"{what}: no ratio up to {MAX_RATIO:.0%} gets below {goal:,.0f} (smallest reached "
+            f"{smallest:,.0f}); relax the target or stop ignoring so many layers"
         )
-    best = (MAX_RATIO, model, value)
-    lo, hi = 0.0, MAX_RATIO
+    hi = best[0]
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        model = prune(mid)
-        value = metric(model)
-        if value <= goal:
-            hi, best = mid, (mid, model, value)
+        evaluated = _evaluate(prune, metric, mid)
+        if evaluated is not None and evaluated[1] <= goal:
+            hi, best = mid, (mid, *evaluated)
         else:
             lo = mid
     return best
+
+
+def _evaluate(
+    prune: Callable[[float], nn.Module], metric: Callable[[nn.Module], float], ratio: float
+) -> tuple[nn.Module, float] | None:
+    try:
+        model = prune(ratio)
+    except CompressKitError as error:
+        if "every channel" in str(error):
+            return None
+        raise
+    return model, metric(model)
 
 
 def scan_ratio(

@@ -4,6 +4,7 @@ no longer runs, so the error can say what to ignore."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,25 +35,42 @@ def unknown_parameter_owners(model: nn.Module) -> list[str]:
     ]
 
 
-def failing_module(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[str, BaseException] | None:
-    """Run ``model``; on an exception, the innermost module that was running and the error."""
+@dataclass
+class Failure:
+    """Where a forward pass failed: the innermost running module, the conv/linear layer
+    that ran last before it (usually the one feeding it), and the error."""
+
+    module: str
+    producer: str | None
+    error: BaseException
+
+
+def failing_module(model: nn.Module, inputs: tuple[Any, ...]) -> Failure | None:
+    """Run ``model``; on an exception, say where it happened."""
     stack: list[str] = []
+    layers: list[str] = []
 
     def enter(name: str) -> Callable[..., None]:
         return lambda *_: stack.append(name)
 
-    def leave(*_: Any) -> None:
-        stack.pop()
+    def leave(name: str, is_layer: bool) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            stack.pop()
+            if is_layer:
+                layers.append(name)
+
+        return hook
 
     handles = []
     for name, module in model.named_modules():
+        is_layer = isinstance(module, nn.modules.conv._ConvNd | nn.Linear)
         handles.append(module.register_forward_pre_hook(enter(name)))
-        handles.append(module.register_forward_hook(leave))
+        handles.append(module.register_forward_hook(leave(name, is_layer)))
     try:
         with torch.no_grad():
             model.eval()(*inputs)
     except Exception as error:
-        return (stack[-1] if stack else "", error)
+        return Failure(stack[-1] if stack else "", layers[-1] if layers else None, error)
     finally:
         for handle in handles:
             handle.remove()
