@@ -175,6 +175,8 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         ignored, ratios, heads = self._scope(model)
 
         def prune(amount: float) -> nn.Module:
+            if not config.global_ranking:
+                _check_not_emptied(model, ignored, ratios, heads, amount, config)
             pruned = _copy_with_gradients(model)
             modules = dict(pruned.named_modules())
             torch.manual_seed(ctx.seed)
@@ -202,6 +204,31 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             return pruned
 
         return prune
+
+
+def _check_not_emptied(
+    model: nn.Module,
+    ignored: list[str],
+    ratios: dict[str, float],
+    heads: dict[str, int],
+    amount: float,
+    config: PruneChannelsConfig,
+) -> None:
+    """torch-pruning silently skips a layer it would empty; say so instead."""
+    for name, width in prunable_widths(model).items():
+        if name in ignored or name in heads:
+            continue
+        ratio = scaled_ratio(ratios[name], config.ratio, amount) if name in ratios else amount
+        kept = int(width * (1 - ratio))
+        if config.round_to:
+            kept -= kept % config.round_to
+        if kept <= 0:
+            raise CompressKitError(
+                f"prune_channels: ratio {ratio:.2f}"
+                + (f" with round_to {config.round_to}" if config.round_to else "")
+                + f" would remove every channel of {name} ({width} wide); lower the ratio "
+                "or ignore that layer"
+            )
 
 
 def _copy_with_gradients(model: nn.Module) -> nn.Module:

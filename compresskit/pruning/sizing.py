@@ -199,12 +199,14 @@ def scan_ratio(
     ratios = [min(r, MAX_RATIO) for r in ratios]
     value = math.inf
     for ratio in ratios:
-        model = prune(ratio)
-        value = metric(model)
+        evaluated = _evaluate(prune, metric, ratio)
+        if evaluated is None:
+            break  # a layer would be emptied: larger ratios only empty more
+        model, value = evaluated
         log(ratio, value)
         if value <= goal:
             return ratio, model, value
     raise CompressKitError(
-        f"{what}: pruning {MAX_RATIO:.0%} still measures {value:.3f} (goal {goal:.3f}); "
+        f"{what}: the most pruned candidate still measures {value:.3f} (goal {goal:.3f}); "
         "relax the target, prune other granularities too, or use another export target"
     )
