@@ -271,12 +271,12 @@ def choose(
     widths a multiple of ``multiple`` where the layer allows."""
     sizes = [len(s) for s in scores]
     if not global_ranking:
-        keeps = [_round_keep(n - int(n * ratio), n, minimum, multiple) for n in sizes]
+        keeps = [_round_keep(n - int(n * ratio + 1e-6), n, minimum, multiple) for n in sizes]
     else:
         normalised = torch.cat([s / s.abs().mean().clamp(min=1e-12) for s in scores])
         owner = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
         removed = [0] * len(sizes)
-        budget = int(sum(sizes) * ratio)
+        budget = int(sum(sizes) * ratio + 1e-6)
         for index in torch.argsort(normalised).tolist():
             if budget == 0:
                 break

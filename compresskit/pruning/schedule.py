@@ -37,6 +37,8 @@ def step_ratio(ratio: float, steps: int) -> float:
 def scaled_ratio(configured: float, base: float, amount: float) -> float:
     """``configured`` moved the way ``amount`` moves ``base``, in keep-fraction log space:
     ``scaled_ratio(r, b, b) == r``; every layer keeps its share of the pruning."""
+    if math.isclose(amount, base):
+        return configured
     exponent = math.log(1 - amount) / math.log(1 - base)
     return 1 - (1 - configured) ** exponent
 
