@@ -89,7 +89,7 @@ class PruneBlocks(Pass[PruneBlocksConfig]):
             count = config.remove or 1
             if config.ratio is not None:
                 count = max(1, round(config.ratio * len(candidates)))
-            if count >= len(blocks) or count > len(candidates):
+            if count > len(candidates) or (not config.blocks and count >= len(blocks)):
                 raise CompressKitError(
                     f"prune_blocks: removing {count} of {len(blocks)} blocks "
                     f"({len(candidates)} removable) would leave none or touch protected ones; "
