@@ -27,10 +27,10 @@ MAX_RATIO = 0.95
 
 class SizeTarget(BaseModel):
     """Exactly one of: remaining ``macs`` or ``params`` fraction, or a ``latency_ms`` p50 at
-    ``batch`` on the export target ``on``.
+    ``batch`` on ``export_target``.
 
     >>> SizeTarget(macs=0.5)                          # half the MACs remain
-    >>> SizeTarget(latency_ms=2.0, on="cpu-ort", batch=1)       # doctest: +SKIP
+    >>> SizeTarget(latency_ms=2.0, export_target="cpu-ort", batch=1)       # doctest: +SKIP
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,7 +38,9 @@ class SizeTarget(BaseModel):
     macs: float | None = Field(default=None, gt=0, lt=1, description="remaining MACs fraction")
     params: float | None = Field(default=None, gt=0, lt=1, description="remaining params fraction")
     latency_ms: float | None = Field(default=None, gt=0, description="p50 latency to reach")
-    on: str = Field(default="cpu-ort", description="export target the latency is measured on")
+    export_target: str = Field(
+        default="cpu-ort", description="export target (export/*.yaml) the latency is measured on"
+    )
     batch: int = Field(default=1, ge=1)
     measure_seconds: float = Field(default=0.5, gt=0, description="timing per candidate")
     step: float = Field(
@@ -62,7 +64,7 @@ class SizeTarget(BaseModel):
 
     def describe(self) -> str:
         if self.kind == "latency":
-            return f"p50 <= {self.latency_ms} ms at batch {self.batch} on {self.on}"
+            return f"p50 <= {self.latency_ms} ms at batch {self.batch} on {self.export_target}"
         return f"{self.kind} <= {getattr(self, self.kind):.0%} of the original"
 
 
@@ -78,11 +80,12 @@ class Meter:
         if self.target.kind == "latency":
             from compresskit.export.targets import load_target, target_available
 
-            spec = load_target(self.target.on)
+            spec = load_target(self.target.export_target)
             reason = target_available(spec)
             if reason:
                 raise CompressKitError(
-                    f"latency target on {self.target.on}: {reason}; choose another target"
+                    f"latency target on {self.target.export_target}: {reason}; "
+                    "choose another export target"
                 )
             self._spec = spec.model_copy(update={"batch_sizes": [self.target.batch]})
 
