@@ -32,6 +32,10 @@ SIZE_ATTRIBUTES = (
     "embed_dim",
     "num_heads",
     "head_dim",
+    # Hugging Face attention (BertSelfAttention and relatives), per layer after head pruning
+    "num_attention_heads",
+    "attention_head_size",
+    "all_head_size",
     "num_embeddings",
     "embedding_dim",
 )

@@ -1,13 +1,16 @@
 """Structured channel pruning through torch-pruning's dependency graph.
 
 Layers become physically smaller (no masks): every layer coupled to a pruned channel
-(BatchNorm, the next conv's input, residual partners) is cut with it.
+(BatchNorm and LayerNorm, the next layer's input, residual partners, concatenations,
+depthwise and grouped convs) is cut with it. Custom attention modules keep whole heads
+when ``heads`` gives the head count of their projections.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from typing import Literal
+import copy
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -15,22 +18,67 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
+from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.pruning.criteria import (
+    accumulate_gradients,
+    calibration_batches,
+    channel_importance,
+    reference_outputs,
+)
+from compresskit.pruning.schedule import FinetuneConfig, prune_in_steps, scaled_ratio
+from compresskit.pruning.scope import (
+    classifier_name,
+    ignored_modules,
+    match,
+    prunable_widths,
+)
+from compresskit.pruning.sizing import SizeTarget
+from compresskit.pruning.tracing import describe, failing_module, unknown_parameter_owners
+
+__all__ = ["PruneChannels", "PruneChannelsConfig", "classifier_name", "prunable_widths"]
+
+# Attributes of an attention module that hold its head count / total head width.
+HEAD_COUNT_ATTRIBUTES = ("num_heads", "n_heads", "num_attention_heads")
+HEAD_WIDTH_ATTRIBUTES = ("all_head_size", "inner_dim")
+HEAD_DIM_ATTRIBUTES = ("head_dim", "attention_head_size")
 
 
 class PruneChannelsConfig(PassConfig):
-    """How much to prune and how to rank channels."""
+    """How much to prune, where, and how to rank channels.
 
-    ratio: float = Field(default=0.5, gt=0, lt=1, description="fraction of channels removed")
-    importance: Literal["l1", "l2", "random"] = "l2"
+    >>> PruneChannelsConfig(ratio=0.5, importance="taylor", round_to=8)   # doctest: +SKIP
+    >>> PruneChannelsConfig(target={"macs": 0.5}, steps=2, finetune={})  # doctest: +SKIP
+    """
+
+    ratio: float = Field(
+        default=0.5, gt=0, lt=1, description="fraction of channels removed per layer"
+    )
+    importance: Literal["l1", "l2", "taylor", "bn_scale", "random"] = "l2"
     global_ranking: bool = Field(
         default=False, description="rank channels across layers instead of per layer"
+    )
+    layer_ratios: dict[str, float] = Field(
+        default_factory=dict, description="module-name pattern (fnmatch) -> its own ratio"
     )
     round_to: int | None = Field(default=None, ge=1, description="keep widths a multiple of this")
     ignore: list[str] = Field(
         default_factory=list,
         description="module-name patterns (fnmatch) never pruned; the classifier always is",
     )
+    ignore_embeddings: bool = Field(
+        default=True, description="never prune nn.Embedding and modules named *embed*"
+    )
+    heads: dict[str, int] = Field(
+        default_factory=dict,
+        description="attention projections (pattern -> head count): whole heads are removed",
+    )
+    target: SizeTarget | None = Field(
+        default=None, description="prune until this is reached instead of by `ratio`"
+    )
+    steps: int = Field(default=1, ge=1, description="prune in this many steps")
+    finetune: FinetuneConfig | None = Field(default=None, description="train after each step")
+    calibration_batches: int = Field(default=4, ge=1, description="batches for taylor")
 
     @field_validator("ignore")
     @classmethod
@@ -39,37 +87,21 @@ class PruneChannelsConfig(PassConfig):
             raise ValueError("ignore patterns must not be empty strings")
         return patterns
 
+    @field_validator("layer_ratios")
+    @classmethod
+    def _ratios_in_range(cls, ratios: dict[str, float]) -> dict[str, float]:
+        for pattern, ratio in ratios.items():
+            if not 0 <= ratio < 1:
+                raise ValueError(f"layer_ratios[{pattern!r}]: {ratio} is not in [0, 1)")
+        return ratios
 
-def prunable_widths(model: nn.Module) -> dict[str, int]:
-    """Output width of every conv and linear layer, by module name."""
-    widths = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            widths[name] = module.out_channels
-        elif isinstance(module, nn.Linear):
-            widths[name] = module.out_features
-    return widths
-
-
-def classifier_layers(model: nn.Module) -> list[nn.Module]:
-    """The last linear layer: its outputs are the classes and must keep their count."""
-    linears: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
-
-
-def ignored_modules(model: nn.Module, patterns: list[str]) -> list[nn.Module]:
-    """Modules matching any pattern (each pattern must match something) plus the head."""
-    named = dict(model.named_modules())
-    ignored = list(classifier_layers(model))
-    for pattern in patterns:
-        matches = [m for name, m in named.items() if name and fnmatch.fnmatchcase(name, pattern)]
-        if not matches:
-            raise CompressKitError(
-                f"prune ignore pattern {pattern!r} matches no module; module names look like "
-                f"{', '.join(list(n for n in named if n)[:4])}"
-            )
-        ignored.extend(matches)
-    return ignored
+    @field_validator("heads")
+    @classmethod
+    def _heads_positive(cls, heads: dict[str, int]) -> dict[str, int]:
+        for pattern, count in heads.items():
+            if count < 1:
+                raise ValueError(f"heads[{pattern!r}]: {count} heads; give at least 1")
+        return heads
 
 
 @register_pass("prune_channels")
@@ -83,44 +115,197 @@ class PruneChannels(Pass[PruneChannelsConfig]):
     stage = Stage.STRUCTURE
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        import torch_pruning as tp
-
         config = self.config
-        importance = {
-            "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-            "random": tp.importance.RandomImportance,
-        }[config.importance]()
-        before = prunable_widths(model)
         model.eval()
-        torch.manual_seed(ctx.seed)
-        # torch-pruning traces the graph through autograd, so gradients must be on.
-        with torch.enable_grad():
-            try:
-                pruner = tp.pruner.MetaPruner(
-                    model,
-                    example_inputs=ctx.example_inputs,
-                    importance=importance,
-                    pruning_ratio=config.ratio,
-                    global_pruning=config.global_ranking,
-                    ignored_layers=ignored_modules(model, config.ignore),
-                    round_to=config.round_to,
-                )
-                pruner.step()
-            except CompressKitError:
-                raise
-            except Exception as error:
-                raise CompressKitError(
-                    f"prune_channels: torch-pruning could not trace or prune the model "
-                    f"({type(error).__name__}: {error}); add the module that fails to "
-                    "`ignore`"
-                ) from None
+        before = prunable_widths(model)
+        heads_before = _head_counts(model, config.heads)
+        params, macs = count_params(model), count_macs(model, ctx.example_inputs)
+        self._scope(model)  # every pattern must match before any work is done
+        model, steps = prune_in_steps(
+            model,
+            ctx,
+            what="prune_channels",
+            ratio=config.ratio,
+            steps=config.steps,
+            target=config.target,
+            finetune_config=config.finetune,
+            make_pruner=lambda m: self._pruner(m, ctx),
+        )
+        model.zero_grad(set_to_none=True)
         after = prunable_widths(model)
-        emptied = [name for name, width in after.items() if width == 0]
-        if emptied:
-            raise CompressKitError(
-                f"prune_channels: ratio {config.ratio} removed every channel of {emptied[0]}; "
-                "lower the ratio or ignore that layer"
-            )
-        ctx.record(widths={name: [before[name], after.get(name, 0)] for name in before})
+        ctx.record(
+            widths={name: [before[name], after.get(name, 0)] for name in before},
+            params=[params, count_params(model)],
+            macs=[macs, count_macs(model, ctx.example_inputs)],
+            steps=steps,
+        )
+        if heads_before:
+            heads_after = _head_counts(model, config.heads)
+            ctx.record(heads={k: [v, heads_after[k]] for k, v in heads_before.items()})
         return model
+
+    def _scope(self, model: nn.Module) -> tuple[list[str], dict[str, float], dict[str, int]]:
+        """Names of ignored modules, per-layer ratios and head counts (patterns resolved)."""
+        config = self.config
+        ignored = ignored_modules(
+            model, config.ignore, defaults=config.ignore_embeddings, what="prune ignore"
+        )
+        ratios = {
+            name: ratio
+            for pattern, ratio in config.layer_ratios.items()
+            for name in match(model, pattern, what="prune layer_ratios")
+        }
+        heads: dict[str, int] = {}
+        for pattern, count in config.heads.items():
+            for name, module in match(model, pattern, what="prune heads").items():
+                if not isinstance(module, nn.Linear) or module.out_features % count:
+                    raise CompressKitError(
+                        f"prune heads pattern {pattern!r}: {name} is not a linear projection "
+                        f"whose width divides into {count} heads; match the q/k/v projections"
+                    )
+                heads[name] = count
+        return list(ignored), ratios, heads
+
+    def _pruner(self, model: nn.Module, ctx: Context) -> Callable[[float], nn.Module]:
+        """Collect this step's statistics on ``model``; return a function that prunes a copy."""
+        config = self.config
+        if config.importance == "taylor":
+            batches = calibration_batches(ctx, config.calibration_batches)
+            accumulate_gradients(model, batches, reference_outputs(model, batches))
+        ignored, ratios, heads = self._scope(model)
+
+        def prune(amount: float) -> nn.Module:
+            if not config.global_ranking:
+                _check_not_emptied(model, ignored, ratios, heads, amount, config)
+            pruned = _copy_with_gradients(model)
+            modules = dict(pruned.named_modules())
+            torch.manual_seed(ctx.seed)
+            pruner = _run_torch_pruning(
+                pruned,
+                ctx.example_inputs,
+                importance=channel_importance(config.importance),
+                pruning_ratio=amount,
+                pruning_ratio_dict={
+                    modules[n]: scaled_ratio(r, config.ratio, amount) if r > 0 else 0.0
+                    for n, r in ratios.items()
+                },
+                global_pruning=config.global_ranking,
+                ignored_layers=[modules[n] for n in ignored],
+                round_to=config.round_to,
+                num_heads={modules[n]: c for n, c in heads.items()},
+                prune_num_heads=bool(heads),
+                prune_head_dims=not heads,
+                # torch-pruning removes ceil(ratio * heads): always leave one head
+                head_pruning_ratio=min([amount] + [(c - 1) / c for c in heads.values()]),
+            )
+            if heads:
+                _fix_head_attributes(pruned, {n: pruner.num_heads[modules[n]] for n in heads})
+            _check_result(pruned, ctx.example_inputs, amount)
+            return pruned
+
+        return prune
+
+
+def _check_not_emptied(
+    model: nn.Module,
+    ignored: list[str],
+    ratios: dict[str, float],
+    heads: dict[str, int],
+    amount: float,
+    config: PruneChannelsConfig,
+) -> None:
+    """torch-pruning silently skips a layer it would empty; say so instead."""
+    for name, width in prunable_widths(model).items():
+        if name in ignored or name in heads:
+            continue
+        ratio = scaled_ratio(ratios[name], config.ratio, amount) if name in ratios else amount
+        kept = int(width * (1 - ratio))
+        if config.round_to:
+            kept -= kept % config.round_to
+        if kept <= 0:
+            raise CompressKitError(
+                f"prune_channels: ratio {ratio:.2f}"
+                + (f" with round_to {config.round_to}" if config.round_to else "")
+                + f" would remove every channel of {name} ({width} wide); lower the ratio "
+                "or ignore that layer"
+            )
+
+
+def _copy_with_gradients(model: nn.Module) -> nn.Module:
+    """A deep copy that keeps each parameter's ``.grad`` (deepcopy drops them)."""
+    pruned = copy.deepcopy(model)
+    for source, target in zip(model.parameters(), pruned.parameters(), strict=True):
+        if source.grad is not None:
+            target.grad = source.grad.clone()
+    return pruned
+
+
+def _run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) -> Any:
+    import torch_pruning as tp
+
+    # torch-pruning traces the graph through autograd, so gradients must be on.
+    with torch.enable_grad():
+        try:
+            pruner = tp.pruner.MetaPruner(model, example_inputs=example_inputs, **options)
+            pruner.step()
+        except CompressKitError:
+            raise
+        except Exception as error:
+            suspects = unknown_parameter_owners(model)
+            hint = (
+                f"likely {suspects[0]}, whose parameters it has no rule for; add it to `ignore`"
+                if suspects
+                else "add the module whose op fails to `ignore`"
+            )
+            raise CompressKitError(
+                f"prune_channels: torch-pruning could not trace or prune the model "
+                f"({describe(error)}); {hint}"
+            ) from None
+    return pruner
+
+
+def _check_result(model: nn.Module, example_inputs: tuple, amount: float) -> None:
+    emptied = [name for name, width in prunable_widths(model).items() if width == 0]
+    if emptied:
+        raise CompressKitError(
+            f"prune_channels: ratio {amount:.2f} would remove every channel of {emptied[0]}; "
+            "lower the ratio (or round_to) or ignore that layer"
+        )
+    failure = failing_module(model, example_inputs)
+    if failure is not None:
+        where = failure.module or "the top-level forward"
+        fix = (
+            f"add {failure.producer!r} (the layer feeding it) to `ignore`"
+            if failure.producer
+            else f"add {failure.module!r} to `ignore`"
+        )
+        raise CompressKitError(
+            f"prune_channels: the pruned model fails in {where} ({describe(failure.error)}); "
+            f"torch-pruning could not follow that module's shapes: {fix}"
+        )
+
+
+def _head_counts(model: nn.Module, patterns: dict[str, int]) -> dict[str, int]:
+    counts = {}
+    for pattern in patterns:
+        for name in match(model, pattern, what="prune heads"):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            for attr in HEAD_COUNT_ATTRIBUTES:
+                if isinstance(getattr(parent, attr, None), int):
+                    counts[name.rpartition(".")[0]] = int(getattr(parent, attr))
+    return counts
+
+
+def _fix_head_attributes(model: nn.Module, new_heads: dict[str, int]) -> None:
+    """Tell each attention module its new head count (and total head width)."""
+    for name, heads in new_heads.items():
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        for attr in HEAD_COUNT_ATTRIBUTES:
+            if isinstance(getattr(parent, attr, None), int):
+                setattr(parent, attr, heads)
+        head_dim = next(
+            (getattr(parent, a) for a in HEAD_DIM_ATTRIBUTES if hasattr(parent, a)), None
+        )
+        for attr in HEAD_WIDTH_ATTRIBUTES:
+            if isinstance(getattr(parent, attr, None), int) and isinstance(head_dim, int):
+                setattr(parent, attr, heads * head_dim)

@@ -15,15 +15,23 @@ from compresskit.export.onnx import export_onnx, needs_legacy_exporter
 from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
 from compresskit.passes import registered_passes
 from compresskit.policies.loader import dump_config
+from compresskit.testing import TinyBertClassifier, TinyTransformer, tiny_data, tiny_text_data
 from compresskit.training.loop import TrainConfig
 
 # Small but real settings per pass, so the contract runs in seconds.
 SETTINGS = {
     "prune_channels": {"ratio": 0.5},
+    "prune_transformer": {"heads": 0.5, "ffn": 0.5, "importance": "l2"},
+    "prune_blocks": {"remove": 1},
     "distill": {"train": TrainConfig(epochs=1, batch_size=64).model_dump()},
     "quantize": {"calibration_batches": 2},
 }
 BUILTIN = [name for name in registered_passes() if not name.startswith("test_")]
+# Passes that need another architecture than the tiny CNN: name -> (model, data) builder.
+SUBJECTS = {
+    "prune_transformer": lambda: (TinyBertClassifier().eval(), tiny_text_data()),
+    "prune_blocks": lambda: (TinyTransformer().eval(), tiny_data()),
+}
 
 
 def test_every_builtin_pass_has_contract_settings() -> None:
@@ -57,23 +65,34 @@ def test_config_round_trips_through_yaml(pass_name: str) -> None:
     assert again == config
 
 
+def subject(pass_name: str, trained_tiny_cnn, tiny):
+    if pass_name in SUBJECTS:
+        torch.manual_seed(0)
+        return SUBJECTS[pass_name]()
+    return trained_tiny_cnn, tiny
+
+
 def test_apply_is_deterministic_and_keeps_output_shape(
     pass_name: str, trained_tiny_cnn, tiny
 ) -> None:
-    x = tiny.example_inputs(8)[0]
-    first = apply(pass_name, trained_tiny_cnn, tiny)
-    second = apply(pass_name, trained_tiny_cnn, tiny)
+    original, tiny = subject(pass_name, trained_tiny_cnn, tiny)
+    x = tiny.example_inputs(8)
+    first = apply(pass_name, original, tiny)
+    second = apply(pass_name, original, tiny)
     with torch.no_grad():
-        out_first, out_second = first.eval()(x), second.eval()(x)
-        assert out_first.shape == trained_tiny_cnn(x).shape
+        out_first, out_second = first.eval()(*x), second.eval()(*x)
+        assert out_first.shape == original(*x).shape
     torch.testing.assert_close(out_first, out_second)
 
 
 def test_result_exports_and_onnx_runtime_matches_torch(
     pass_name: str, trained_tiny_cnn, tiny, tmp_path: Path
 ) -> None:
-    model = apply(pass_name, trained_tiny_cnn, tiny)
-    result = export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
+    original, tiny = subject(pass_name, trained_tiny_cnn, tiny)
+    model = apply(pass_name, original, tiny)
+    result = export_onnx(
+        model, tiny.example_inputs(2), tmp_path / "m.onnx", dynamic_sequence=tiny.dynamic_sequence
+    )
     loader = tiny.loader("eval", batch_size=64)
     reference = torch_outputs(model, loader)
     tolerance, min_agreement = parity_tolerance(needs_legacy_exporter(model), reference)

@@ -1,0 +1,50 @@
+"""Shared checks for the pruning tests: ONNX parity and save -> reload."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compresskit.context import Context
+from compresskit.data.bundle import DataBundle
+from compresskit.export.onnx import export_onnx
+from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
+from compresskit.models.checkpoint import save_model
+from compresskit.models.loading import load_model
+
+
+def context(data: DataBundle, model: nn.Module | None = None) -> Context:
+    teacher = copy.deepcopy(model).eval() if model is not None else None
+    return Context(data=data, teacher=teacher, example_inputs=data.example_inputs(2))
+
+
+def assert_exports(model: nn.Module, data: DataBundle, tmp_path: Path) -> None:
+    result = export_onnx(
+        model,
+        data.example_inputs(2),
+        tmp_path / "pruned.onnx",
+        dynamic_sequence=data.dynamic_sequence,
+    )
+    loader = data.loader("eval", batch_size=64)
+    reference = torch_outputs(model, loader)
+    tolerance, min_agreement = parity_tolerance(False, reference)
+    parity = compare(
+        reference,
+        onnx_outputs(result.path, loader),
+        tolerance=tolerance,
+        min_agreement=min_agreement,
+    )
+    assert parity.ok, parity
+
+
+def assert_reloads(model: nn.Module, data: DataBundle, tmp_path: Path, factory: str) -> nn.Module:
+    path = tmp_path / "pruned.pt"
+    save_model(model, path, source={"kind": "arch", "factory": factory})
+    reloaded = load_model(path).model
+    inputs = data.example_inputs(8)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(*inputs), model.eval()(*inputs))
+    return reloaded
