@@ -98,7 +98,7 @@ class Meter:
 
     def latency(self, model: nn.Module) -> float:
         """p50 ms of ``model`` exported to ONNX (or eager, for a torch target)."""
-        from compresskit.bench.latency import measure
+        from compresskit.bench.harness import BenchModel, measure_target
         from compresskit.export.onnx import export_onnx
 
         with tempfile.TemporaryDirectory(prefix="compresskit-prune-") as tmp:
@@ -110,14 +110,19 @@ class Meter:
                     Path(tmp) / "candidate.onnx",
                     dynamic_sequence=self.dynamic_sequence,
                 ).path
-            (result,) = measure(
+            run = measure_target(
                 self._spec,
-                self.example_inputs,
-                onnx_path=path,
-                model=model,
+                [BenchModel("candidate", onnx=path, module=model)],
+                [x.numpy() for x in self.example_inputs],
                 max_seconds=self.target.measure_seconds,
+                dynamic_sequence=self.dynamic_sequence,
             )
-        return result.p50_ms
+        latency = run.latency("candidate", self.target.batch)
+        if latency is None:
+            measured = run.model("candidate")
+            why = run.skipped or (measured.error if measured else None) or "no result"
+            raise CompressKitError(f"latency target: could not measure the candidate ({why})")
+        return latency.p50_ms
 
     def goal(self, original: float) -> float:
         """The final value to reach, given the value at the start of the pass."""
