@@ -192,7 +192,8 @@ def _evaluate(
         onnx_paths[name] = exported.path
         reference = torch_outputs(model, eval_loader)
         actual = onnx_outputs(exported.path, eval_loader)
-        tolerance, min_agreement = parity_tolerance(needs_legacy_exporter(model), reference)
+        quantized = needs_legacy_exporter(model) or exported.post_quantization is not None
+        tolerance, min_agreement = parity_tolerance(quantized, reference)
         parity = compare(reference, actual, tolerance=tolerance, min_agreement=min_agreement)
         if baseline_out is None:
             baseline_out = actual

@@ -37,6 +37,8 @@ class ExportResult:
     exporter: Literal["dynamo", "legacy"]
     seconds: float
     fallback_reason: str | None = None
+    # What rewrote the written graph afterwards (ORT dynamic int8), never silently.
+    post_quantization: str | None = None
 
 
 def needs_legacy_exporter(model: nn.Module) -> bool:
@@ -55,6 +57,11 @@ def export_onnx(
 ) -> ExportResult:
     """Write ``model`` to ``path`` (atomically) with a dynamic batch axis, and a dynamic
     second axis on every input when ``dynamic_sequence`` (token ids, masks)."""
+    from compresskit.export.qdq import NotExportableError, export_preparation, not_exportable_reason
+
+    reason = not_exportable_reason(model)
+    if reason:
+        raise NotExportableError(f"cannot export to ONNX: {reason}")
     model = model.eval()
     start = time.perf_counter()
     fallback_reason = None
@@ -67,30 +74,35 @@ def export_onnx(
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     tmp = Path(tmp_name)
+    post_quantization = None
     try:
-        if chosen == "dynamo":
-            try:
-                _export_dynamo(model, example_inputs, tmp, opset, dynamic_sequence)
-            except Exception as error:
-                if exporter == "dynamo":
-                    raise CompressKitError(
-                        f"ONNX export with the dynamo exporter failed: {_first_line(error)}; "
-                        "try exporter 'legacy'"
-                    ) from None
-                fallback_reason = f"dynamo exporter failed: {_first_line(error)}"
-                chosen = "legacy"
-        if chosen == "legacy":
-            try:
-                _export_legacy(model, example_inputs, tmp, min(opset, 17), dynamic_sequence)
-            except Exception as error:
-                raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
+        with export_preparation(model) as post_process:
+            if chosen == "dynamo":
+                try:
+                    _export_dynamo(model, example_inputs, tmp, opset, dynamic_sequence)
+                except Exception as error:
+                    if exporter == "dynamo":
+                        raise CompressKitError(
+                            f"ONNX export with the dynamo exporter failed: {_first_line(error)}; "
+                            "try exporter 'legacy'"
+                        ) from None
+                    fallback_reason = f"dynamo exporter failed: {_first_line(error)}"
+                    chosen = "legacy"
+            if chosen == "legacy":
+                try:
+                    _export_legacy(model, example_inputs, tmp, min(opset, 17), dynamic_sequence)
+                except Exception as error:
+                    raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
+            post_quantization = post_process(tmp)
         _finish(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         for extra in tmp.parent.glob(tmp.name + "*"):
             extra.unlink()
-    return ExportResult(path, chosen, time.perf_counter() - start, fallback_reason)
+    return ExportResult(
+        path, chosen, time.perf_counter() - start, fallback_reason, post_quantization
+    )
 
 
 def _finish(path: Path) -> None:

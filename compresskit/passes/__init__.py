@@ -1,6 +1,12 @@
 """Passes, imported explicitly so each registers its name (no discovery by naming)."""
 
-from compresskit.passes import distill, prune_channels, quantize  # noqa: F401
+from compresskit.passes import (  # noqa: F401
+    distill,
+    prune_channels,
+    qat,
+    quantize,
+    quantize_dynamic,
+)
 from compresskit.passes.base import (
     DataNeed,
     Pass,

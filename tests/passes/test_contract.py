@@ -22,6 +22,11 @@ SETTINGS = {
     "prune_channels": {"ratio": 0.5},
     "distill": {"train": TrainConfig(epochs=1, batch_size=64).model_dump()},
     "quantize": {"calibration_batches": 2},
+    "qat": {
+        "calibration_batches": 2,
+        "train": TrainConfig(epochs=1, batch_size=64, lr=1e-3).model_dump(),
+    },
+    "quantize_dynamic": {},
 }
 BUILTIN = [name for name in registered_passes() if not name.startswith("test_")]
 
@@ -76,7 +81,8 @@ def test_result_exports_and_onnx_runtime_matches_torch(
     result = export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
     loader = tiny.loader("eval", batch_size=64)
     reference = torch_outputs(model, loader)
-    tolerance, min_agreement = parity_tolerance(needs_legacy_exporter(model), reference)
+    quantized = needs_legacy_exporter(model) or result.post_quantization is not None
+    tolerance, min_agreement = parity_tolerance(quantized, reference)
     parity = compare(
         reference,
         onnx_outputs(result.path, loader),
