@@ -31,6 +31,7 @@ from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import Exporter, export_onnx, needs_legacy_exporter
+from compresskit.export.qdq import not_exportable_reason
 from compresskit.export.targets import Target, load_target, target_available
 from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
 from compresskit.models.checkpoint import save_model
@@ -181,20 +182,26 @@ def _evaluate(
         if name != "baseline":
             save_model(model, directory / "model.pt", source=loaded.source)
             files["model"] = f"{name}/model.pt"
-        exported = export_onnx(
-            model,
-            example,
-            directory / "model.onnx",
-            exporter=exporter,
-            dynamic_sequence=bundle.dynamic_sequence,
-        )
-        files["onnx"] = f"{name}/model.onnx"
-        onnx_paths[name] = exported.path
         reference = torch_outputs(model, eval_loader)
-        actual = onnx_outputs(exported.path, eval_loader)
-        quantized = needs_legacy_exporter(model) or exported.post_quantization is not None
-        tolerance, min_agreement = parity_tolerance(quantized, reference)
-        parity = compare(reference, actual, tolerance=tolerance, min_agreement=min_agreement)
+        skipped = not_exportable_reason(model) if name != "baseline" else None
+        if skipped is not None:
+            # e.g. bitsandbytes layers: measured in torch only, and the report says why.
+            status(f"{name}: export skipped: {skipped}")
+            actual, parity, exported = reference, None, None
+        else:
+            exported = export_onnx(
+                model,
+                example,
+                directory / "model.onnx",
+                exporter=exporter,
+                dynamic_sequence=bundle.dynamic_sequence,
+            )
+            files["onnx"] = f"{name}/model.onnx"
+            onnx_paths[name] = exported.path
+            actual = onnx_outputs(exported.path, eval_loader)
+            quantized = needs_legacy_exporter(model) or exported.post_quantization is not None
+            tolerance, min_agreement = parity_tolerance(quantized, reference)
+            parity = compare(reference, actual, tolerance=tolerance, min_agreement=min_agreement)
         if baseline_out is None:
             baseline_out = actual
         metrics = _metrics(actual, labels, baseline_out)
@@ -204,11 +211,12 @@ def _evaluate(
                 nodes=[step.pass_name for step in steps],
                 params=count_params(model),
                 macs=count_macs(model, example),
-                onnx_bytes=exported.path.stat().st_size,
-                exporter=exported.exporter,
+                onnx_bytes=exported.path.stat().st_size if exported else 0,
+                exporter=exported.exporter if exported else "none",
+                export_skipped=skipped,
                 metrics=metrics,
-                int8_coverage=kernel_report(exported.path).fraction,
-                parity=ParityEntry(**vars(parity), ok=parity.ok),
+                int8_coverage=kernel_report(exported.path).fraction if exported else None,
+                parity=ParityEntry(**vars(parity), ok=parity.ok) if parity else None,
                 steps=[
                     StepEntry(id=s.id, name=s.pass_name, seconds=s.seconds, records=s.records)
                     for s in steps
@@ -216,7 +224,7 @@ def _evaluate(
                 files=files,
             )
         )
-        if not parity.ok:
+        if parity is not None and not parity.ok:
             status(f"[red]{name}: ONNX Runtime disagrees with torch[/red] ({parity})")
 
     skipped = _measure_latency(policy, entries, models, onnx_paths, example, latency_seconds)
@@ -266,8 +274,14 @@ def _measure_latency(
         status(f"measuring latency on {name} (batch {', '.join(map(str, target.batch_sizes))})")
         baseline_p50: dict[int, float] = {}
         for entry, (model_name, model, _) in zip(entries, models, strict=True):
+            if target.runtime == "onnxruntime" and model_name not in onnx_paths:
+                continue  # not exportable (the entry says why); measured on torch targets
             for latency in measure(
-                target, sample, onnx_path=onnx_paths[model_name], model=model, max_seconds=seconds
+                target,
+                sample,
+                onnx_path=onnx_paths[model_name] if target.runtime == "onnxruntime" else None,
+                model=model,
+                max_seconds=seconds,
             ):
                 baseline_p50.setdefault(latency.batch, latency.p50_ms)
                 entry.latency.append(
@@ -287,7 +301,9 @@ def _verdict(entry: Entry, baseline: Entry, policy: Policy) -> list[str]:
                 f"{faster} on {latency.target} at batch {latency.batch}: {latency.speedup:.2f}x"
             )
     coverage = entry.int8_coverage or 0.0
-    int8_wanted = "quantize" in " ".join(entry.nodes)
+    int8_wanted = entry.export_skipped is None and any(
+        "quantize" in node or node == "qat" for node in entry.nodes
+    )
     if int8_wanted or coverage > 0:
         lines.append(f"int8 kernels run {coverage:.0%} of the MACs in ONNX Runtime")
         minimum = policy.budget.min_int8_coverage

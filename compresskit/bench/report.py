@@ -55,7 +55,10 @@ class Entry(_Model):
     metrics: dict[str, float] = Field(description="accuracy, agreement with the baseline, kl")
     int8_coverage: float | None = None
     latency: list[LatencyEntry] = Field(default_factory=list)
-    parity: ParityEntry
+    parity: ParityEntry | None = Field(default=None, description="None when not exported")
+    export_skipped: str | None = Field(
+        default=None, description="why this candidate has no ONNX file (e.g. bitsandbytes)"
+    )
     steps: list[StepEntry] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
     verdict: list[str] = Field(default_factory=list)
@@ -138,11 +141,17 @@ def render_markdown(report: Report) -> str:
     for entry in report.candidates:
         lines += [f"## {entry.name}", "", f"Passes: {' -> '.join(entry.nodes)}.", ""]
         lines += [f"- {line}" for line in entry.verdict]
-        lines += [
-            f"- ORT vs torch: max abs error {entry.parity.max_abs_error:.2e}, "
-            f"agreement {entry.parity.agreement:.4f} ({'ok' if entry.parity.ok else 'FAILED'}); "
-            f"exported with the {entry.exporter} exporter.",
-        ]
+        if entry.parity is None:
+            lines.append(
+                f"- not exported to ONNX; accuracy and latency measured in torch only: "
+                f"{entry.export_skipped}"
+            )
+        else:
+            lines += [
+                f"- ORT vs torch: max abs error {entry.parity.max_abs_error:.2e}, agreement "
+                f"{entry.parity.agreement:.4f} ({'ok' if entry.parity.ok else 'FAILED'}); "
+                f"exported with the {entry.exporter} exporter.",
+            ]
         for step in entry.steps:
             widths = step.records.get("widths")
             if widths:

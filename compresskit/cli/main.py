@@ -121,7 +121,8 @@ def export(
     result = export_onnx(loaded.model, bundle.example_inputs(2), out, exporter=exporter)  # type: ignore[arg-type]
     loader = bundle.loader("eval", batch_size=256)
     reference = torch_outputs(loaded.model, loader)
-    tolerance, agreement = parity_tolerance(needs_legacy_exporter(loaded.model), reference)
+    quantized = needs_legacy_exporter(loaded.model) or result.post_quantization is not None
+    tolerance, agreement = parity_tolerance(quantized, reference)
     parity = compare(
         reference, onnx_outputs(out, loader), tolerance=tolerance, min_agreement=agreement
     )

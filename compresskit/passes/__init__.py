@@ -6,6 +6,7 @@ from compresskit.passes import (  # noqa: F401
     qat,
     quantize,
     quantize_dynamic,
+    weight_only,
 )
 from compresskit.passes.base import (
     DataNeed,
