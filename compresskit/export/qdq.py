@@ -197,6 +197,10 @@ def ort_dynamic_quantization(path: Path, layers: list[Any]) -> str:
             "quantize_dynamic or export with exporter 'dynamo'"
         )
     out = path.with_name(path.stem + ".dynamic.onnx")
+    # The dynamo exporter's value_info can disagree with ONNX shape inference (seen on
+    # Gemm outputs), which quantize_dynamic runs strictly; shapes are re-inferred anyway.
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "consider pre-processing": the float export needs none

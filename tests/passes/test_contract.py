@@ -12,6 +12,7 @@ import yaml
 
 from compresskit.context import Context
 from compresskit.export.onnx import export_onnx, needs_legacy_exporter
+from compresskit.export.qdq import NotExportableError
 from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
 from compresskit.passes import registered_passes
 from compresskit.policies.loader import dump_config
@@ -27,7 +28,10 @@ SETTINGS = {
         "train": TrainConfig(epochs=1, batch_size=64, lr=1e-3).model_dump(),
     },
     "quantize_dynamic": {},
+    "weight_only": {"dtype": "nf4"},
 }
+# Passes whose result has no ONNX form (bitsandbytes); export must refuse in one line.
+NOT_EXPORTABLE = {"weight_only"}
 BUILTIN = [name for name in registered_passes() if not name.startswith("test_")]
 
 
@@ -78,6 +82,11 @@ def test_result_exports_and_onnx_runtime_matches_torch(
     pass_name: str, trained_tiny_cnn, tiny, tmp_path: Path
 ) -> None:
     model = apply(pass_name, trained_tiny_cnn, tiny)
+    if pass_name in NOT_EXPORTABLE:
+        with pytest.raises(NotExportableError, match="no ONNX form"):
+            export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
+        assert not (tmp_path / "m.onnx").exists()
+        return
     result = export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
     loader = tiny.loader("eval", batch_size=64)
     reference = torch_outputs(model, loader)
