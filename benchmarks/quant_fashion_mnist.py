@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(0)
     model = DigitsCNN(num_classes=10, width=16)  # conv-bn-relu x4 + linear, 28x28 inputs
     train(model, data, TrainConfig(epochs=epochs, lr=3e-3, batch_size=128), description="float")
-    print(f"float accuracy (torch): {evaluate_accuracy(model, data.loader('eval', batch_size=512)):.4f}")
+    accuracy = evaluate_accuracy(model, data.loader("eval", batch_size=512))
+    print(f"float accuracy (torch): {accuracy:.4f}")
 
     qat_train = TrainConfig(epochs=qat_epochs, lr=1e-4, batch_size=128)
     pipeline = (

@@ -183,10 +183,10 @@ def _evaluate(
             save_model(model, directory / "model.pt", source=loaded.source)
             files["model"] = f"{name}/model.pt"
         reference = torch_outputs(model, eval_loader)
-        skipped = not_exportable_reason(model) if name != "baseline" else None
-        if skipped is not None:
+        no_export = not_exportable_reason(model) if name != "baseline" else None
+        if no_export is not None:
             # e.g. bitsandbytes layers: measured in torch only, and the report says why.
-            status(f"{name}: export skipped: {skipped}")
+            status(f"{name}: export skipped: {no_export}")
             actual, parity, exported = reference, None, None
         else:
             exported = export_onnx(
@@ -213,7 +213,7 @@ def _evaluate(
                 macs=count_macs(model, example),
                 onnx_bytes=exported.path.stat().st_size if exported else 0,
                 exporter=exported.exporter if exported else "none",
-                export_skipped=skipped,
+                export_skipped=no_export,
                 metrics=metrics,
                 int8_coverage=kernel_report(exported.path).fraction if exported else None,
                 parity=ParityEntry(**vars(parity), ok=parity.ok) if parity else None,

@@ -139,14 +139,14 @@ def export_preparation(model: nn.Module) -> Iterator[Callable[[Path], str | None
 
     layers = dynamic_layers(model)
     for layer in layers:
-        layer.export_mode = True
+        layer.set_export_mode(True)
     try:
-        yield (lambda path: ort_dynamic_quantization(path, layers)) if layers else (
-            lambda path: None
+        yield (
+            (lambda path: ort_dynamic_quantization(path, layers)) if layers else (lambda path: None)
         )
     finally:
         for layer in layers:
-            layer.export_mode = False
+            layer.set_export_mode(False)
 
 
 def _matmul_weights(model: Any) -> dict[bytes, str]:

@@ -38,7 +38,10 @@ class QATConfig(StaticQuantConfig):
         description="fraction of training after which ranges, scales and BN statistics freeze",
     )
     alpha: float = Field(
-        default=1.0, ge=0, le=1, description="weight of the label loss; < 1 distils from the teacher"
+        default=1.0,
+        ge=0,
+        le=1,
+        description="weight of the label loss; < 1 distils from the teacher",
     )
     temperature: float = Field(default=4.0, gt=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-4))

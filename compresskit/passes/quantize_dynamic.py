@@ -78,7 +78,10 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
         for name, module in list(model.named_modules()):
             if type(module) is not nn.Linear:
                 continue
-            if any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in self.config.exclude):
+            if any(
+                fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
+                for p in self.config.exclude
+            ):
                 kept.append(name)
                 continue
             if module.in_features < self.config.min_features:

@@ -113,7 +113,10 @@ class WeightOnly(Pass[WeightOnlyConfig]):
         for name, module in list(model.named_modules()):
             if type(module) is not nn.Linear:
                 continue
-            if any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in self.config.exclude):
+            if any(
+                fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
+                for p in self.config.exclude
+            ):
                 kept.append(name)
                 continue
             new = _replacement(module, self.config)

@@ -52,15 +52,17 @@ class DynamicQuantLinear(nn.Linear):
 
     def _init_quant(self) -> None:
         self.register_buffer("w_scale", weight_scale(self.weight))
-        self.register_buffer(
-            "w_zero_point", torch.zeros(self.weight.shape[0], dtype=torch.int32)
-        )
+        self.register_buffer("w_zero_point", torch.zeros(self.weight.shape[0], dtype=torch.int32))
         object.__setattr__(self, "export_mode", False)
 
     @classmethod
     def restore_structure(cls, module: nn.Module, attrs: dict[str, Any]) -> None:
         module.__class__ = cls
         module._init_quant()  # type: ignore[operator]
+
+    def set_export_mode(self, flag: bool) -> None:
+        """Float MatMul forward while the exporter traces (see module docstring)."""
+        object.__setattr__(self, "export_mode", flag)
 
     def structure_attributes(self) -> dict[str, Any]:
         return {}

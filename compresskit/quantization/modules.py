@@ -15,8 +15,8 @@ min/max) and ``quant`` (fake quant with straight-through gradients, usable for Q
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
 import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -356,10 +356,27 @@ def freeze_(model: nn.Module) -> None:
                 quantizer.freeze_()
 
 
+def to_float_(layer: QuantConv2d | QuantLinear) -> nn.Module:
+    """Turn a quant layer back into its float class in place (weights unchanged)."""
+    module: Any = layer
+    for name in ("act_in", "act_out"):
+        del module._modules[name]
+    for name in ("w_scale", "w_zero_point"):
+        del module._buffers[name]
+    module.__class__ = nn.Conv2d if isinstance(layer, QuantConv2d) else nn.Linear
+    return module  # type: ignore[no-any-return]
+
+
 @torch.no_grad()
-def calibrate_(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> int:
+def calibrate_(
+    model: nn.Module,
+    batches: Iterable[Sequence[torch.Tensor]],
+    *,
+    unused: list[str] | None = None,
+) -> int:
     """Observe activation ranges on ``(*inputs, label)`` batches, freeze scales, then
-    switch to ``quant``.
+    switch to ``quant``. Layers the forward never calls (a BERT pooler under a custom
+    head) go back to float; their names are appended to ``unused``.
 
     Returns the number of samples seen.
     """
@@ -370,6 +387,12 @@ def calibrate_(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> i
     for *inputs, _ in batches:
         model(*inputs)
         seen += len(inputs[0])
+    if seen:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, QUANT_TYPES) and not torch.isfinite(module.act_out.min_val):
+                to_float_(module)
+                if unused is not None:
+                    unused.append(name)
     freeze_(model)
     set_mode(model, "quant")
     model.train(was_training)

@@ -106,7 +106,9 @@ def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quanti
         if isinstance(module, _UNSUPPORTED):
             reason = f"is a {type(module).__name__}, which this pass cannot quantize"
         elif type(module) is nn.Conv2d and module.padding_mode != "zeros":
-            reason = f"is a Conv2d with padding_mode {module.padding_mode!r}, which int8 kernels lack"
+            reason = (
+                f"is a Conv2d with padding_mode {module.padding_mode!r}, which int8 kernels lack"
+            )
         if reason:
             raise CompressKitError(
                 f"{what}: layer {name!r} {reason}; add {name!r} to exclude to keep it float"

@@ -79,7 +79,9 @@ def convert_qat(model: nn.Module) -> nn.Module:
 
 
 def is_frozen(model: nn.Module) -> bool:
-    return not any(q.tracking or (q.learnable and q.scale.requires_grad) for q in _quantizers(model))
+    return not any(
+        q.tracking or (q.learnable and q.scale.requires_grad) for q in _quantizers(model)
+    )
 
 
 __all__ = ["convert_qat", "freeze_", "freeze_qat", "is_frozen", "prepare_qat"]

@@ -58,7 +58,9 @@ def layer_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str,
         if isinstance(module, nn.Conv2d | nn.Linear):
 
             def hook(mod: nn.Module, _: object, out: torch.Tensor, name: str = name) -> None:
-                per_output = mod.weight[0].numel()
+                weight = mod.weight
+                assert isinstance(weight, torch.Tensor)
+                per_output = weight[0].numel()
                 macs[name] = macs.get(name, 0) + out.numel() // len(out) * per_output
 
             handles.append(module.register_forward_hook(hook))

@@ -101,9 +101,14 @@ def quantize_static(
             + (f" (all excluded by {exclude})" if preparation.excluded else "")
         )
     configure_calibration(model, config)
-    seen = calibrate_(model, batches)
+    unused: list[str] = []
+    seen = calibrate_(model, batches, unused=unused)
+    if unused:
+        records["unused_layers"] = unused  # never called by forward: left float
+    if not quant_layers(model):
+        raise CompressKitError(f"{what}: the forward calls none of the layers it could quantize")
     records.update(
-        quantized_layers=len(preparation.quantized),
+        quantized_layers=len(preparation.quantized) - len(unused),
         float_layers=preparation.excluded,
         calibration=config.calibration,
         calibration_samples=seen,

@@ -126,7 +126,7 @@ def tiny_text_data(
     for index in range(samples):
         positions = torch.randperm(length, generator=generator)[:5]
         label = int(y[index])
-        distractor = (label + 1 + int(torch.randint(0, num_classes - 1, (1,), generator=generator)))
+        distractor = label + 1 + int(torch.randint(0, num_classes - 1, (1,), generator=generator))
         ids[index, positions[:3]] = label
         ids[index, positions[3:]] = distractor % num_classes
     bundle = split(ids, y, name="tiny-text", seed=seed, calibration_size=64)

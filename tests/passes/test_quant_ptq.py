@@ -164,3 +164,12 @@ def test_empty_calibration_split_is_a_one_line_error(trained_tiny_cnn) -> None:
     ctx = Context(data=empty, teacher=None, example_inputs=data.example_inputs(2))
     with pytest.raises(CompressKitError, match="calibration split is empty"):
         Quantize(QuantizeConfig()).apply(copy.deepcopy(trained_tiny_cnn), ctx)
+
+
+def test_a_layer_forward_never_calls_stays_float_and_is_recorded(trained_tiny_cnn, tiny) -> None:
+    model = copy.deepcopy(trained_tiny_cnn)
+    model.pooler = nn.Linear(16, 16)  # like BERT's pooler under a custom head: never called
+    ctx = context(tiny)
+    quantized = Quantize(QuantizeConfig()).apply(model, ctx)
+    assert type(quantized.pooler) is nn.Linear
+    assert ctx.records["unused_layers"] == ["pooler"] and ctx.records["quantized_layers"] == 3

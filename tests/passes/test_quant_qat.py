@@ -55,8 +55,9 @@ def test_qat_tiny_cnn_runs_in_int8_and_stays_accurate(
     assert len(ctx.records["history"]["epochs"]) == 2
     assert ctx.records["distilled"] is ("alpha" in config)
     assert is_frozen(model)
-    assert not any(isinstance(q.scale, torch.nn.Parameter) for q in model.modules()
-                   if isinstance(q, ActQuant))
+    assert not any(
+        isinstance(q.scale, torch.nn.Parameter) for q in model.modules() if isinstance(q, ActQuant)
+    )
     check_int8_and_parity(model, tiny, tmp_path / "q.onnx")
 
 
