@@ -169,7 +169,7 @@ def _evaluate(
     from compresskit.export.kernels import kernel_report
 
     eval_loader = bundle.loader("eval", batch_size=256)
-    labels = torch.cat([y for _, y in eval_loader]).numpy()
+    labels = torch.cat([batch[-1] for batch in eval_loader]).numpy()
     example = bundle.example_inputs(batch_size=2)
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
     entries: list[Entry] = []

@@ -193,8 +193,9 @@ def ort_dynamic_quantization(path: Path, layers: list[Any]) -> str:
     if missing:
         raise CompressKitError(
             f"dynamic int8 export: {len(missing)} of {len(layers)} quantized Linear layers "
-            "were not found as MatMul nodes in the float export; exclude them from "
-            "quantize_dynamic or export with exporter 'dynamo'"
+            f"were not found as MatMul nodes in the float export (first: "
+            f"{type(missing[0]).__name__} of shape {tuple(missing[0].weight.shape)}); add them "
+            "to quantize_dynamic's exclude"
         )
     out = path.with_name(path.stem + ".dynamic.onnx")
     # The dynamo exporter's value_info can disagree with ONNX shape inference (seen on

@@ -58,6 +58,23 @@ class QuantizeDynamicConfig(PassConfig):
         return per_channel
 
 
+def _called_linears(model: nn.Module, example: tuple[torch.Tensor, ...]) -> set[str]:
+    """Names of the Linear layers the forward calls (the others never reach the export)."""
+    called: set[str] = set()
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: called.add(name))
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(*example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
+
+
 @register_pass("quantize_dynamic")
 class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     """int8 Linear layers with activations quantized at run time (no calibration data).
@@ -74,9 +91,13 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
             raise CompressKitError(
                 "quantize_dynamic: the model is already quantized; remove one quantization node"
             )
-        converted, kept = [], []
+        called = _called_linears(model, ctx.example_inputs)
+        converted, kept, unused = [], [], []
         for name, module in list(model.named_modules()):
             if type(module) is not nn.Linear:
+                continue
+            if name not in called:  # e.g. BERT's pooler under a custom head: not exported
+                unused.append(name)
                 continue
             if any(
                 fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
@@ -98,4 +119,6 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
         with torch.no_grad():
             model(*ctx.example_inputs)  # fails here, not at export, if something is off
         ctx.record(quantized_layers=len(converted), float_layers=kept, scheme="ort-dynamic")
+        if unused:
+            ctx.record(unused_layers=unused)
         return model
