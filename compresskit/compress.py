@@ -34,7 +34,7 @@ from compresskit.data import DataBundle, load_data
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import Exporter, export_onnx, file_sha256, state_dict_sha256
 from compresskit.export.qdq import not_exportable_reason
-from compresskit.export.targets import load_target
+from compresskit.export.targets import Target, load_target
 from compresskit.export.verify import (
     compare,
     model_precision,
@@ -320,7 +320,7 @@ def _measure_latency(
         BenchModel(name, onnx=onnx_paths.get(name), module=model) for name, model, _ in models
     ]
     targets = [
-        load_target(name).model_copy(update={"batch_sizes": policy.batch_sizes})
+        _with_policy(load_target(name), policy)
         for name in policy.targets
     ]
     runs = measure_targets(
@@ -351,6 +351,14 @@ def _measure_latency(
                 for latency in measured.latency
             ]
     return runs
+
+
+def _with_policy(target: Target, policy: Policy) -> Target:
+    """The target at the policy's batch sizes (and sequence length, when it sets one)."""
+    update: dict[str, Any] = {"batch_sizes": policy.batch_sizes}
+    if policy.sequence_length is not None:
+        update["sequence_length"] = policy.sequence_length
+    return target.model_copy(update=update)
 
 
 def _target_entry(run: TargetRun) -> TargetEntry:

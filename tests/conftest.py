@@ -18,17 +18,22 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# Caches that live in the repository by design (gitignored): benchmark artifacts.
+_IGNORED = ("benchmarks/artifacts",)
+
+
 def _snapshot() -> set[Path]:
-    return {
-        p
-        for p in REPO.rglob("*")
-        if ".git" not in p.parts
-        and "__pycache__" not in p.parts
-        and ".egg-info" not in str(p)
-        and not any(
-            part.startswith(".") and part not in (".ci",) for part in p.relative_to(REPO).parts
-        )
-    }
+    files = set()
+    for path in REPO.rglob("*"):
+        relative = path.relative_to(REPO)
+        if any(part.startswith(".") and part != ".ci" for part in relative.parts):
+            continue  # .git, .venv, tool caches
+        if "__pycache__" in relative.parts or ".egg-info" in str(relative):
+            continue
+        if str(relative).startswith(_IGNORED):
+            continue
+        files.add(path)
+    return files
 
 
 @pytest.fixture(autouse=True)

@@ -57,6 +57,12 @@ class Policy(_Strict):
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 32], min_length=1
     )
+    sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="text models: the sequence length latency is measured at (overrides the "
+        "targets'); none: the targets' own, else the data's",
+    )
     budget: Budget = Field(default_factory=Budget)
 
 

@@ -1,15 +1,19 @@
 """On digits, a heavily pruned student trained with distillation agrees with its teacher
 more than the same student fine-tuned on labels alone (fixed seed).
 
-Measured while writing this (seeds 0, 1, 2; 359 eval images): agreement 0.997 / 0.981 /
-0.989 with logit KD at T=1 vs 0.989 / 0.975 / 0.981 on labels alone.
+The teacher is deliberately imperfect (trained on 120 labelled digits, ~93% accurate):
+agreement with the teacher is then a different goal from accuracy, which is the case
+distillation is for. Measured while writing this (seeds 0, 1, 2; 359 eval images):
+agreement 0.944 / 0.950 / 0.939 with logit KD at T=1 vs 0.930 / 0.939 / 0.930 on labels.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
+from torch.utils.data import Subset
 
 from compresskit.context import Context
 from compresskit.data import load_data
@@ -32,17 +36,22 @@ def test_distillation_beats_label_fine_tuning_on_agreement_with_the_teacher() ->
     data = load_data("digits", seed=0)
     torch.manual_seed(0)
     teacher = DigitsCNN(width=16)
-    train(teacher, data, TrainConfig(epochs=6, lr=5e-3, batch_size=64), seed=0)
+    few_labels = dataclasses.replace(data, train=Subset(data.train, range(120)))
+    train(teacher, few_labels, TrainConfig(epochs=15, lr=5e-3, batch_size=32), seed=0)
     teacher.eval()
     ctx = Context(data=data, teacher=teacher, example_inputs=data.example_inputs(2))
     pruned = PruneChannels(PruneChannelsConfig(ratio=0.7, importance="random")).apply(
         copy.deepcopy(teacher), ctx
     )
-    schedule = TrainConfig(epochs=10, lr=1e-2, batch_size=64)
+    schedule = TrainConfig(epochs=12, lr=5e-3, batch_size=64)
     results = {}
     for name, config in {
+        # Each keeps the checkpoint that is best by its own goal on the val split.
         "labels": DistillConfig(alpha=1.0, train=schedule),
-        "distill": DistillConfig(losses=[{"kind": "kd", "temperature": 1.0}], train=schedule),
+        "distill": DistillConfig(
+            losses=[{"kind": "kd", "temperature": 1.0}],
+            train=schedule.model_copy(update={"monitor": "agreement"}),
+        ),
     }.items():
         student = Distill(config).apply(copy.deepcopy(pruned), ctx.for_node())
         results[name] = agreement(student, teacher, data.loader("eval", batch_size=512))
