@@ -58,6 +58,8 @@ class Candidate:
     module: torch.nn.Module | None = None
     open: Callable[[], Runner] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # Extra row columns (e.g. ``compress_s``, the wall time of a compresskit run).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Case(Protocol):
@@ -203,6 +205,7 @@ def run_rows(
             built = time.perf_counter()
             runner = open_runner(candidate)
             row: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind}
+            row.update(candidate.extra)
             row.update(case.evaluate(runner))
             scored = time.perf_counter()
             for label, feeds in case.latency_feeds().items():
@@ -299,7 +302,7 @@ def markdown_table(
     head = ["row", "kind", metric, agreement_title, "ONNX", "int8"]
     for label in latency_labels:
         head += [f"{label} p50 ms", f"{label} speedup"]
-    head += ["row s"]
+    head += ["compress s", "row s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if "error" in row:
@@ -320,6 +323,7 @@ def markdown_table(
                 _cell(row.get(f"p50_ms_{label}"), ".2f"),
                 _cell(row.get(f"speedup_{label}"), ".2f") + "x",
             ]
+        cells.append(_cell(row.get("compress_s"), ".0f"))
         cells.append(f"{row['row_s']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -350,6 +354,87 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---- compresskit rows -----------------------------------------------------------------
+
+
+def compresskit_candidate(
+    name: str,
+    policy: str | Path,
+    *,
+    model: Any,
+    data: Any,
+    out: Path,
+    leaf: str | None = None,
+    latency_seconds: float = 0.3,
+) -> Candidate:
+    """Run ``policy`` through ``compresskit.run`` (prune / distill / quantize, export,
+    ORT parity, its own latency check) and return the exported ``leaf`` candidate.
+
+    ``compress_s`` is the time of the pipeline's passes; ``run_s`` the whole
+    ``compresskit.run`` (with export, verification and its latency measurement)."""
+    import shutil
+
+    import compresskit
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = compresskit.run(
+        policy, model=model, data=data, out=out, latency_seconds=latency_seconds
+    )
+    run_s = time.perf_counter() - start
+    report = result.report
+    entry = next(
+        (c for c in report.candidates if leaf is None or c.name == leaf), report.candidates[-1]
+    )
+    assert result.run_dir is not None
+    steps = {}
+    for step in entry.steps:
+        records = step.records
+        summary: dict[str, Any] = {"seconds": round(step.seconds, 1)}
+        for key in ("params", "macs", "depth", "removed", "quantized_layers", "float_layers"):
+            if key in records:
+                summary[key] = records[key]
+        history = records.get("history")
+        if history:
+            epochs = history["epochs"]
+            summary["epochs_run"] = len(epochs)
+            summary["best_epoch"] = history["best_epoch"]
+            summary["stopped"] = history["stopped"]
+            summary["val"] = [
+                {k: round(v, 4) for k, v in e["metrics"].items()} | {"loss": round(e["loss"], 4)}
+                for e in epochs
+            ]
+        steps[step.id] = summary
+    notes = {
+        "policy": str(policy),
+        "candidate": entry.name,
+        "run_dir": str(result.run_dir),
+        "steps": steps,
+        "params": [report.baseline.params, entry.params],
+        "macs": [report.baseline.macs, entry.macs],
+        "parity_ok": entry.parity.ok,
+        "parity": {
+            "max_abs_error": entry.parity.max_abs_error,
+            "agreement": entry.parity.agreement,
+            "tolerance": entry.parity.tolerance,
+        },
+        "compresskit_summary": entry.summary,
+        "exporter": entry.exporter,
+        "precision": entry.precision,
+    }
+    return Candidate(
+        name,
+        "compresskit",
+        onnx_path=result.run_dir / entry.files["onnx"],
+        notes=notes,
+        extra={
+            "compress_s": sum(step.seconds for step in entry.steps),
+            "run_s": run_s,
+            "parity_ok": entry.parity.ok,
+        },
+    )
 
 
 # ---- ONNX Runtime quantization (the peers users would pick) ------------------------------
