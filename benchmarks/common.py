@@ -87,6 +87,20 @@ def producer(name: str, kind: Kind) -> Callable[[RowProducer], RowProducer]:
     return mark
 
 
+def select_rows(producers: Sequence[RowProducer], spec: str | None) -> list[RowProducer]:
+    """The producers whose row name starts with one of the comma-separated ``spec``
+    prefixes, plus the fp32 ORT baseline every speedup needs (all when ``spec`` is None)."""
+    if not spec:
+        return list(producers)
+    prefixes = [p.strip() for p in spec.split(",") if p.strip()]
+    return [
+        p
+        for p in producers
+        if getattr(p, "row_name", "") == BASELINE_ROW
+        or any(getattr(p, "row_name", p.__name__).startswith(x) for x in prefixes)
+    ]
+
+
 def ort_session(path: Path | str, *, threads: int = THREADS):  # -> ort.InferenceSession
     """A CPU session with ``threads`` intra-op threads that do not spin while idle."""
     import onnxruntime as ort
@@ -118,6 +132,19 @@ def torch_runner(module: torch.nn.Module) -> Runner:
         with torch.inference_mode():
             out = module(*(torch.from_numpy(v) for v in feed.values()))
         return out.numpy()
+
+    return run
+
+
+def positional_ort_runner(path: Path | str) -> Runner:
+    """Feeds passed to the graph's inputs in order, whatever their names (compresskit's
+    exports name them ``input``, ``input_1``, ...)."""
+    session = ort_session(path)
+    names = [i.name for i in session.get_inputs()]
+    output = session.get_outputs()[0].name
+
+    def run(feed: Feed) -> np.ndarray:
+        return session.run([output], dict(zip(names, feed.values(), strict=True)))[0]
 
     return run
 
@@ -424,10 +451,12 @@ def compresskit_candidate(
         "exporter": entry.exporter,
         "precision": entry.precision,
     }
+    path = result.run_dir / entry.files["onnx"]
     return Candidate(
         name,
         "compresskit",
-        onnx_path=result.run_dir / entry.files["onnx"],
+        onnx_path=path,
+        open=lambda: positional_ort_runner(path),
         notes=notes,
         extra={
             "compress_s": sum(step.seconds for step in entry.steps),

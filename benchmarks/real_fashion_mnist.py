@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512 test images, short timings")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(common.THREADS)
     start = time.perf_counter()
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> Path:
         if args.quick
         else common.TimingBudget(max_seconds=1.5, min_repeats=20)
     )
-    rows = common.run_rows(case, PRODUCERS, budget=budget)
+    rows = common.run_rows(case, common.select_rows(PRODUCERS, args.rows), budget=budget)
     meta = {
         "quick": args.quick,
         "teacher": case.teacher_info,
