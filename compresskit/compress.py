@@ -33,6 +33,7 @@ from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import Exporter, export_onnx, file_sha256, state_dict_sha256
+from compresskit.export.qdq import not_exportable_reason
 from compresskit.export.targets import load_target
 from compresskit.export.verify import (
     compare,
@@ -187,7 +188,7 @@ def _evaluate(
     from compresskit.export.kernels import kernel_report
 
     eval_loader = bundle.loader("eval", batch_size=256)
-    labels = torch.cat([y for _, y in eval_loader]).numpy()
+    labels = torch.cat([batch[-1] for batch in eval_loader]).numpy()
     example = bundle.example_inputs(batch_size=2)
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
     entries: list[Entry] = []
@@ -205,23 +206,37 @@ def _evaluate(
         if name != "baseline":
             save_model(model, directory / "model.pt", source=loaded.source)
             files["model"] = f"{name}/model.pt"
-        exported = export_onnx(
-            model,
-            example,
-            directory / "model.onnx",
-            exporter=exporter,
-            dynamic_sequence=bundle.dynamic_sequence,
-            metadata={**metadata, "model": name},
-        )
-        files["onnx"] = f"{name}/model.onnx"
-        onnx_paths[name] = exported.path
         reference = torch_outputs(model, eval_loader)
-        actual = onnx_outputs(exported.path, eval_loader)
+        no_export = not_exportable_reason(model) if name != "baseline" else None
+        exported, parity, coverage = None, None, None
         precision = model_precision(model)
-        tolerance, min_agreement = parity_tolerance(precision, reference)
-        parity = compare(
-            reference, actual, tolerance=tolerance, min_agreement=min_agreement, precision=precision
-        )
+        if no_export is not None:
+            # e.g. bitsandbytes layers: measured in torch only, and the report says why.
+            status(f"{name}: export skipped: {no_export}")
+            actual = reference
+        else:
+            exported = export_onnx(
+                model,
+                example,
+                directory / "model.onnx",
+                exporter=exporter,
+                dynamic_sequence=bundle.dynamic_sequence,
+                metadata={**metadata, "model": name},
+            )
+            files["onnx"] = f"{name}/model.onnx"
+            onnx_paths[name] = exported.path
+            actual = onnx_outputs(exported.path, eval_loader)
+            if exported.post_quantization is not None:
+                precision = "int8"  # ORT dynamic int8 rewrote the float graph
+            tolerance, min_agreement = parity_tolerance(precision, reference)
+            parity = compare(
+                reference,
+                actual,
+                tolerance=tolerance,
+                min_agreement=min_agreement,
+                precision=precision,
+            )
+            coverage = kernel_report(exported.path).fraction
         if baseline_out is None:
             baseline_out = actual
         metrics = _metrics(actual, labels, baseline_out)
@@ -231,13 +246,14 @@ def _evaluate(
                 nodes=[step.pass_name for step in steps],
                 params=count_params(model),
                 macs=count_macs(model, example),
-                onnx_bytes=exported.bytes,
-                exporter=exported.exporter,
-                exporter_fallback_reason=exported.fallback_reason,
+                onnx_bytes=exported.bytes if exported else 0,
+                exporter=exported.exporter if exported else "none",
+                exporter_fallback_reason=exported.fallback_reason if exported else None,
                 precision=precision,
                 metrics=metrics,
-                int8_coverage=kernel_report(exported.path).fraction,
-                parity=ParityEntry(**vars(parity), ok=parity.ok),
+                int8_coverage=coverage,
+                parity=ParityEntry(**vars(parity), ok=parity.ok) if parity else None,
+                export_skipped=no_export,
                 steps=[
                     StepEntry(id=s.id, name=s.pass_name, seconds=s.seconds, records=s.records)
                     for s in steps
@@ -245,7 +261,7 @@ def _evaluate(
                 files=files,
             )
         )
-        if not parity.ok:
+        if parity is not None and not parity.ok:
             status(f"[red]{name}: ONNX Runtime disagrees with torch[/red] ({parity})")
 
     runs = _measure_latency(
@@ -301,7 +317,7 @@ def _measure_latency(
 ) -> list[TargetRun]:
     """Every target in its own worker process; all models of a target in the same one."""
     bench_models = [
-        BenchModel(name, onnx=onnx_paths[name], module=model) for name, model, _ in models
+        BenchModel(name, onnx=onnx_paths.get(name), module=model) for name, model, _ in models
     ]
     targets = [
         load_target(name).model_copy(update={"batch_sizes": policy.batch_sizes})
@@ -412,7 +428,9 @@ def _summary(entry: Entry, baseline: Entry, policy: Policy, runs: list[TargetRun
         clauses.append(
             f"accuracy {within} budget ({-drop * 100:+.2f} points, allowed -{budget * 100:.1f})"
         )
-    if not entry.parity.ok:
+    if entry.parity is None:
+        clauses.append(f"not exported ({entry.export_skipped})")
+    elif not entry.parity.ok:
         clauses.append("ORT DISAGREES with torch")
     return "; ".join(clauses)
 
@@ -428,7 +446,9 @@ def _verdict(entry: Entry, baseline: Entry, policy: Policy) -> list[str]:
                 f"{latency.speedup:.2f}x{noisy}"
             )
     coverage = entry.int8_coverage or 0.0
-    int8_wanted = "quantize" in " ".join(entry.nodes)
+    int8_wanted = entry.export_skipped is None and any(
+        "quantize" in node or node == "qat" for node in entry.nodes
+    )
     if int8_wanted or coverage > 0:
         lines.append(f"int8 kernels run {coverage:.0%} of the MACs in ONNX Runtime")
         minimum = policy.budget.min_int8_coverage

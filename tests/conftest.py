@@ -58,3 +58,22 @@ def trained_tiny_cnn(tiny):
     model = TinyCNN()
     train(model, tiny, TrainConfig(epochs=4, lr=1e-2, batch_size=32))
     return model.eval()
+
+
+@pytest.fixture
+def tiny_text():
+    from compresskit.testing import tiny_token_data
+
+    return tiny_token_data()
+
+
+@pytest.fixture
+def trained_tiny_transformer(tiny_text):
+    """A TinyTokenTransformer trained for a few epochs on the tiny token task (~3 s)."""
+    from compresskit.testing import TinyTokenTransformer
+    from compresskit.training.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = TinyTokenTransformer()
+    train(model, tiny_text, TrainConfig(epochs=3, lr=3e-3, batch_size=32))
+    return model.eval()

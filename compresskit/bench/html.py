@@ -58,7 +58,9 @@ def render_html(report: Report) -> str:
     details = []
     for entry in report.entries():
         items = list(entry.verdict)
-        if not entry.parity.ok:
+        if entry.parity is None:
+            items.append(f"not exported to ONNX: {entry.export_skipped}")
+        elif not entry.parity.ok:
             items.append("ONNX Runtime output differs from torch beyond tolerance")
         if entry.exporter_fallback_reason:
             items.append(f"exporter fallback: {entry.exporter_fallback_reason}")

@@ -106,7 +106,10 @@ class Entry(_Model):
     int8_coverage: float | None = None
     latency: list[LatencyEntry] = Field(default_factory=list)
     sessions: list[SessionEntry] = Field(default_factory=list)
-    parity: ParityEntry
+    parity: ParityEntry | None = Field(default=None, description="None when not exported")
+    export_skipped: str | None = Field(
+        default=None, description="why this candidate has no ONNX file (e.g. bitsandbytes)"
+    )
     steps: list[StepEntry] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
     verdict: list[str] = Field(default_factory=list)
@@ -245,17 +248,24 @@ def render_markdown(report: Report) -> str:
                 f"- churn vs baseline {entry.metrics['churn']:.4f} (good "
                 f"{entry.metrics['churn_good']:.4f}, bad {entry.metrics['churn_bad']:.4f})"
             )
-        lines.append(
-            f"- ORT vs torch ({entry.precision}): max abs error "
-            f"{entry.parity.max_abs_error:.2e} (allowed {entry.parity.tolerance:.2e}), agreement "
-            f"{entry.parity.agreement:.4f} ({'ok' if entry.parity.ok else 'FAILED'}); exported "
-            f"with the {entry.exporter} exporter"
-            + (
-                f" (fallback: {entry.exporter_fallback_reason})."
-                if entry.exporter_fallback_reason
-                else "."
+        if entry.parity is None:
+            lines.append(
+                f"- not exported to ONNX; accuracy and latency measured in torch only: "
+                f"{entry.export_skipped}"
             )
-        )
+        else:
+            lines.append(
+                f"- ORT vs torch ({entry.precision}): max abs error "
+                f"{entry.parity.max_abs_error:.2e} (allowed {entry.parity.tolerance:.2e}), "
+                f"agreement {entry.parity.agreement:.4f} "
+                f"({'ok' if entry.parity.ok else 'FAILED'}); exported with the {entry.exporter} "
+                "exporter"
+                + (
+                    f" (fallback: {entry.exporter_fallback_reason})."
+                    if entry.exporter_fallback_reason
+                    else "."
+                )
+            )
         for session in entry.sessions:
             lines.append(f"- {session.target}: " + _session_text(session))
         lines += _step_lines(entry)

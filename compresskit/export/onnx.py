@@ -47,6 +47,8 @@ class ExportResult:
     fallback_reason: str | None = None
     data_path: Path | None = None  # external weights, only for models over 2 GiB
     metadata: dict[str, str] = field(default_factory=dict)
+    # What rewrote the written graph afterwards (ORT dynamic int8), never silently.
+    post_quantization: str | None = None
 
     @property
     def bytes(self) -> int:
@@ -78,6 +80,11 @@ def export_onnx(
     exceed ``external_data_threshold`` bytes: then they go to ``<path>.data`` beside it.
     ``metadata`` (e.g. policy, source checkpoint hash) is written to the model's
     ``metadata_props`` with the compresskit version and the exporter used."""
+    from compresskit.export.qdq import NotExportableError, export_preparation, not_exportable_reason
+
+    reason = not_exportable_reason(model)
+    if reason:
+        raise NotExportableError(f"cannot export to ONNX: {reason}")
     model = model.eval()
     start = time.perf_counter()
     fallback_reason = None
@@ -93,25 +100,28 @@ def export_onnx(
     # directory and move the finished files into place at the end.
     workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     raw = workdir / "raw.onnx"
+    post_quantization = None
     try:
-        if chosen == "dynamo":
-            try:
-                _export_dynamo(model, example_inputs, raw, opset, dynamic_sequence, large)
-            except Exception as error:
-                if exporter == "dynamo":
-                    raise CompressKitError(
-                        f"ONNX export with the dynamo exporter failed: {_first_line(error)}; "
-                        "try exporter 'legacy'"
-                    ) from None
-                fallback_reason = f"dynamo exporter failed: {_first_line(error)}"
-                chosen = "legacy"
-                for stale in workdir.iterdir():
-                    stale.unlink()
-        if chosen == "legacy":
-            try:
-                _export_legacy(model, example_inputs, raw, min(opset, 17), dynamic_sequence)
-            except Exception as error:
-                raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
+        with export_preparation(model) as post_process:
+            if chosen == "dynamo":
+                try:
+                    _export_dynamo(model, example_inputs, raw, opset, dynamic_sequence, large)
+                except Exception as error:
+                    if exporter == "dynamo":
+                        raise CompressKitError(
+                            f"ONNX export with the dynamo exporter failed: {_first_line(error)}; "
+                            "try exporter 'legacy'"
+                        ) from None
+                    fallback_reason = f"dynamo exporter failed: {_first_line(error)}"
+                    chosen = "legacy"
+                    for stale in workdir.iterdir():
+                        stale.unlink()
+            if chosen == "legacy":
+                try:
+                    _export_legacy(model, example_inputs, raw, min(opset, 17), dynamic_sequence)
+                except Exception as error:
+                    raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
+            post_quantization = post_process(raw)
         from compresskit import __version__
 
         props = {"compresskit_version": __version__, "exporter": chosen}
@@ -130,7 +140,13 @@ def export_onnx(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return ExportResult(
-        path, chosen, time.perf_counter() - start, fallback_reason, data_path, props
+        path,
+        chosen,
+        time.perf_counter() - start,
+        fallback_reason,
+        data_path,
+        props,
+        post_quantization,
     )
 
 

@@ -1,4 +1,7 @@
-"""Fold constant subgraphs of a QDQ ONNX file so weights are stored as int8.
+"""Int8 in the exported file: constant folding for QDQ, ORT dynamic quantization for
+dynamic int8 layers, and a clear refusal for layers ONNX cannot hold (bitsandbytes).
+
+Folding: constant subgraphs of a QDQ ONNX file are folded so weights are stored as int8.
 
 The legacy exporter writes ``QuantizeLinear(float weight)`` and the bias chain
 ``Div -> Round -> Cast`` on initializers. Every node whose inputs are all constant,
@@ -8,9 +11,17 @@ for), is evaluated with ``onnx.reference`` and replaced by its result.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
+
+from compresskit.errors import CompressKitError
 
 _NEVER_FOLD = {"DequantizeLinear"}
 
@@ -101,3 +112,114 @@ def fold_constants(model: Any) -> int:
     del graph.value_info[:]
     graph.value_info.extend(value_info)
     return folded
+
+
+class NotExportableError(CompressKitError):
+    """The model holds layers ONNX cannot represent (e.g. bitsandbytes int8/4-bit)."""
+
+
+def not_exportable_reason(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be exported to ONNX, or None. bitsandbytes layers keep their
+    weights in a packed format with CPU/CUDA kernels of their own and no ONNX mapping."""
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith("bitsandbytes"):
+            return (
+                f"layer {name!r} is a bitsandbytes {type(module).__name__}, which has no ONNX "
+                "form; measure this model on a torch target (e.g. torch-cpu), or use the "
+                "quantize / quantize_dynamic pass for an int8 ONNX model"
+            )
+    return None
+
+
+@contextmanager
+def export_preparation(model: nn.Module) -> Iterator[Callable[[Path], str | None]]:
+    """Put layers that export as float (dynamic int8) in export mode for the duration;
+    yields the step to run on the written file, which returns what it did (or None)."""
+    from compresskit.quantization.dynamic import dynamic_layers
+
+    layers = dynamic_layers(model)
+    for layer in layers:
+        layer.set_export_mode(True)
+    try:
+        yield (
+            (lambda path: ort_dynamic_quantization(path, layers)) if layers else (lambda path: None)
+        )
+    finally:
+        for layer in layers:
+            layer.set_export_mode(False)
+
+
+def _matmul_weights(model: Any) -> dict[bytes, str]:
+    """MatMul nodes whose second input is a constant, keyed by that constant's bytes as
+    the transposed (out, in) float32 weight a Linear holds."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found: dict[bytes, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2:
+            continue
+        source = node.input[1]
+        if source in constants:
+            value = constants[source]
+            if value.ndim == 2:
+                found[np.ascontiguousarray(value.T, dtype=np.float32).tobytes()] = node.name
+        elif source in producers and producers[source].op_type == "Transpose":
+            inner = producers[source].input[0]
+            if inner in constants and constants[inner].ndim == 2:
+                value = np.ascontiguousarray(constants[inner], dtype=np.float32)
+                found[value.tobytes()] = node.name
+    return found
+
+
+def ort_dynamic_quantization(path: Path, layers: list[Any]) -> str:
+    """Rewrite the float export at ``path`` with ORT's ``quantize_dynamic`` (int8
+    per-channel weights, uint8 activations at run time) on the MatMul nodes of ``layers``
+    only, found by their weights. Every layer must be found: the file must compute what
+    the torch model does."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(path))
+    by_weight = _matmul_weights(model)
+    nodes, missing = [], []
+    for layer in layers:
+        key = layer.weight.detach().cpu().float().contiguous().numpy().tobytes()
+        if key in by_weight:
+            nodes.append(by_weight[key])
+        else:
+            missing.append(layer)
+    if missing:
+        raise CompressKitError(
+            f"dynamic int8 export: {len(missing)} of {len(layers)} quantized Linear layers "
+            f"were not found as MatMul nodes in the float export (first: "
+            f"{type(missing[0]).__name__} of shape {tuple(missing[0].weight.shape)}); add them "
+            "to quantize_dynamic's exclude"
+        )
+    out = path.with_name(path.stem + ".dynamic.onnx")
+    # The dynamo exporter's value_info can disagree with ONNX shape inference (seen on
+    # Gemm outputs), which quantize_dynamic runs strictly; shapes are re-inferred anyway.
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "consider pre-processing": the float export needs none
+    try:
+        quantize_dynamic(
+            str(path),
+            str(out),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        os.replace(out, path)
+    finally:
+        root.setLevel(level)
+        out.unlink(missing_ok=True)
+    return (
+        f"ort-dynamic: float export rewritten by onnxruntime quantize_dynamic (int8 per-channel "
+        f"weights, uint8 activations quantized at run time) on {len(nodes)} MatMul nodes"
+    )

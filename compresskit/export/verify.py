@@ -100,8 +100,8 @@ PARITY_TOLERANCES: dict[Precision, tuple[float, float]] = {
 def model_precision(model: nn.Module) -> Precision:
     """What the exported graph computes in: int8 when the model holds fake quant (the
     exporter turns it into integer kernels), fp16 when its weights are half, else fp32."""
-    if any(getattr(m, "requires_legacy_export", False) for m in model.modules()):
-        return "int8"
+    if any(getattr(m, "is_quantized", False) for m in model.modules()):
+        return "int8"  # static fake quant (QDQ) or dynamic int8 applied at export
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes & {torch.float16, torch.bfloat16}:
         return "fp16"

@@ -5,7 +5,10 @@ from compresskit.passes import (  # noqa: F401
     prune_blocks,
     prune_channels,
     prune_transformer,
+    qat,
     quantize,
+    quantize_dynamic,
+    weight_only,
 )
 from compresskit.passes.base import (
     DataNeed,

@@ -2,32 +2,25 @@
 
 Conv and Linear layers get int8 per-channel weights and uint8 per-tensor activations
 (the scheme ORT fuses into QLinearConv / QGemm on x86), BatchNorm is folded and ReLU
-fused; activation ranges come from the calibration split. The result is a torch model
-with fake quant: it trains (QAT) and exports to QDQ ONNX.
+fused; activation ranges come from the calibration split (min/max, a percentile, or the
+clipping with least squared error). With ``mixed_precision`` the layers most sensitive
+to quantization stay float under a budget. The result is a torch model with fake quant:
+it trains (QAT) and exports to QDQ ONNX.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import Literal
-
-import torch
-from pydantic import Field
 from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
-from compresskit.quantization.modules import calibrate_, is_quantized
-from compresskit.quantization.prepare import prepare
+from compresskit.passes.base import DataNeed, Pass, Stage, register_pass
+from compresskit.quantization.modules import is_quantized
+from compresskit.quantization.static import StaticQuantConfig, quantize_static
 
 
-class QuantizeConfig(PassConfig):
-    calibration: Literal["minmax"] = "minmax"
-    calibration_batches: int = Field(default=8, ge=1, description="batches of 32 samples")
-    exclude: list[str] = Field(
-        default_factory=list, description="module-name patterns (fnmatch) kept in float"
-    )
+class QuantizeConfig(StaticQuantConfig):
+    """Static PTQ settings (see :class:`StaticQuantConfig`)."""
 
 
 @register_pass("quantize")
@@ -35,6 +28,8 @@ class Quantize(Pass[QuantizeConfig]):
     """int8 weights and activations, calibrated on real data.
 
     >>> Quantize(QuantizeConfig(exclude=["classifier"])).apply(model, ctx)  # doctest: +SKIP
+    >>> Quantize(QuantizeConfig(calibration="mse",
+    ...          mixed_precision={"max_accuracy_drop": 0.005})).apply(model, ctx)  # doctest: +SKIP
     """
 
     config_cls = QuantizeConfig
@@ -46,22 +41,5 @@ class Quantize(Pass[QuantizeConfig]):
             raise CompressKitError(
                 "quantize: the model is already quantized; remove one quantize node"
             )
-        preparation = prepare(model, exclude=list(self.config.exclude))
-        if not preparation.quantized:
-            raise CompressKitError(
-                "quantize: no Conv2d or Linear layer to quantize"
-                + (f" (all excluded by {self.config.exclude})" if preparation.excluded else "")
-            )
-        loader = ctx.data.loader("calibration", batch_size=32)
-        batches = itertools.islice(loader, self.config.calibration_batches)
-        torch.manual_seed(ctx.seed)
-        seen = calibrate_(model, batches)
-        if seen == 0:
-            raise CompressKitError("quantize: the calibration split is empty; give more data")
-        ctx.record(
-            quantized_layers=len(preparation.quantized),
-            float_layers=preparation.excluded,
-            calibration_samples=seen,
-            notes=preparation.notes,
-        )
+        ctx.record(**quantize_static(model, ctx, self.config, what="quantize"))
         return model

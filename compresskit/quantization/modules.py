@@ -15,6 +15,7 @@ min/max) and ``quant`` (fake quant with straight-through gradients, usable for Q
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 from compresskit.models.checkpoint import restorable
 
 Mode = Literal["float", "calib", "quant"]
+CalibrationMethod = Literal["minmax", "percentile", "mse"]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -53,9 +55,17 @@ class ActQuant(nn.Module):
         self.enabled = True
         self.force_zero_point_zero = force_zero_point_zero  # after a fused ReLU
         self.tied_to: ActQuant | None = None
+        # How calibration turns what it saw into a range (see calibration.py); the sample
+        # of values it keeps for that is plain Python state, never saved.
+        self.method: CalibrationMethod = "minmax"
+        self.percentile = 99.99
+        self.samples: list[torch.Tensor] = []
+        # QAT: follow the range with a moving average while training (until frozen).
+        self.tracking = False
+        self.momentum = 0.01
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "tied_to":  # a reference, not a child: no duplicate state-dict entries
+        if name in ("tied_to", "samples"):  # references, not children or state
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -64,6 +74,19 @@ class ActQuant(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         self.min_val.copy_(torch.minimum(self.min_val, x.detach().min()))
         self.max_val.copy_(torch.maximum(self.max_val, x.detach().max()))
+        if self.method != "minmax":
+            self.samples.append(sample_values(x, seed=len(self.samples)))
+
+    @torch.no_grad()
+    def track(self, x: torch.Tensor) -> None:
+        """QAT: move the range towards this batch's and refresh scale and zero point."""
+        low, high = x.detach().min(), x.detach().max()
+        if not torch.isfinite(self.min_val):
+            self.min_val.copy_(low)
+            self.max_val.copy_(high)
+        self.min_val.lerp_(low, self.momentum)
+        self.max_val.lerp_(high, self.momentum)
+        self._set_range(self.min_val, self.max_val)
 
     @torch.no_grad()
     def freeze_(self) -> None:
@@ -74,8 +97,16 @@ class ActQuant(nn.Module):
             return
         if not torch.isfinite(self.min_val):
             raise RuntimeError("activation observer saw no data; run calibration first")
-        low = torch.clamp(self.min_val, max=0.0)
-        high = torch.clamp(self.max_val, min=0.0)
+        from compresskit.quantization.calibration import choose_range
+
+        low, high = choose_range(self, self.samples)
+        self.samples = []
+        self._set_range(low, high)
+
+    @torch.no_grad()
+    def _set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        low = torch.clamp(low, max=0.0)
+        high = torch.clamp(high, min=0.0)
         if self.force_zero_point_zero:
             low = torch.zeros_like(low)
         scale = torch.clamp((high - low) / (self.quant_max - self.quant_min), min=1e-8)
@@ -85,14 +116,32 @@ class ActQuant(nn.Module):
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point.to(torch.int32))
 
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero point) in use: the producer's while training a tied quantizer, so
+        both ends of a ``DQ -> MaxPool -> Q`` pair move together during QAT."""
+        if self.tied_to is not None and self.training:
+            return self.tied_to.qparams()
+        return self.scale, self.zero_point
+
+    @property
+    def learnable(self) -> bool:
+        return isinstance(self.scale, nn.Parameter)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.mode == "float":
             return x
         if self.mode == "calib":
             self.observe(x)
             return x
+        if self.training and self.tracking and self.tied_to is None:
+            self.track(x)
+        scale, zero_point = self.qparams()
+        if self.training and isinstance(scale, nn.Parameter) and scale.requires_grad:
+            return lsq_fake_quant(x, scale, zero_point, self.quant_min, self.quant_max)
+        if isinstance(scale, nn.Parameter):
+            scale = scale.detach()
         return torch.fake_quantize_per_tensor_affine(
-            x, self.scale, self.zero_point, self.quant_min, self.quant_max
+            x, scale, zero_point, self.quant_min, self.quant_max
         )
 
     def extra_repr(self) -> str:
@@ -100,6 +149,27 @@ class ActQuant(nn.Module):
             f"enabled={self.enabled}, mode={self.mode}, scale={float(self.scale):.4g}, "
             f"zero_point={int(self.zero_point)}, tied={self.tied_to is not None}"
         )
+
+
+def sample_values(x: torch.Tensor, *, seed: int, size: int = 4096) -> torch.Tensor:
+    """Up to ``size`` values of ``x``, picked with a fixed seed (calibration is repeatable)."""
+    flat = x.detach().flatten().float()
+    if flat.numel() <= size:
+        return flat.clone()
+    generator = torch.Generator().manual_seed(seed)
+    return flat[torch.randint(0, flat.numel(), (size,), generator=generator)]
+
+
+def lsq_fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
+    """Fake quant with a learnable scale (LSQ, Esser et al. 2020): straight-through
+    rounding, and the scale's gradient damped by 1/sqrt(numel * qmax)."""
+    grad_factor = 1.0 / math.sqrt(x.numel() * qmax)
+    scale = scale * grad_factor + (scale - scale * grad_factor).detach()
+    scaled = x / scale + zero_point
+    rounded = scaled + (torch.round(scaled) - scaled).detach()
+    return (torch.clamp(rounded, qmin, qmax) - zero_point) * scale
 
 
 class _BiasFakeQuantInt32(torch.autograd.Function):
@@ -190,8 +260,9 @@ class _QuantMixin:
     def _fake_quant_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
-        # A disabled act_in copied its producer's scale at freeze time.
-        scale: torch.Tensor = self.act_in.scale * self.w_scale
+        # A disabled act_in copied its producer's scale at freeze time (and follows it
+        # while training).
+        scale: torch.Tensor = self.act_in.qparams()[0].detach() * self.w_scale
         return _BiasFakeQuantInt32.apply(self.bias, scale)  # type: ignore[no-any-return]
 
     def _quant_forward(
@@ -285,10 +356,27 @@ def freeze_(model: nn.Module) -> None:
                 quantizer.freeze_()
 
 
+def to_float_(layer: QuantConv2d | QuantLinear) -> nn.Module:
+    """Turn a quant layer back into its float class in place (weights unchanged)."""
+    module: Any = layer
+    for name in ("act_in", "act_out"):
+        del module._modules[name]
+    for name in ("w_scale", "w_zero_point"):
+        del module._buffers[name]
+    module.__class__ = nn.Conv2d if isinstance(layer, QuantConv2d) else nn.Linear
+    return module  # type: ignore[no-any-return]
+
+
 @torch.no_grad()
-def calibrate_(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> int:
+def calibrate_(
+    model: nn.Module,
+    batches: Iterable[Sequence[torch.Tensor]],
+    *,
+    unused: list[str] | None = None,
+) -> int:
     """Observe activation ranges on ``(*inputs, label)`` batches, freeze scales, then
-    switch to ``quant``.
+    switch to ``quant``. Layers the forward never calls (a BERT pooler under a custom
+    head) go back to float; their names are appended to ``unused``.
 
     Returns the number of samples seen.
     """
@@ -299,6 +387,12 @@ def calibrate_(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> i
     for *inputs, _ in batches:
         model(*inputs)
         seen += len(inputs[0])
+    if seen:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, QUANT_TYPES) and not torch.isfinite(module.act_out.min_val):
+                to_float_(module)
+                if unused is not None:
+                    unused.append(name)
     freeze_(model)
     set_mode(model, "quant")
     model.train(was_training)

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from compresskit.errors import CompressKitError
 from compresskit.quantization.modules import QUANT_TYPES, QuantConv2d, QuantLinear
 
 # Ops that keep a quantized tensor on the same (scale, zero point) grid.
@@ -76,9 +77,48 @@ class _Graph:
         return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
 
 
+# Compute layers this scheme has no int8 kernel mapping for; they must be excluded by name.
+_UNSUPPORTED = (
+    nn.Conv1d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
+
+
+def _excluded(name: str, exclude: list[str]) -> bool:
+    return any(
+        name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+        for pattern in exclude
+    )
+
+
+def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quantize") -> None:
+    """Fail with the layer's name when a compute layer cannot be quantized (and is not
+    excluded), instead of leaving it float without a word."""
+    for name, module in model.named_modules():
+        if not name or _excluded(name, exclude):
+            continue
+        reason = None
+        if isinstance(module, _UNSUPPORTED):
+            reason = f"is a {type(module).__name__}, which this pass cannot quantize"
+        elif type(module) is nn.Conv2d and module.padding_mode != "zeros":
+            reason = (
+                f"is a Conv2d with padding_mode {module.padding_mode!r}, which int8 kernels lack"
+            )
+        if reason:
+            raise CompressKitError(
+                f"{what}: layer {name!r} {reason}; add {name!r} to exclude to keep it float"
+            )
+
+
 def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparation:
     """Convert ``model`` in place for int8; layers matching ``exclude`` stay float."""
     exclude = exclude or []
+    check_supported(model, exclude)
     result = Preparation()
     model.eval()
     try:
@@ -94,7 +134,7 @@ def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparatio
     for name, module in list(model.named_modules()):
         if type(module) not in (nn.Conv2d, nn.Linear):
             continue
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+        if _excluded(name, exclude):
             result.excluded.append(name)
             continue
         if type(module) is nn.Conv2d:

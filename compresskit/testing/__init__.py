@@ -5,9 +5,11 @@ from compresskit.testing.tiny import (
     TinyBranchyCNN,
     TinyCNN,
     TinyResidualCNN,
+    TinyTokenTransformer,
     TinyTransformer,
     tiny_data,
     tiny_text_data,
+    tiny_token_data,
 )
 
 __all__ = [
@@ -15,7 +17,9 @@ __all__ = [
     "TinyBranchyCNN",
     "TinyCNN",
     "TinyResidualCNN",
+    "TinyTokenTransformer",
     "TinyTransformer",
     "tiny_data",
     "tiny_text_data",
+    "tiny_token_data",
 ]

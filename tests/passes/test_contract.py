@@ -12,6 +12,7 @@ import yaml
 
 from compresskit.context import Context
 from compresskit.export.onnx import export_onnx, needs_legacy_exporter
+from compresskit.export.qdq import NotExportableError
 from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
 from compresskit.passes import registered_passes
 from compresskit.policies.loader import dump_config
@@ -25,7 +26,15 @@ SETTINGS = {
     "prune_blocks": {"remove": 1},
     "distill": {"train": TrainConfig(epochs=1, batch_size=64).model_dump()},
     "quantize": {"calibration_batches": 2},
+    "qat": {
+        "calibration_batches": 2,
+        "train": TrainConfig(epochs=1, batch_size=64, lr=1e-3).model_dump(),
+    },
+    "quantize_dynamic": {},
+    "weight_only": {"dtype": "nf4"},
 }
+# Passes whose result has no ONNX form (bitsandbytes); export must refuse in one line.
+NOT_EXPORTABLE = {"weight_only"}
 BUILTIN = [name for name in registered_passes() if not name.startswith("test_")]
 # Passes that need another architecture than the tiny CNN: name -> (model, data) builder.
 SUBJECTS = {
@@ -90,12 +99,18 @@ def test_result_exports_and_onnx_runtime_matches_torch(
 ) -> None:
     original, tiny = subject(pass_name, trained_tiny_cnn, tiny)
     model = apply(pass_name, original, tiny)
+    if pass_name in NOT_EXPORTABLE:
+        with pytest.raises(NotExportableError, match="no ONNX form"):
+            export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
+        assert not (tmp_path / "m.onnx").exists()
+        return
     result = export_onnx(
         model, tiny.example_inputs(2), tmp_path / "m.onnx", dynamic_sequence=tiny.dynamic_sequence
     )
     loader = tiny.loader("eval", batch_size=64)
     reference = torch_outputs(model, loader)
-    tolerance, min_agreement = parity_tolerance(needs_legacy_exporter(model), reference)
+    quantized = needs_legacy_exporter(model) or result.post_quantization is not None
+    tolerance, min_agreement = parity_tolerance(quantized, reference)
     parity = compare(
         reference,
         onnx_outputs(result.path, loader),

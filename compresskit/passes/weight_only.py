@@ -1,0 +1,144 @@
+"""Weight-only quantization with bitsandbytes, for serving in torch (CPU or CUDA).
+
+Linear layers become ``bnb.nn.Linear8bitLt`` (LLM.int8: int8 weights, outlier features
+above ``threshold`` in float) or ``bnb.nn.Linear4bit`` (nf4 / fp4 weights in blocks of
+64 with float scales); activations and every other layer stay float. The pass records the
+memory the weights take before and after. Speed is measured by the run on torch targets,
+like any model: on CPU these layers dequantize on the fly and are slower than float.
+
+Such a model cannot be exported to ONNX (bitsandbytes' packed formats have no ONNX form):
+``export_onnx`` raises ``NotExportableError`` naming the layer, and ``compresskit.run``
+records the reason and measures the candidate on torch targets only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from compresskit.context import Context
+from compresskit.errors import CompressKitError
+from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.quantization.dynamic import dynamic_layers
+from compresskit.quantization.modules import is_quantized
+from compresskit.quantization.prepare import set_submodule
+
+
+class WeightOnlyConfig(PassConfig):
+    """Which format and which Linear layers."""
+
+    dtype: Literal["int8", "nf4", "fp4"] = Field(
+        default="int8", description="int8: LLM.int8 (Linear8bitLt); nf4/fp4: Linear4bit"
+    )
+    threshold: float = Field(
+        default=6.0, ge=0, description="int8: outlier threshold (0 turns outlier handling off)"
+    )
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="4-bit: dtype of the matmul after dequantization"
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="module-name patterns (fnmatch) kept in float"
+    )
+
+
+def state_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor in the state dict (bitsandbytes' scales and maps included)."""
+    return sum(
+        t.numel() * t.element_size()
+        for t in module.state_dict().values()
+        if isinstance(t, torch.Tensor)
+    )
+
+
+def _replacement(linear: nn.Linear, config: WeightOnlyConfig) -> nn.Module:
+    import bitsandbytes as bnb
+
+    bias = linear.bias is not None
+    weight = linear.weight.detach().to(torch.float32).clone()
+    layer: Any
+    if config.dtype == "int8":
+        layer = bnb.nn.Linear8bitLt(
+            linear.in_features,
+            linear.out_features,
+            bias=bias,
+            has_fp16_weights=False,
+            threshold=config.threshold,
+        )
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=bias,
+            compute_dtype=getattr(torch, config.compute_dtype),
+            quant_type=config.dtype,
+        )
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.dtype)
+    if bias:
+        assert linear.bias is not None
+        layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    return layer.to(linear.weight.device)  # .to() is what quantizes the weights
+
+
+@register_pass("weight_only")
+class WeightOnly(Pass[WeightOnlyConfig]):
+    """bitsandbytes int8 / nf4 / fp4 Linear layers (torch serving only; no ONNX).
+
+    >>> WeightOnly(WeightOnlyConfig(dtype="nf4", exclude=["head"])).apply(model, ctx)
+    ...                                                                 # doctest: +SKIP
+    """
+
+    config_cls = WeightOnlyConfig
+    stage = Stage.QUANTIZATION
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise CompressKitError(
+                "weight_only needs the bitsandbytes package: pip install bitsandbytes"
+            ) from None
+        if is_quantized(model) or dynamic_layers(model):
+            raise CompressKitError(
+                "weight_only: the model already has int8 fake-quant layers; weight-only "
+                "bitsandbytes layers replace float Linear layers, so use one or the other"
+            )
+        before_total = state_bytes(model)
+        replaced, kept = [], []
+        before = after = 0
+        for name, module in list(model.named_modules()):
+            if type(module) is not nn.Linear:
+                continue
+            if any(
+                fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
+                for p in self.config.exclude
+            ):
+                kept.append(name)
+                continue
+            new = _replacement(module, self.config)
+            before += state_bytes(module)
+            after += state_bytes(new)
+            set_submodule(model, name, new)
+            replaced.append(name)
+        if not replaced:
+            raise CompressKitError(
+                "weight_only: no nn.Linear layer to replace"
+                + (f" (all excluded: {kept})" if kept else "; it quantizes Linear layers only")
+            )
+        model.eval()
+        with torch.no_grad():
+            model(*ctx.example_inputs)  # bitsandbytes kernels fail here, not later
+        ctx.record(
+            dtype=self.config.dtype,
+            replaced_layers=len(replaced),
+            float_layers=kept,
+            linear_weight_bytes=[before, after],
+            model_state_bytes=[before_total, state_bytes(model)],
+            memory_saved_bytes=before_total - state_bytes(model),
+            onnx="not exportable: bitsandbytes layers have no ONNX form; measured in torch",
+        )
+        return model

@@ -1,0 +1,117 @@
+"""Static int8 quantization shared by the ``quantize`` (PTQ) and ``qat`` passes: choose
+the float layers (exclusions, mixed precision), prepare, calibrate, record."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from compresskit.context import Context
+from compresskit.errors import CompressKitError
+from compresskit.passes.base import PassConfig
+from compresskit.quantization.modules import CalibrationMethod, calibrate_, quant_layers
+from compresskit.quantization.prepare import prepare
+from compresskit.quantization.sensitivity import MixedPrecisionConfig, plan_mixed_precision
+
+SUPPORTED_BITS = 8
+
+
+class StaticQuantConfig(PassConfig):
+    """Settings every static int8 pass shares."""
+
+    calibration: CalibrationMethod = "minmax"
+    percentile: float = Field(
+        default=99.99, gt=50, lt=100, description="for calibration: percentile"
+    )
+    calibration_batches: int = Field(default=8, ge=1, description="batches of 32 samples")
+    exclude: list[str] = Field(
+        default_factory=list, description="module-name patterns (fnmatch) kept in float"
+    )
+    bits: int = Field(default=8, description="weight and activation bits; int8 kernels take 8")
+    scheme: Literal["u8s8-per-channel"] = Field(
+        default="u8s8-per-channel",
+        description="uint8 per-tensor activations, int8 symmetric per-channel weights: the "
+        "scheme ONNX Runtime fuses into QLinearConv / QGemm on x86",
+    )
+    mixed_precision: MixedPrecisionConfig | None = Field(
+        default=None, description="keep the most sensitive layers float under a budget"
+    )
+
+    @field_validator("bits")
+    @classmethod
+    def _int8_only(cls, bits: int) -> int:
+        if bits != SUPPORTED_BITS:
+            raise ValueError(
+                f"bits {bits} is not supported: ONNX Runtime's integer kernels take 8 bits; "
+                "use bits: 8, or the weight_only pass (nf4/fp4) for 4-bit weights"
+            )
+        return bits
+
+
+def calibration_batches(ctx: Context, count: int, what: str) -> list[list[torch.Tensor]]:
+    """Up to ``count`` calibration batches of 32, or a one-line error when there are none."""
+    try:
+        loader = ctx.data.loader("calibration", batch_size=32)
+        batches = [list(b) for b in itertools.islice(loader, count)]
+    except (TypeError, ValueError) as error:
+        raise CompressKitError(
+            f"{what}: cannot read the calibration split ({error}); give calibration data"
+        ) from None
+    if not batches or len(batches[0][0]) == 0:
+        raise CompressKitError(f"{what}: the calibration split is empty; give more data")
+    return batches
+
+
+def configure_calibration(model: nn.Module, config: StaticQuantConfig) -> None:
+    for layer in quant_layers(model):
+        for quantizer in (layer.act_in, layer.act_out):
+            quantizer.method = config.calibration
+            quantizer.percentile = config.percentile
+
+
+def quantize_static(
+    model: nn.Module, ctx: Context, config: StaticQuantConfig, *, what: str
+) -> dict[str, Any]:
+    """Prepare and calibrate ``model`` in place; returns the facts to record."""
+    batches = calibration_batches(ctx, config.calibration_batches, what)
+    exclude = list(config.exclude)
+    records: dict[str, Any] = {}
+    torch.manual_seed(ctx.seed)
+    if config.mixed_precision is not None:
+        plan = plan_mixed_precision(
+            model,
+            batches,
+            exclude=exclude,
+            config=config.mixed_precision,
+            configure=lambda m: configure_calibration(m, config),
+        )
+        exclude += list(plan.float_layers)
+        records["sensitivity"] = {k: round(v, 6) for k, v in plan.sensitivity.items()}
+        records["float_layer_reasons"] = plan.float_layers
+        records["calibration_accuracy_drop"] = round(plan.accuracy_drop, 4)
+        records["float_mac_fraction"] = round(plan.float_macs, 4)
+    preparation = prepare(model, exclude=exclude)
+    if not preparation.quantized:
+        raise CompressKitError(
+            f"{what}: no Conv2d or Linear layer to quantize"
+            + (f" (all excluded by {exclude})" if preparation.excluded else "")
+        )
+    configure_calibration(model, config)
+    unused: list[str] = []
+    seen = calibrate_(model, batches, unused=unused)
+    if unused:
+        records["unused_layers"] = unused  # never called by forward: left float
+    if not quant_layers(model):
+        raise CompressKitError(f"{what}: the forward calls none of the layers it could quantize")
+    records.update(
+        quantized_layers=len(preparation.quantized) - len(unused),
+        float_layers=preparation.excluded,
+        calibration=config.calibration,
+        calibration_samples=seen,
+        notes=preparation.notes,
+    )
+    return records
