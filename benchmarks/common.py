@@ -37,6 +37,7 @@ ARTIFACTS = BENCH_DIR / "artifacts"
 RESULTS = BENCH_DIR / "results"
 THREADS = 2
 BASELINE_ROW = "fp32-ort"
+NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
 
 Kind = Literal["baseline", "peer", "compresskit"]
 Feed = dict[str, np.ndarray]
@@ -369,7 +370,12 @@ def write_results(
     payload = {"case": case, **meta, "environment": environment(), "rows": rows}
     path = out_dir / f"{case}.json"
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    (out_dir / f"{case}.md").write_text(f"# {case}\n\n{preface}\n{table}")
+    md = out_dir / f"{case}.md"
+    # Hand-written analysis below NOTES_MARKER survives a re-run of the script.
+    notes = ""
+    if md.is_file() and NOTES_MARKER in md.read_text():
+        notes = "\n" + md.read_text()[md.read_text().index(NOTES_MARKER) :]
+    md.write_text(f"# {case}\n\n{preface}\n{table}{notes}")
     return path
 
 
