@@ -25,5 +25,5 @@ def test_minilm_embedding_policy_end_to_end(tmp_path: Path) -> None:
         out=tmp_path / "run",
         latency_seconds=0.3,
     )
-    candidate = check_run(result)
+    candidate = check_run(result, embedding=True)
     assert candidate.nodes[:2] == ["prune_transformer", "distill"]
