@@ -37,6 +37,7 @@ ARTIFACTS = BENCH_DIR / "artifacts"
 RESULTS = BENCH_DIR / "results"
 THREADS = 2
 BASELINE_ROW = "fp32-ort"
+NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
 
 Kind = Literal["baseline", "peer", "compresskit"]
 Feed = dict[str, np.ndarray]
@@ -58,6 +59,8 @@ class Candidate:
     module: torch.nn.Module | None = None
     open: Callable[[], Runner] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # Extra row columns (e.g. ``compress_s``, the wall time of a compresskit run).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Case(Protocol):
@@ -83,6 +86,20 @@ def producer(name: str, kind: Kind) -> Callable[[RowProducer], RowProducer]:
         return fn
 
     return mark
+
+
+def select_rows(producers: Sequence[RowProducer], spec: str | None) -> list[RowProducer]:
+    """The producers whose row name starts with one of the comma-separated ``spec``
+    prefixes, plus the fp32 ORT baseline every speedup needs (all when ``spec`` is None)."""
+    if not spec:
+        return list(producers)
+    prefixes = [p.strip() for p in spec.split(",") if p.strip()]
+    return [
+        p
+        for p in producers
+        if getattr(p, "row_name", "") == BASELINE_ROW
+        or any(getattr(p, "row_name", p.__name__).startswith(x) for x in prefixes)
+    ]
 
 
 def ort_session(path: Path | str, *, threads: int = THREADS):  # -> ort.InferenceSession
@@ -116,6 +133,19 @@ def torch_runner(module: torch.nn.Module) -> Runner:
         with torch.inference_mode():
             out = module(*(torch.from_numpy(v) for v in feed.values()))
         return out.numpy()
+
+    return run
+
+
+def positional_ort_runner(path: Path | str) -> Runner:
+    """Feeds passed to the graph's inputs in order, whatever their names (compresskit's
+    exports name them ``input``, ``input_1``, ...)."""
+    session = ort_session(path)
+    names = [i.name for i in session.get_inputs()]
+    output = session.get_outputs()[0].name
+
+    def run(feed: Feed) -> np.ndarray:
+        return session.run([output], dict(zip(names, feed.values(), strict=True)))[0]
 
     return run
 
@@ -203,6 +233,7 @@ def run_rows(
             built = time.perf_counter()
             runner = open_runner(candidate)
             row: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind}
+            row.update(candidate.extra)
             row.update(case.evaluate(runner))
             scored = time.perf_counter()
             for label, feeds in case.latency_feeds().items():
@@ -299,7 +330,7 @@ def markdown_table(
     head = ["row", "kind", metric, agreement_title, "ONNX", "int8"]
     for label in latency_labels:
         head += [f"{label} p50 ms", f"{label} speedup"]
-    head += ["row s"]
+    head += ["compress s", "row s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if "error" in row:
@@ -320,6 +351,7 @@ def markdown_table(
                 _cell(row.get(f"p50_ms_{label}"), ".2f"),
                 _cell(row.get(f"speedup_{label}"), ".2f") + "x",
             ]
+        cells.append(_cell(row.get("compress_s"), ".0f"))
         cells.append(f"{row['row_s']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -338,7 +370,12 @@ def write_results(
     payload = {"case": case, **meta, "environment": environment(), "rows": rows}
     path = out_dir / f"{case}.json"
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    (out_dir / f"{case}.md").write_text(f"# {case}\n\n{preface}\n{table}")
+    md = out_dir / f"{case}.md"
+    # Hand-written analysis below NOTES_MARKER survives a re-run of the script.
+    notes = ""
+    if md.is_file() and NOTES_MARKER in md.read_text():
+        notes = "\n" + md.read_text()[md.read_text().index(NOTES_MARKER) :]
+    md.write_text(f"# {case}\n\n{preface}\n{table}{notes}")
     return path
 
 
@@ -350,6 +387,89 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---- compresskit rows -----------------------------------------------------------------
+
+
+def compresskit_candidate(
+    name: str,
+    policy: str | Path,
+    *,
+    model: Any,
+    data: Any,
+    out: Path,
+    leaf: str | None = None,
+    latency_seconds: float = 0.3,
+) -> Candidate:
+    """Run ``policy`` through ``compresskit.run`` (prune / distill / quantize, export,
+    ORT parity, its own latency check) and return the exported ``leaf`` candidate.
+
+    ``compress_s`` is the time of the pipeline's passes; ``run_s`` the whole
+    ``compresskit.run`` (with export, verification and its latency measurement)."""
+    import shutil
+
+    import compresskit
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = compresskit.run(
+        policy, model=model, data=data, out=out, latency_seconds=latency_seconds
+    )
+    run_s = time.perf_counter() - start
+    report = result.report
+    entry = next(
+        (c for c in report.candidates if leaf is None or c.name == leaf), report.candidates[-1]
+    )
+    assert result.run_dir is not None
+    steps = {}
+    for step in entry.steps:
+        records = step.records
+        summary: dict[str, Any] = {"seconds": round(step.seconds, 1)}
+        for key in ("params", "macs", "depth", "removed", "quantized_layers", "float_layers"):
+            if key in records:
+                summary[key] = records[key]
+        history = records.get("history")
+        if history:
+            epochs = history["epochs"]
+            summary["epochs_run"] = len(epochs)
+            summary["best_epoch"] = history["best_epoch"]
+            summary["stopped"] = history["stopped"]
+            summary["val"] = [
+                {k: round(v, 4) for k, v in e["metrics"].items()} | {"loss": round(e["loss"], 4)}
+                for e in epochs
+            ]
+        steps[step.id] = summary
+    notes = {
+        "policy": str(policy),
+        "candidate": entry.name,
+        "run_dir": str(result.run_dir),
+        "steps": steps,
+        "params": [report.baseline.params, entry.params],
+        "macs": [report.baseline.macs, entry.macs],
+        "parity_ok": entry.parity.ok,
+        "parity": {
+            "max_abs_error": entry.parity.max_abs_error,
+            "agreement": entry.parity.agreement,
+            "tolerance": entry.parity.tolerance,
+        },
+        "compresskit_summary": entry.summary,
+        "exporter": entry.exporter,
+        "precision": entry.precision,
+    }
+    path = result.run_dir / entry.files["onnx"]
+    return Candidate(
+        name,
+        "compresskit",
+        onnx_path=path,
+        open=lambda: positional_ort_runner(path),
+        notes=notes,
+        extra={
+            "compress_s": sum(step.seconds for step in entry.steps),
+            "run_s": run_s,
+            "parity_ok": entry.parity.ok,
+        },
+    )
 
 
 # ---- ONNX Runtime quantization (the peers users would pick) ------------------------------

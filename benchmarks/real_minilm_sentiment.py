@@ -159,6 +159,16 @@ def load_case(*, quick: bool) -> tuple[minilm_case.MiniLMCase, dict[str, Any]]:
         workdir=workdir,
         quick=quick,
     )
+    case.data = minilm_case.text_bundle(
+        tokenizer,
+        split.train_texts,
+        split.train_labels,
+        split.test_texts,
+        split.test_labels,
+        name="rotten-tomatoes",
+        num_classes=2,
+        quick=quick,
+    )
     case.teacher_out = case.outputs(common.torch_runner(case.teacher))
     return case, head_info
 
@@ -167,6 +177,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 snippets, short timings")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(common.THREADS)
     start = time.perf_counter()
@@ -176,7 +189,9 @@ def main(argv: list[str] | None = None) -> Path:
         if args.quick
         else common.TimingBudget(max_seconds=1.5, min_repeats=7)
     )
-    rows = common.run_rows(case, minilm_case.PRODUCERS, budget=budget)
+    rows = common.run_rows(
+        case, common.select_rows(minilm_case.PRODUCERS, args.rows), budget=budget
+    )
     teacher_acc = float((case.teacher_out.argmax(1) == case.eval_labels).mean())
     meta = {
         "quick": args.quick,
