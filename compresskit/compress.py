@@ -319,10 +319,7 @@ def _measure_latency(
     bench_models = [
         BenchModel(name, onnx=onnx_paths.get(name), module=model) for name, model, _ in models
     ]
-    targets = [
-        _with_policy(load_target(name), policy)
-        for name in policy.targets
-    ]
+    targets = [_with_policy(load_target(name), policy) for name in policy.targets]
     runs = measure_targets(
         targets,
         bench_models,
