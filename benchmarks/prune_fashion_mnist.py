@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from compresskit.bench.latency import measure
+from compresskit.bench.harness import BenchModel, measure_target
 from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
 from compresskit.errors import CompressKitError
@@ -110,10 +110,12 @@ def row(
     ort_out = onnx_outputs(path, loader)
     parity = float(np.abs(ort_out - torch_outputs(model, loader)).max())
     target = load_target("cpu-ort").model_copy(update={"batch_sizes": [1, 32]})
-    latency = {
-        f"b{x.batch}_p50_ms": x.p50_ms
-        for x in measure(target, example, onnx_path=path, max_seconds=seconds)
-    }
+    run = measure_target(
+        target, [BenchModel(name, onnx=path)], [x.numpy() for x in example], max_seconds=seconds
+    )
+    measured = run.model(name)
+    latency = {f"b{x.batch}_p50_ms": x.p50_ms for x in (measured.latency if measured else [])}
+    latency["noisy"] = run.noisy
     return {
         "name": name,
         **extra,
