@@ -2,7 +2,8 @@
 
 The scheme is the one ONNX Runtime's x86 QDQ fusions accept on AVX2 without VNNI:
 
-* activations: per tensor, uint8, affine (0..255)
+* activations: per tensor, uint8, affine (0..255); a Linear output that no int8 layer
+  reads stays float (QGemm with a float output)
 * weights: per output channel, int8, symmetric (zero point 0, |q| <= 127)
 * bias: int32 with scale ``s_in * s_w[c]`` (exported as an int32 DequantizeLinear)
 
@@ -232,12 +233,14 @@ class _QuantMixin:
         quant.__class__ = cls
         quant._init_quant(fused_relu=bool(attrs.get("fused_relu", False)))
         quant.act_in.enabled = bool(attrs.get("act_in_enabled", True))
+        quant.act_out.enabled = bool(attrs.get("act_out_enabled", True))
         set_mode(module, attrs.get("mode", "quant"))
 
     def structure_attributes(self) -> dict[str, Any]:
         return {
             "fused_relu": self.fused_relu,
             "act_in_enabled": self.act_in.enabled,
+            "act_out_enabled": self.act_out.enabled,
             "mode": self.mode,
         }
 
@@ -383,13 +386,22 @@ def calibrate_(
     was_training = model.training
     model.eval()
     set_mode(model, "calib")
+    called: set[nn.Module] = set()
+    hooks = [
+        layer.register_forward_pre_hook(lambda module, _: called.add(module))
+        for layer in quant_layers(model)
+    ]
     seen = 0
-    for *inputs, _ in batches:
-        model(*inputs)
-        seen += len(inputs[0])
+    try:
+        for *inputs, _ in batches:
+            model(*inputs)
+            seen += len(inputs[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
     if seen:
         for name, module in list(model.named_modules()):
-            if isinstance(module, QUANT_TYPES) and not torch.isfinite(module.act_out.min_val):
+            if isinstance(module, QUANT_TYPES) and module not in called:
                 to_float_(module)
                 if unused is not None:
                     unused.append(name)

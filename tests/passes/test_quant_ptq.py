@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from pydantic import ValidationError
@@ -173,3 +174,25 @@ def test_a_layer_forward_never_calls_stays_float_and_is_recorded(trained_tiny_cn
     quantized = Quantize(QuantizeConfig()).apply(model, ctx)
     assert type(quantized.pooler) is nn.Linear
     assert ctx.records["unused_layers"] == ["pooler"] and ctx.records["quantized_layers"] == 3
+
+
+def test_linear_outputs_stay_float_unless_an_int8_layer_reads_them(tiny, tmp_path: Path) -> None:
+    """fc1 -> relu -> fc2 -> relu -> head pass quantized tensors along; the logits are
+    not requantized, so ORT runs the head as QGemm with a float output."""
+    torch.manual_seed(0)
+    model = Quantize(QuantizeConfig()).apply(Fragile(), context(tiny))
+    assert model.fc2.act_in.tied_to is model.fc1.act_out and model.fc1.act_out.enabled
+    assert model.head.act_in.tied_to is model.fc2.act_out and model.fc2.act_out.enabled
+    assert not model.head.act_out.enabled
+    result = export_onnx(model, tiny.example_inputs(2), tmp_path / "mlp.onnx")
+    report = kernel_report(result.path)
+    assert report.fraction == 1.0, report.ops
+    graph = onnx.load(str(result.path)).graph
+    (head,) = [node.output[0] for node in graph.node if node.name == "/head/Gemm"]
+    assert not [node for node in graph.node if head in node.input]  # nothing requantizes it
+    loader = tiny.loader("eval", batch_size=128)
+    reference = torch_outputs(model, loader)
+    tolerance, agreement = parity_tolerance("int8", reference)
+    assert compare(
+        reference, onnx_outputs(result.path, loader), tolerance=tolerance, min_agreement=agreement
+    ).ok
