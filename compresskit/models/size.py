@@ -9,7 +9,13 @@ from torch import nn
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters, plus weights a quantization pass keeps as buffers (int8 tables)."""
+    stored = sum(
+        getattr(module, name).numel()
+        for module in model.modules()
+        for name in getattr(module, "weight_buffers", ())
+    )
+    return sum(p.numel() for p in model.parameters()) + stored
 
 
 @torch.no_grad()

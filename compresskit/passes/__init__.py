@@ -8,6 +8,7 @@ from compresskit.passes import (  # noqa: F401
     qat,
     quantize,
     quantize_dynamic,
+    quantize_embeddings,
     weight_only,
 )
 from compresskit.passes.base import (

@@ -31,6 +31,7 @@ SETTINGS = {
         "train": TrainConfig(epochs=1, batch_size=64, lr=1e-3).model_dump(),
     },
     "quantize_dynamic": {},
+    "quantize_embeddings": {},
     "weight_only": {"dtype": "nf4"},
 }
 # Passes whose result has no ONNX form (bitsandbytes); export must refuse in one line.
@@ -40,6 +41,7 @@ BUILTIN = [name for name in registered_passes() if not name.startswith("test_")]
 SUBJECTS = {
     "prune_transformer": lambda: (TinyBertClassifier().eval(), tiny_text_data()),
     "prune_blocks": lambda: (TinyTransformer().eval(), tiny_data()),
+    "quantize_embeddings": lambda: (TinyBertClassifier().eval(), tiny_text_data()),
 }
 
 
