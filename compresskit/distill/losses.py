@@ -96,6 +96,15 @@ class TAIDLoss(_Loss):
     adaptive: bool = True
 
 
+class OutputLoss(_Loss):
+    """The model's outputs themselves, cosine or MSE: for models whose output is an
+    embedding rather than logits (a sentence encoder), where KD's softmax means nothing
+    and the metric users check is the cosine to the original's embedding."""
+
+    kind: Literal["output"] = "output"
+    metric: Literal["cosine", "mse"] = "cosine"
+
+
 class HiddenLoss(_Loss):
     """Hidden states of mapped layers, MSE or cosine; a learned projector maps the
     student's width to the teacher's when they differ (training only)."""
@@ -136,6 +145,7 @@ LossSpec = Annotated[
     | NKDLoss
     | DTSLoss
     | TAIDLoss
+    | OutputLoss
     | HiddenLoss
     | AttentionLoss
     | RKDDistanceLoss
@@ -154,6 +164,13 @@ def kd_loss(
         reduction="batchmean",
         log_target=True,
     ) * (temperature**2)
+
+
+def output_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str) -> torch.Tensor:
+    """1 - cosine along the last axis (mean over the rest), or MSE."""
+    if metric == "cosine":
+        return (1 - F.cosine_similarity(student, teacher, dim=-1, eps=EPS)).mean()
+    return F.mse_loss(student, teacher)
 
 
 def nkd_loss(

@@ -253,6 +253,8 @@ class DistillObjective:
         assert t_logits is not None
         if isinstance(spec, L.KDLoss):
             return L.kd_loss(logits, t_logits, spec.temperature)
+        if isinstance(spec, L.OutputLoss):
+            return L.output_loss(logits, t_logits, spec.metric)
         if isinstance(spec, L.NKDLoss):
             target = y if spec.target == "label" else t_logits.argmax(-1)
             return L.nkd_loss(

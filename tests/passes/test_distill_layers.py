@@ -230,3 +230,25 @@ def test_layer_pair_explicit_mapping(tiny, trained_tiny_cnn) -> None:
     config = DistillConfig(losses=[{"kind": "hidden", "layers": [pair.model_dump()]}], train=QUICK)
     Distill(config).apply(copy.deepcopy(trained_tiny_cnn), ctx)
     assert ctx.records["distill"]["terms"][0]["pairs"] == [["features.4", "features.4"]]
+
+
+def test_output_cosine_loss_pulls_a_pruned_students_outputs_to_the_teachers(
+    tiny, trained_tiny_cnn
+) -> None:
+    """The embedding-model recipe: no labels, no softmax, just the outputs' direction."""
+    ctx = context(tiny, trained_tiny_cnn)
+    pruned = PruneChannels(PruneChannelsConfig(ratio=0.5)).apply(
+        copy.deepcopy(trained_tiny_cnn), ctx
+    )
+    x = tiny.example_inputs(256)[0]
+
+    def cosine(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(
+                torch.cosine_similarity(model.eval()(x), trained_tiny_cnn(x), dim=-1).mean()
+            )
+
+    before = cosine(pruned)
+    config = DistillConfig(losses=[{"kind": "output", "metric": "cosine"}], train=QUICK)
+    after = cosine(Distill(config).apply(pruned, ctx))
+    assert after > before + 0.1, (before, after)

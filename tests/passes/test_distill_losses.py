@@ -25,6 +25,8 @@ LOGIT_LOSSES = {
     "kd": lambda s, t, y: L.kd_loss(s, t, 4.0),
     "nkd": lambda s, t, y: L.nkd_loss(s, t, y, temperature=2.0),
     "taid": lambda s, t, y: L.taid_loss(s, t, 0.6),
+    "output_cosine": lambda s, t, y: L.output_loss(s, t, "cosine"),
+    "output_mse": lambda s, t, y: L.output_loss(s, t, "mse"),
 }
 FEATURE_LOSSES = {
     "rkd_distance": L.rkd_distance,
