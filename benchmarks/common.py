@@ -392,6 +392,9 @@ def _json_default(value: Any) -> Any:
 # ---- compresskit rows -----------------------------------------------------------------
 
 
+_RUNS: dict[Path, Any] = {}  # out dir -> (compresskit.RunResult, seconds), one run per policy
+
+
 def compresskit_candidate(
     name: str,
     policy: str | Path,
@@ -403,20 +406,23 @@ def compresskit_candidate(
     latency_seconds: float = 0.3,
 ) -> Candidate:
     """Run ``policy`` through ``compresskit.run`` (prune / distill / quantize, export,
-    ORT parity, its own latency check) and return the exported ``leaf`` candidate.
+    ORT parity, its own latency check) and return the exported ``leaf`` candidate (the
+    last one when None). Rows of other candidates of the same run (same ``out``) reuse it.
 
-    ``compress_s`` is the time of the pipeline's passes; ``run_s`` the whole
+    ``compress_s`` is the time of the passes that made the candidate; ``run_s`` the whole
     ``compresskit.run`` (with export, verification and its latency measurement)."""
     import shutil
 
     import compresskit
 
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    result = compresskit.run(
-        policy, model=model, data=data, out=out, latency_seconds=latency_seconds
-    )
-    run_s = time.perf_counter() - start
+    if out not in _RUNS:
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        result = compresskit.run(
+            policy, model=model, data=data, out=out, latency_seconds=latency_seconds
+        )
+        _RUNS[out] = (result, time.perf_counter() - start)
+    result, run_s = _RUNS[out]
     report = result.report
     entry = next(
         (c for c in report.candidates if leaf is None or c.name == leaf), report.candidates[-1]

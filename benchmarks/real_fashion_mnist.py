@@ -164,20 +164,32 @@ def torch_pruning_channels(case: FashionCase) -> Candidate:
     )
 
 
-@common.producer("compresskit fashion-mnist-cnn", "compresskit")
-def compresskit_policy(case: FashionCase) -> Candidate:
-    """policies/fashion-mnist-cnn.yaml through ``compresskit.run``: prune 50% channels,
-    distil from the teacher, static int8; its exported, ORT-verified ONNX is the row."""
+def _policy_row(case: FashionCase, name: str, leaf: str) -> Candidate:
     from compresskit.models.loading import LoadedModel
 
     teacher = copy.deepcopy(case.teacher).eval()
     return common.compresskit_candidate(
-        "compresskit fashion-mnist-cnn",
+        name,
         POLICY,
         model=LoadedModel(teacher, {"kind": "python", "path": None}),
         data=case.data,
         out=case.workdir / "compresskit-fashion-mnist-cnn",
+        leaf=leaf,
     )
+
+
+@common.producer("compresskit fashion-mnist-cnn", "compresskit")
+def compresskit_policy(case: FashionCase) -> Candidate:
+    """policies/fashion-mnist-cnn.yaml through ``compresskit.run``: prune 50% channels,
+    distil from the teacher, static int8; its exported, ORT-verified ONNX is the row."""
+    return _policy_row(case, "compresskit fashion-mnist-cnn", "pruned-int8")
+
+
+@common.producer("compresskit fashion-mnist-cnn (fp32)", "compresskit")
+def compresskit_policy_fp32(case: FashionCase) -> Candidate:
+    """The same run's float candidate (pruned and distilled, before int8): at these
+    widths ORT's fp32 convolutions beat its int8 ones, so it is the faster one."""
+    return _policy_row(case, "compresskit fashion-mnist-cnn (fp32)", "distilled")
 
 
 # The row producers of this case, in order; compresskit's policies are appended here.
@@ -188,6 +200,7 @@ PRODUCERS = [
     ort_static,
     torch_pruning_channels,
     compresskit_policy,
+    compresskit_policy_fp32,
 ]
 
 

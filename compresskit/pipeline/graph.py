@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Node:
-    """One pass in the graph; ``after`` is the id of the node it follows (None: the input)."""
+    """One pass in the graph; ``after`` is the id of the node it follows (None: the input).
+    ``candidate``: an inner node's result is measured too (a leaf always is)."""
 
     id: str
     pass_: Pass[Any]
     after: str | None = None
+    candidate: bool = False
 
 
 @dataclass
@@ -41,9 +43,19 @@ class Pipeline:
 
     nodes: list[Node] = field(default_factory=list)
 
-    def add(self, node_id: str, pass_: Pass[Any], *, after: str | None = None) -> Pipeline:
-        """Append a node and re-validate; returns the pipeline for chaining."""
-        self.nodes.append(Node(node_id, pass_, after))
+    def add(
+        self,
+        node_id: str,
+        pass_: Pass[Any],
+        *,
+        after: str | None = None,
+        candidate: bool = False,
+    ) -> Pipeline:
+        """Append a node and re-validate; returns the pipeline for chaining.
+
+        ``candidate=True`` also reports this node's result when other nodes follow it
+        (e.g. the float pruned model next to its int8 version)."""
+        self.nodes.append(Node(node_id, pass_, after, candidate))
         try:
             self.validate()
         except CompressKitError:
@@ -67,7 +79,7 @@ class Pipeline:
                 config = pass_cls.config_cls.model_validate(spec.config)
             except ValidationError as error:
                 raise CompressKitError(f"{label}.config.{describe_error(error)}") from None
-            nodes.append(Node(spec.id, pass_cls(config), spec.after))
+            nodes.append(Node(spec.id, pass_cls(config), spec.after, spec.candidate))
         pipeline = cls(nodes)
         try:
             pipeline.validate()
@@ -87,6 +99,7 @@ class Pipeline:
                     "pass": n.pass_.name,
                     "after": n.after,
                     "config": dump_config(n.pass_.config),
+                    **({"candidate": True} if n.candidate else {}),
                 }
             )
             for n in self.nodes
@@ -142,6 +155,12 @@ class Pipeline:
     def leaves(self) -> list[Node]:
         parents = {n.after for n in self.nodes}
         return [n for n in self.nodes if n.id not in parents]
+
+    def candidates(self) -> list[Node]:
+        """The nodes whose results the report compares: every leaf, and every node marked
+        ``candidate``, in declaration order."""
+        leaves = {n.id for n in self.leaves()}
+        return [n for n in self.nodes if n.id in leaves or n.candidate]
 
     def path(self, node_id: str) -> list[Node]:
         """The chain of nodes from a root to ``node_id``."""

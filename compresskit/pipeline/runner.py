@@ -57,7 +57,8 @@ def check_data_needs(pipeline: Pipeline, ctx: Context) -> None:
 
 
 def run_pipeline(pipeline: Pipeline, model: nn.Module, ctx: Context) -> list[Candidate]:
-    """Run every node once; return one candidate per leaf, in declaration order."""
+    """Run every node once; return one candidate per leaf (and per node marked
+    ``candidate``), in declaration order."""
     check_data_needs(pipeline, ctx)
     candidates: dict[str, Candidate] = {}
 
@@ -71,10 +72,12 @@ def run_pipeline(pipeline: Pipeline, model: nn.Module, ctx: Context) -> list[Can
         children = pipeline.children(node.id)
         if not children:
             candidates[node.id] = Candidate(node.id, model, history)
+        elif node.candidate:  # its children change the model in place: keep a copy
+            candidates[node.id] = Candidate(node.id, copy.deepcopy(model), history)
         for index, child in enumerate(children):
             # The last child may take the model itself: no one else will see it.
             visit(child, model if index == len(children) - 1 else copy.deepcopy(model), history)
 
     for root in pipeline.children(None):
         visit(root, copy.deepcopy(model), [])
-    return [candidates[leaf.id] for leaf in pipeline.leaves()]
+    return [candidates[node.id] for node in pipeline.candidates()]

@@ -23,6 +23,11 @@ class NodeSpec(_Strict):
         default=None, description="id of the node whose output this node takes; none: the input"
     )
     config: dict[str, Any] = Field(default_factory=dict)
+    candidate: bool = Field(
+        default=False,
+        description="report this node's result too, though other nodes follow it (every "
+        "leaf is a candidate anyway)",
+    )
 
 
 class Budget(_Strict):

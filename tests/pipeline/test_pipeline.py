@@ -53,6 +53,24 @@ def test_branches_get_their_own_copies(ctx: Context) -> None:
     assert candidates["alone"].nodes[0].records == {"factor": 5.0}
 
 
+def test_an_inner_node_marked_candidate_is_reported_as_it_was(ctx: Context) -> None:
+    model = TinyCNN()
+    original = model.head.weight.detach().clone()
+    pipeline = (
+        Pipeline()
+        .add("double", ScaleHead(ScaleConfig(factor=2.0)), candidate=True)
+        .add("then-triple", ScaleHead(ScaleConfig(factor=3.0)), after="double")
+    )
+    candidates = {c.name: c for c in run_pipeline(pipeline, model, ctx)}
+    assert list(candidates) == ["double", "then-triple"]
+    # The child changed its model in place; the candidate kept its own copy.
+    torch.testing.assert_close(candidates["double"].model.head.weight, original * 2)
+    torch.testing.assert_close(candidates["then-triple"].model.head.weight, original * 6)
+    policy = pipeline.to_policy("p")
+    assert [n.candidate for n in policy.nodes] == [True, False]
+    assert [n.id for n in Pipeline.from_policy(policy).candidates()] == ["double", "then-triple"]
+
+
 def test_add_rejects_a_bad_node_and_keeps_the_graph() -> None:
     pipeline = Pipeline().add("a", ScaleHead(ScaleConfig()))
     with pytest.raises(CompressKitError, match="'missing' is not a node id"):
