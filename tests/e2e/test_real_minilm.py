@@ -1,0 +1,32 @@
+"""End to end on all-MiniLM-L6-v2, as a sentiment classifier (frozen encoder + linear head,
+the minilm policy) and as a sentence embedder (the minilm-embedding policy), each on 256
+Rotten Tomatoes training snippets (a few minutes each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _real import REPO, check_run, minilm_model_and_data
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(("case", "metric"), [("sentiment", "accuracy"), ("embedding", "cosine")])
+def test_minilm_policy_end_to_end(case: str, metric: str, tmp_path: Path) -> None:
+    import compresskit
+    from compresskit.models.loading import LoadedModel
+
+    model, data, policies = minilm_model_and_data(case)
+    policy = policies[metric]
+    assert policy.parent == REPO / "policies"
+    result = compresskit.run(
+        policy,
+        model=LoadedModel(model, {"kind": "python"}),
+        data=data,
+        out=tmp_path / "run",
+        latency_seconds=0.3,
+    )
+    candidate = check_run(result, embedding=case == "embedding")
+    assert candidate.nodes[:2] == ["prune_transformer", "distill"]
+    assert "quantize_embeddings" in candidate.nodes  # the vocabulary table is int8 too
