@@ -1,4 +1,4 @@
-"""Fashion-MNIST CNN: float vs PTQ (three calibrations) vs QAT with and without
+"""Fashion-MNIST CNN: float vs PTQ (four calibrations) vs QAT with and without
 distillation - accuracy, int8 coverage, ORT latency at batch 1 and 32, one run.
 
     python benchmarks/quant_fashion_mnist.py            # full data (lead: ~30-40 min on 2 cores)
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> Path:
         .add("ptq-minmax", Quantize(QuantizeConfig(calibration="minmax")))
         .add("ptq-percentile", Quantize(QuantizeConfig(calibration="percentile")))
         .add("ptq-mse", Quantize(QuantizeConfig(calibration="mse")))
+        .add("ptq-entropy", Quantize(QuantizeConfig(calibration="entropy")))
         .add("qat", QAT(QATConfig(calibration="mse", train=qat_train)))
         .add("qat-lsq", QAT(QATConfig(calibration="mse", learn_scales=True, train=qat_train)))
         .add("qat-kd", QAT(QATConfig(calibration="mse", alpha=0.5, train=qat_train)))

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from compresskit.models.checkpoint import restorable
 
 Mode = Literal["float", "calib", "quant"]
-CalibrationMethod = Literal["minmax", "percentile", "mse"]
+CalibrationMethod = Literal["minmax", "percentile", "mse", "entropy"]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 

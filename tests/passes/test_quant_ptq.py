@@ -32,7 +32,7 @@ def context(data, teacher=None) -> Context:
 def test_percentile_and_mse_clip_heavy_tails_that_minmax_keeps() -> None:
     values = torch.randn(20000, generator=torch.Generator().manual_seed(0)) ** 3
     ranges = {}
-    for method in ("minmax", "percentile", "mse"):
+    for method in ("minmax", "percentile", "mse", "entropy"):
         quantizer = ActQuant()
         quantizer.method = method
         quantizer.mode = "calib"
@@ -41,9 +41,10 @@ def test_percentile_and_mse_clip_heavy_tails_that_minmax_keeps() -> None:
     assert ranges["minmax"] == pytest.approx(float(values.max()))
     assert ranges["percentile"] < 0.9 * ranges["minmax"], ranges
     assert ranges["mse"] < 0.8 * ranges["minmax"], ranges
+    assert ranges["entropy"] < 0.8 * ranges["minmax"], ranges
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
 def test_static_ptq_each_method_runs_in_int8_and_matches_ort(
     method, trained_tiny_cnn, tiny, tmp_path: Path
 ) -> None:
