@@ -19,6 +19,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import argparse
 import gc
 import json
 import platform
@@ -376,6 +377,52 @@ def write_results(
     if md.is_file() and NOTES_MARKER in md.read_text():
         notes = "\n" + md.read_text()[md.read_text().index(NOTES_MARKER) :]
     md.write_text(f"# {case}\n\n{preface}\n{table}{notes}")
+    return path
+
+
+@dataclass
+class CaseScript:
+    """What one real-model case script declares; :func:`case_main` does the rest.
+
+    ``describe(case, rows, meta)`` adds the case's own entries to ``meta`` (teacher, eval,
+    calibration, latency) and returns ``(table, preface)`` for the results markdown."""
+
+    name: str
+    doc: str
+    quick_help: str
+    load_case: Callable[[bool], Any]
+    producers: Sequence[RowProducer]
+    min_repeats: int
+    describe: Callable[[Any, list[dict[str, Any]], dict[str, Any]], tuple[str, str]]
+
+
+def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
+    """The command line of a case script: ``--quick``, ``--out``, ``--rows``; every row
+    measured in this process, results written to ``results/[quick/]<case>.{json,md}``."""
+    parser = argparse.ArgumentParser(description=script.doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=script.quick_help)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    start = time.perf_counter()
+    case = script.load_case(args.quick)
+    budget = (
+        TimingBudget(max_seconds=0.2, min_repeats=3)
+        if args.quick
+        else TimingBudget(max_seconds=1.5, min_repeats=script.min_repeats)
+    )
+    rows = run_rows(case, select_rows(script.producers, args.rows), budget=budget)
+    meta: dict[str, Any] = {"quick": args.quick}
+    table, preface = script.describe(case, rows, meta)
+    meta["wall_s"] = time.perf_counter() - start
+    preface += f" Wall time {meta['wall_s']:.0f}s.\n"
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    path = write_results(script.name, rows, meta, out, table=table, preface=preface)
+    print(table)
+    print(f"wrote {path} in {meta['wall_s']:.0f}s")
     return path
 
 

@@ -53,6 +53,7 @@ class MiniLMCase:
     data: Any = None  # compresskit DataBundle of tokenized text for the policy rows
     _eval_feeds: list[Feed] | None = None
     _fp32_onnx: Path | None = None
+    teacher_info: dict[str, Any] = field(default_factory=dict)  # how the teacher was made
 
     def build(self, bert: nn.Module) -> nn.Module:
         """The case's model around a (possibly pruned) BertModel."""
@@ -295,6 +296,19 @@ PRODUCERS = [
     torch_pruning_heads_ffn,
     compresskit_policy,
 ]
+
+
+def describe_eval(case: MiniLMCase) -> dict[str, Any]:
+    """The results' description of the eval, calibration and latency inputs."""
+    return {
+        "eval": f"{len(case.eval_texts)} Rotten Tomatoes snippets of the 102 held-out movies "
+        "(fresh=1, rotten=0), batches of 64 in order of length, each padded to its longest",
+        "calibration": f"{len(case.calibration_texts)} training snippets (seed 0), batches of "
+        "32 padded to the batch's longest",
+        "latency": "b1/b32: padded to 128 tokens; *_real: the first "
+        f"{LATENCY_TEXTS} test snippets padded to each batch's longest",
+        "latency_lengths": case.latency_lengths(),
+    }
 
 
 def text_bundle(

@@ -11,11 +11,9 @@ The teacher comes from ``fashion_mnist_teacher.py`` (trained first if missing).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets thread env vars before torch starts)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import ARTIFACTS, RESULTS, Candidate, Feed, Runner  # noqa: E402
+from common import ARTIFACTS, Candidate, Feed, Runner  # noqa: E402
 from models import resnet_fmnist  # noqa: E402
 
 CASE = "fashion_mnist"
@@ -263,34 +261,15 @@ def load_case(*, quick: bool) -> FashionCase:
     return case
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="512 test images, short timings")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument(
-        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(common.THREADS)
-    start = time.perf_counter()
-    case = load_case(quick=args.quick)
-    budget = (
-        common.TimingBudget(max_seconds=0.2, min_repeats=3)
-        if args.quick
-        else common.TimingBudget(max_seconds=1.5, min_repeats=20)
-    )
-    rows = common.run_rows(case, common.select_rows(PRODUCERS, args.rows), budget=budget)
-    meta = {
-        "quick": args.quick,
-        "teacher": case.teacher_info,
-        "eval": f"Fashion-MNIST official test set, first {len(case.y_eval)} images",
-        "calibration": f"{len(case.x_calibration)} training images (compresskit bundle "
+def describe(case: FashionCase, rows: list[dict[str, Any]], meta: dict[str, Any]):
+    meta.update(
+        teacher=case.teacher_info,
+        eval=f"Fashion-MNIST official test set, first {len(case.y_eval)} images",
+        calibration=f"{len(case.x_calibration)} training images (compresskit bundle "
         "'calibration' split, seed 0)",
-        "latency": "ORT 2 intra-op threads, allow_spinning=0; torch 2 threads; p50 over "
+        latency="ORT 2 intra-op threads, allow_spinning=0; torch 2 threads; p50 over "
         ">= warm-up 3 + repeats; b1 cycles 32 test images, b32 cycles 8 batches",
-        "wall_s": time.perf_counter() - start,
-    }
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    )
     table = common.markdown_table(
         rows,
         metric="accuracy",
@@ -301,12 +280,24 @@ def main(argv: list[str] | None = None) -> Path:
     preface = (
         f"Teacher: `models.resnet_fmnist`, test accuracy "
         f"{case.teacher_info.get('test_accuracy')}. Eval: {meta['eval']}. "
-        f"Speedup: fp32-ort p50 / row p50, same run. Wall time {meta['wall_s']:.0f}s.\n"
+        f"Speedup: fp32-ort p50 / row p50, same run."
     )
-    path = common.write_results(CASE, rows, meta, out, table=table, preface=preface)
-    print(table)
-    print(f"wrote {path} in {meta['wall_s']:.0f}s")
-    return path
+    return table, preface
+
+
+SCRIPT = common.CaseScript(
+    name=CASE,
+    doc=__doc__ or "",
+    quick_help="512 test images, short timings",
+    load_case=lambda quick: load_case(quick=quick),
+    producers=PRODUCERS,
+    min_repeats=20,
+    describe=describe,
+)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return common.case_main(SCRIPT, argv)
 
 
 if __name__ == "__main__":

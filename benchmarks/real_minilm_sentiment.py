@@ -11,7 +11,6 @@ in the results). Rows: ``minilm_case.PRODUCERS``; compresskit's policies are app
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ import minilm  # noqa: E402
 import minilm_case  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import ARTIFACTS, RESULTS  # noqa: E402
+from common import ARTIFACTS  # noqa: E402
 from rotten_tomatoes import RTSplit, load_rt_split  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -170,53 +169,39 @@ def load_case(*, quick: bool) -> tuple[minilm_case.MiniLMCase, dict[str, Any]]:
         quick=quick,
     )
     case.teacher_out = case.outputs(common.torch_runner(case.teacher))
+    case.teacher_info = head_info
     return case, head_info
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="128 snippets, short timings")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument(
-        "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(common.THREADS)
-    start = time.perf_counter()
-    case, head_info = load_case(quick=args.quick)
-    budget = (
-        common.TimingBudget(max_seconds=0.2, min_repeats=3)
-        if args.quick
-        else common.TimingBudget(max_seconds=1.5, min_repeats=7)
-    )
-    rows = common.run_rows(
-        case, common.select_rows(minilm_case.PRODUCERS, args.rows), budget=budget
-    )
+def describe(
+    case: minilm_case.MiniLMCase, rows: list[dict[str, Any]], meta: dict[str, Any]
+) -> tuple[str, str]:
     teacher_acc = float((case.teacher_out.argmax(1) == case.eval_labels).mean())
-    meta = {
-        "quick": args.quick,
-        "teacher": {"accuracy": teacher_acc, **head_info},
-        "eval": f"{len(case.eval_texts)} Rotten Tomatoes snippets of the 102 held-out movies "
-        "(fresh=1, rotten=0), batches of 64 in order of length, each padded to its longest",
-        "calibration": f"{len(case.calibration_texts)} training snippets (seed 0), batches of "
-        "32 padded to the batch's longest",
-        "latency": "b1/b32: padded to 128 tokens; *_real: the first "
-        f"{minilm_case.LATENCY_TEXTS} test snippets padded to each batch's longest",
-        "latency_lengths": case.latency_lengths(),
-        "wall_s": time.perf_counter() - start,
-    }
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    table = minilm_case.table_and_meta(case, rows)
+    meta.update(
+        teacher={"accuracy": teacher_acc, **case.teacher_info},
+        **minilm_case.describe_eval(case),
+    )
     preface = (
         f"Teacher: frozen all-MiniLM-L6-v2 + logistic-regression head, test accuracy "
         f"{teacher_acc:.4f}. Eval: {meta['eval']}. Speedup: fp32-ort p50 / row p50, "
-        f"same run. Real lengths: {meta['latency_lengths']}. "
-        f"Wall time {meta['wall_s']:.0f}s.\n"
+        f"same run. Real lengths: {meta['latency_lengths']}."
     )
-    path = common.write_results(CASE, rows, meta, out, table=table, preface=preface)
-    print(table)
-    print(f"wrote {path} in {meta['wall_s']:.0f}s")
-    return path
+    return minilm_case.table_and_meta(case, rows), preface
+
+
+SCRIPT = common.CaseScript(
+    name=CASE,
+    doc=__doc__ or "",
+    quick_help="128 snippets, short timings",
+    load_case=lambda quick: load_case(quick=quick)[0],
+    producers=minilm_case.PRODUCERS,
+    min_repeats=7,
+    describe=describe,
+)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return common.case_main(SCRIPT, argv)
 
 
 if __name__ == "__main__":
