@@ -33,7 +33,7 @@ from torch.utils.data import Subset
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MAIN_BENCH = Path(os.environ.get("COMPRESSKIT_MAIN_BENCHMARKS", "/work/main/benchmarks"))
+MAIN_BENCH = Path(__file__).resolve().parent  # the teacher artifacts and case helpers
 
 TASK = {"kind": "task", "weight": 0.5}
 RECIPES: dict[str, list[dict[str, Any]]] = {

@@ -35,7 +35,7 @@ from torch.utils.data import Subset, TensorDataset
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MAIN_BENCH = Path(os.environ.get("COMPRESSKIT_MAIN_BENCHMARKS", "/work/main/benchmarks"))
+MAIN_BENCH = Path(__file__).resolve().parent  # the teacher artifacts and case helpers
 KEEP = [0, 2, 4]
 MAX_LENGTH = 48  # fixed padding: fixed-shape batches; most snippets are shorter
 

