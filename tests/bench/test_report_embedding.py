@@ -81,3 +81,27 @@ def test_cli_report_prints_the_cosine_table(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "cos p5" in result.output and "0.9300" in result.output
     assert " acc " not in result.output
+
+
+def test_each_task_reads_its_own_budget() -> None:
+    from compresskit.compress import _summary, _verdict
+    from compresskit.policies import load_policy
+    from compresskit.policies.schema import Budget
+
+    policy = load_policy("default").model_copy(
+        update={"budget": Budget(max_accuracy_drop=0.02, min_cosine=0.95)}
+    )
+    classification = Report.model_validate(report_dict())
+    entry, baseline = classification.candidates[0], classification.baseline
+    assert "accuracy within budget (-1.00 points" in _summary(entry, baseline, policy, [])
+    verdict = _verdict(entry, baseline, policy)
+    assert "min_cosine applies to embedding tasks only" in verdict[-1]
+    embedding = Report.model_validate(embedding_report_dict())
+    good, bad = embedding.candidates
+    assert "cosine 0.9800 to the baseline, within budget (min 0.95)" in _summary(
+        good, embedding.baseline, policy, []
+    )
+    assert "BELOW budget (min 0.95)" in _summary(bad, embedding.baseline, policy, [])
+    lines = _verdict(bad, embedding.baseline, policy)
+    assert "cosine 0.9100 to the baseline, BELOW budget (min 0.95) (p5 0.8600" in lines[-2]
+    assert "max_accuracy_drop does not apply" in lines[-1]
