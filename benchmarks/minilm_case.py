@@ -322,14 +322,16 @@ def text_bundle(
     num_classes: int,
     quick: bool,
     seed: int = 0,
+    task: Literal["classification", "embedding"] = "classification",
 ):  # -> compresskit DataBundle
     """(input_ids, attention_mask, label) splits padded to TRAIN_LENGTH, dynamic_sequence.
 
     val: VAL_SAMPLES training snippets (seed 0) held out of train; calibration: 256 of
     the rest; eval: the first PARITY_SAMPLES eval snippets (compresskit's own report and
     ORT parity check; the case scores every row on all of its eval snippets itself).
-    For an embedding model ``num_classes`` is the embedding width (compresskit checks
-    outputs are (batch, num_classes)); its labels are then unused by the policy."""
+    ``task="embedding"`` (the cosine case) for the sentence embedder: ``num_classes`` is
+    then the embedding width (compresskit checks outputs are (batch, num_classes)), the
+    labels are ignored, and compresskit's report scores cosine to the baseline."""
     from torch.utils.data import Subset, TensorDataset
 
     from compresskit.data.bundle import DataBundle
@@ -356,6 +358,7 @@ def text_bundle(
         eval=tensors(eval_texts[:n_eval], list(eval_labels[:n_eval])),
         seed=seed,
         dynamic_sequence=True,
+        task=task,
     )
 
 

@@ -53,8 +53,9 @@ def load_case(*, quick: bool) -> minilm_case.MiniLMCase:
         split.test_texts,
         split.test_labels,
         name="rotten-tomatoes",
-        num_classes=384,
+        num_classes=384,  # the embedding width
         quick=quick,
+        task="embedding" if case.metric == "cosine" else "classification",
     )
     case.teacher_out = case.outputs(common.torch_runner(case.teacher))
     return case

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -90,7 +91,12 @@ def run(
     _check_task(loaded.model, example, bundle)
     teacher = _teacher(policy, loaded)
     ctx = Context(
-        data=bundle, teacher=teacher, example_inputs=example, seed=seed, budget=policy.budget
+        data=bundle,
+        teacher=teacher,
+        example_inputs=example,
+        task=bundle.task,
+        seed=seed,
+        budget=policy.budget,
     )
     final = Path(out) if out is not None else _default_out(policy.name)
     if world.is_main and final.exists() and any(final.iterdir()):
@@ -152,9 +158,16 @@ def _check_task(model: nn.Module, example: tuple[torch.Tensor, ...], data: DataB
         ) from None
     if not isinstance(output, torch.Tensor) or output.shape != (len(example[0]), data.num_classes):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        if data.is_embedding:
+            raise CompressKitError(
+                f"the model outputs {shape} but the embedding task {data.name} expects "
+                f"embeddings of width {data.num_classes}; expected shape (batch, width): set "
+                "the data's num_classes to the model's embedding width"
+            )
         raise CompressKitError(
             f"the model outputs {shape} but {data.name} has {data.num_classes} classes; "
-            "expected logits of shape (batch, classes)"
+            "expected logits of shape (batch, classes) (for a model that outputs embeddings, "
+            'give the data task="embedding")'
         )
 
 
@@ -229,6 +242,10 @@ def _evaluate(
             if exported.post_quantization is not None:
                 precision = "int8"  # ORT dynamic int8 rewrote the float graph
             tolerance, min_agreement = parity_tolerance(precision, reference)
+            if bundle.is_embedding:
+                # The top-1 "agreement" of embedding dimensions is no class decision:
+                # int8 rounding flips near-tied dimensions. The error bound is the check.
+                min_agreement = 0.0
             parity = compare(
                 reference,
                 actual,
@@ -239,7 +256,11 @@ def _evaluate(
             coverage = kernel_report(exported.path).fraction
         if baseline_out is None:
             baseline_out = actual
-        metrics = _metrics(actual, labels, baseline_out)
+        metrics = (
+            embedding_metrics(actual, baseline_out)
+            if bundle.is_embedding
+            else _metrics(actual, labels, baseline_out)
+        )
         entries.append(
             Entry(
                 name=name,
@@ -277,6 +298,7 @@ def _evaluate(
         policy=policy.name,
         checkpoint=_describe_source(loaded.source),
         data=bundle.name,
+        task=bundle.task,
         seed=seed,
         seconds=0.0,
         skipped_targets={run.target: run.skipped for run in runs if run.skipped},
@@ -303,6 +325,23 @@ def _metrics(outputs: Any, labels: Any, baseline: Any) -> dict[str, float]:
         "churn": float(changed.mean()),
         "churn_good": float((changed & (pred == labels)).mean()),
         "churn_bad": float((changed & (base_pred == labels)).mean()),
+    }
+
+
+def embedding_metrics(outputs: Any, baseline: Any) -> dict[str, float]:
+    """Each sample's embedding against the baseline's: the cosine (mean, 5th percentile,
+    min) and the mean squared error. The baseline against itself: cosine 1, mse 0."""
+    if outputs is baseline:
+        return {"cosine": 1.0, "cosine_p5": 1.0, "cosine_min": 1.0, "mse": 0.0}
+    a = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    b = np.asarray(baseline, dtype=np.float64).reshape(len(baseline), -1)
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cosine = np.clip((a * b).sum(axis=1) / norms, -1.0, 1.0)
+    return {
+        "cosine": float(cosine.mean()),
+        "cosine_p5": float(np.percentile(cosine, 5)),
+        "cosine_min": float(cosine.min()),
+        "mse": float(((a - b) ** 2).mean()),
     }
 
 
@@ -415,7 +454,8 @@ def _speed_clause(entry: Entry, run: TargetRun) -> str:
 
 
 def _summary(entry: Entry, baseline: Entry, policy: Policy, runs: list[TargetRun]) -> str:
-    """One line: faster or not per target; int8 really used or not; accuracy budget."""
+    """One line: faster or not per target; int8 really used or not; accuracy budget (or,
+    for embeddings, the cosine budget)."""
     clauses = [_speed_clause(entry, run) for run in runs]
     coverage = entry.int8_coverage or 0.0
     if entry.precision == "int8" or coverage > 0:
@@ -424,15 +464,11 @@ def _summary(entry: Entry, baseline: Entry, policy: Policy, runs: list[TargetRun
         clauses.append(f"{used} ({coverage:.0%} of MACs)")
     else:
         clauses.append("float (no int8)")
-    drop = baseline.metrics["accuracy"] - entry.metrics["accuracy"]
-    budget = policy.budget.max_accuracy_drop
-    if budget is None:
-        clauses.append(f"accuracy {-drop * 100:+.2f} points (no budget)")
-    else:
-        within = "within" if drop <= budget else "OVER"
-        clauses.append(
-            f"accuracy {within} budget ({-drop * 100:+.2f} points, allowed -{budget * 100:.1f})"
-        )
+    clauses.append(
+        _cosine_clause(entry, policy)
+        if _is_embedding(entry)
+        else _accuracy_clause(entry, baseline, policy)
+    )
     if entry.parity is None:
         clauses.append(f"not exported ({entry.export_skipped})")
     elif not entry.parity.ok:
@@ -459,13 +495,46 @@ def _verdict(entry: Entry, baseline: Entry, policy: Policy) -> list[str]:
         minimum = policy.budget.min_int8_coverage
         if minimum is not None and coverage < minimum:
             lines.append(f"BELOW the budget's int8 coverage of {minimum:.0%}")
+    if _is_embedding(entry):
+        lines.append(
+            _cosine_clause(entry, policy)
+            + f" (p5 {entry.metrics['cosine_p5']:.4f}, min {entry.metrics['cosine_min']:.4f}, "
+            f"mse {entry.metrics['mse']:.3g})"
+        )
+        if policy.budget.max_accuracy_drop is not None:
+            lines.append("budget max_accuracy_drop does not apply to embeddings (see min_cosine)")
+        return lines
     change = entry.metrics["accuracy"] - baseline.metrics["accuracy"]
     budget = policy.budget.max_accuracy_drop
     within = "" if budget is None else (" within budget" if -change <= budget else " OVER budget")
     lines.append(
         f"accuracy {entry.metrics['accuracy']:.4f} ({change * 100:+.2f} points vs baseline{within})"
     )
+    if policy.budget.min_cosine is not None:
+        lines.append("budget min_cosine applies to embedding tasks only; ignored here")
     return lines
+
+
+def _is_embedding(entry: Entry) -> bool:
+    return "cosine" in entry.metrics and "accuracy" not in entry.metrics
+
+
+def _accuracy_clause(entry: Entry, baseline: Entry, policy: Policy) -> str:
+    drop = baseline.metrics["accuracy"] - entry.metrics["accuracy"]
+    budget = policy.budget.max_accuracy_drop
+    if budget is None:
+        return f"accuracy {-drop * 100:+.2f} points (no budget)"
+    within = "within" if drop <= budget else "OVER"
+    return f"accuracy {within} budget ({-drop * 100:+.2f} points, allowed -{budget * 100:.1f})"
+
+
+def _cosine_clause(entry: Entry, policy: Policy) -> str:
+    cosine = entry.metrics["cosine"]
+    minimum = policy.budget.min_cosine
+    if minimum is None:
+        return f"cosine {cosine:.4f} to the baseline (no budget)"
+    within = "within budget" if cosine >= minimum else "BELOW budget"
+    return f"cosine {cosine:.4f} to the baseline, {within} (min {minimum:g})"
 
 
 def _describe_source(source: dict[str, Any]) -> str:

@@ -6,7 +6,15 @@ import base64
 from html import escape
 
 from compresskit.bench.plots import pareto_png, size_png
-from compresskit.bench.report import NOISY_NOTE, Report, table_rows, target_lines
+from compresskit.bench.report import (
+    LATENCY_NOTE,
+    MEASURED_NOTE,
+    NOISY_NOTE,
+    Report,
+    primary_metric,
+    table_rows,
+    target_lines,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
@@ -84,6 +92,7 @@ def render_html(report: Report) -> str:
         if line.startswith("- ")
     ]
     noisy = any(x.noisy for e in report.entries() for x in e.latency)
+    chart = f"{primary_metric(report)[1]} vs latency"
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -97,12 +106,10 @@ def render_html(report: Report) -> str:
             f"report schema {report.schema_version}.</p>",
             *table,
             f"<p class='note'>{escape(NOISY_NOTE)}</p>" if noisy else "",
-            "<p class='note'>Accuracy: ONNX Runtime on the held-out evaluation split. Speedup: "
-            "baseline p50 / candidate p50, same target and batch, measured interleaved in the "
-            "same process.</p>",
+            f"<p class='note'>{escape(MEASURED_NOTE[report.task])} {escape(LATENCY_NOTE)}</p>",
             "<h2>Verdict</h2><ul>" + "".join(verdicts) + "</ul>",
-            "<h2>Accuracy vs latency</h2>",
-            _img(pareto_png(report), "accuracy vs latency"),
+            f"<h2>{escape(chart[0].upper() + chart[1:])}</h2>",
+            _img(pareto_png(report), chart),
             "<h2>Size</h2>",
             _img(size_png(report), "model size"),
             "<h2>Targets</h2><ul>" + "".join(targets) + "</ul>",

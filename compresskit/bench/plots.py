@@ -1,7 +1,8 @@
 """Charts of a report, drawn with matplotlib's Agg backend (no display needed).
 
-``pareto_png``: accuracy against p50 latency, one panel per target and batch, one point
-per model, the Pareto front (no other model is both faster and more accurate) joined.
+``pareto_png``: the report's primary metric (accuracy; for embedding models the cosine to
+the baseline) against p50 latency, one panel per target and batch, one point per model,
+the Pareto front (no other model is both faster and better) joined.
 ``size_png``: ONNX size per model, with parameters and MACs.
 """
 
@@ -11,7 +12,7 @@ import io
 import math
 from typing import Any
 
-from compresskit.bench.report import Entry, Report, human_bytes, si
+from compresskit.bench.report import Entry, Report, human_bytes, primary_metric, si
 
 MAX_PANELS = 6
 
@@ -54,10 +55,12 @@ def panels(report: Report) -> list[tuple[str, int]]:
 
 
 def pareto_png(report: Report) -> bytes | None:
-    """Accuracy vs latency, or None when nothing was measured."""
+    """The primary metric (accuracy, or cosine) vs latency, or None when nothing was
+    measured."""
     pairs = panels(report)
     if not pairs:
         return None
+    key, label = primary_metric(report)
     columns = min(3, len(pairs))
     rows = math.ceil(len(pairs) / columns)
     figure = _figure(4.2 * columns, 3.4 * rows)
@@ -69,7 +72,7 @@ def pareto_png(report: Report) -> bytes | None:
             latency = next(
                 (x for x in entry.latency if x.target == target and x.batch == batch), None
             )
-            accuracy = entry.metrics.get("accuracy")
+            accuracy = entry.metrics.get(key)
             if latency is not None and accuracy is not None:
                 measured.append((entry, latency.p50_ms, accuracy, latency.noisy))
         points = [(ms, accuracy) for _, ms, accuracy, _ in measured]
@@ -108,11 +111,11 @@ def pareto_png(report: Report) -> bytes | None:
         axes.margins(x=0.3, y=0.2)
         axes.set_title(f"{target}, batch {batch}", fontsize=10)
         axes.set_xlabel("p50 latency (ms)")
-        axes.set_ylabel("accuracy")
+        axes.set_ylabel(label)
         axes.grid(alpha=0.3)
     noisy = any(x.noisy for e in entries for x in e.latency)
     figure.suptitle(
-        f"accuracy vs p50 latency, policy {report.policy}"
+        f"{label} vs p50 latency, policy {report.policy}"
         + (" (hollow: noisy measurement)" if noisy else "")
         + "; square: baseline",
         fontsize=10,

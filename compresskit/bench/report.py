@@ -3,13 +3,15 @@
 Schema history: 1 -> 2 added latency percentiles, throughput and noise flags, per-target
 thread settings, session load time and memory, exporter fallback reasons and a one-line
 summary per candidate. Version 1 files still load (the new fields take defaults).
+``Report.task`` (embedding reports score cosine to the baseline instead of accuracy) was
+added within version 2 with a default, so older files still load.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -101,7 +103,9 @@ class Entry(_Model):
     )
     precision: str = Field(default="fp32", description="fp32, fp16 or int8 (parity tolerance)")
     metrics: dict[str, float] = Field(
-        description="accuracy, agreement with the baseline, kl, churn (good/bad) vs the baseline"
+        description="classification: accuracy, agreement with the baseline, kl, churn "
+        "(good/bad) vs the baseline; embedding: cosine to the baseline (mean, cosine_p5, "
+        "cosine_min) and mse"
     )
     int8_coverage: float | None = None
     latency: list[LatencyEntry] = Field(default_factory=list)
@@ -125,6 +129,11 @@ class Report(_Model):
     policy: str
     checkpoint: str
     data: str
+    task: Literal["classification", "embedding"] = Field(
+        default="classification",
+        description="what the metrics score: accuracy (classification) or the cosine of "
+        "each embedding to the baseline's (embedding)",
+    )
     seed: int
     seconds: float
     world_size: int = Field(default=1, description="processes that ran the training passes")
@@ -163,11 +172,39 @@ def _latency(entry: Entry, target: str, batch: int) -> LatencyEntry | None:
     return next((x for x in entry.latency if x.target == target and x.batch == batch), None)
 
 
+# Per task: the two metric columns of the table (key, header), the primary metric the
+# Pareto chart plots (key, axis label), and what the note under the table says.
+METRIC_COLUMNS = {
+    "classification": [("accuracy", "acc"), ("agreement", "agree")],
+    "embedding": [("cosine", "cos"), ("cosine_p5", "cos p5")],
+}
+PRIMARY_METRIC = {
+    "classification": ("accuracy", "accuracy"),
+    "embedding": ("cosine", "cosine to baseline"),
+}
+MEASURED_NOTE = {
+    "classification": "Accuracy is measured with ONNX Runtime on the held-out evaluation "
+    "split; agreement is top-1 agreement with the baseline.",
+    "embedding": "Cosine is measured with ONNX Runtime on the held-out evaluation split: "
+    "each sample's embedding against the baseline's, mean (cos) and 5th percentile (cos p5).",
+}
+LATENCY_NOTE = (
+    "Latency is p50 per call; speedup is baseline p50 / candidate p50 on the same target "
+    "and batch, measured interleaved in the same process."
+)
+
+
+def primary_metric(report: Report) -> tuple[str, str]:
+    """(metrics key, label) of the metric charts plot: accuracy, or cosine for embeddings."""
+    return PRIMARY_METRIC[report.task]
+
+
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table (one row per model)."""
     columns = sorted({(x.target, x.batch) for e in report.entries() for x in e.latency})
     several = len({target for target, _ in columns}) > 1
-    header = ["model", "params", "MACs", "ONNX", "acc", "agree", "int8"]
+    metric_columns = METRIC_COLUMNS[report.task]
+    header = ["model", "params", "MACs", "ONNX", *(label for _, label in metric_columns), "int8"]
     for target, batch in columns:
         prefix = f"{target} " if several else ""
         header += [f"{prefix}b{batch} ms", "speedup"]
@@ -178,8 +215,7 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             f"{entry.params:,}",
             si(entry.macs),
             human_bytes(entry.onnx_bytes),
-            f"{entry.metrics.get('accuracy', float('nan')):.4f}",
-            f"{entry.metrics.get('agreement', float('nan')):.4f}",
+            *(f"{entry.metrics.get(key, float('nan')):.4f}" for key, _ in metric_columns),
             "-" if entry.int8_coverage is None else f"{entry.int8_coverage:.0%}",
         ]
         for target, batch in columns:
@@ -228,9 +264,7 @@ def render_markdown(report: Report) -> str:
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
         *([NOISY_NOTE, ""] if noisy else []),
-        "Accuracy is measured with ONNX Runtime on the held-out evaluation split; agreement is "
-        "top-1 agreement with the baseline. Latency is p50 per call; speedup is baseline p50 / "
-        "candidate p50 on the same target and batch, measured interleaved in the same process.",
+        f"{MEASURED_NOTE[report.task]} {LATENCY_NOTE}",
         "",
     ]
     if report.candidates:
@@ -250,7 +284,8 @@ def render_markdown(report: Report) -> str:
             )
         if entry.parity is None:
             lines.append(
-                f"- not exported to ONNX; accuracy and latency measured in torch only: "
+                f"- not exported to ONNX; {primary_metric(report)[0]} and latency measured in "
+                f"torch only: "
                 f"{entry.export_skipped}"
             )
         else:
@@ -334,13 +369,15 @@ def _step_lines(entry: Entry) -> list[str]:
 def _curve(history: dict[str, Any]) -> str:
     """One line of a training curve: loss and val metrics per validation, the kept one."""
     epochs = history["epochs"]
+    # Embedding tasks validate by cosine to the teacher; there is no accuracy.
+    cosine = "cosine" in epochs[0].get("metrics", {})
+    key, label = ("cosine", "val cos") if cosine else ("accuracy", "val acc")
     points = " ".join(
-        f"{e['loss']:.3f}/{e.get('metrics', {}).get('accuracy', e.get('accuracy', 0.0)):.3f}"
-        for e in epochs[:12]
+        f"{e['loss']:.3f}/{e.get('metrics', {}).get(key, e.get(key, 0.0)):.3f}" for e in epochs[:12]
     ) + (" ..." if len(epochs) > 12 else "")
     kept = history.get("best_epoch")
     return (
-        f"training curve (loss/val acc): {points}"
+        f"training curve (loss/{label}): {points}"
         + (f"; kept {kept}" if kept is not None else "")
         + (f"; {history['stopped']}" if history.get("stopped", "completed") != "completed" else "")
     )

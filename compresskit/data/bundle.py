@@ -8,14 +8,24 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from compresskit.errors import CompressKitError
+
 Split = Literal["train", "val", "calibration", "eval"]
+Task = Literal["classification", "embedding"]
+TASKS: tuple[Task, ...] = ("classification", "embedding")
 
 
 @dataclass(frozen=True)
 class DataBundle:
-    """Calibration, training, validation and evaluation splits of one classification task.
+    """Calibration, training, validation and evaluation splits of one task.
 
     Each split yields ``(*inputs, label)`` batches; the model is called as ``model(*inputs)``.
+
+    ``task`` says what the model outputs. ``classification`` (the default): logits of
+    shape ``(batch, num_classes)``, scored by accuracy. ``embedding``: a vector of shape
+    ``(batch, num_classes)``, so ``num_classes`` is the embedding width; the labels in the
+    splits are ignored (any placeholder tensor, e.g. zeros) and candidates are scored by
+    the cosine of their embeddings to the baseline's.
 
     ``eval`` is a fixed hold-out (it does not move with the seed, so runs compare) that
     reports use and training never sees; ``val`` (carved from the training data) is what
@@ -24,10 +34,12 @@ class DataBundle:
 
     >>> bundle = load_data("digits", seed=0)          # doctest: +SKIP
     >>> x, y = next(iter(bundle.loader("eval", batch_size=32)))
+    >>> embedder = dataclasses.replace(bundle, task="embedding", num_classes=384)
+    ...                                                                 # doctest: +SKIP
     """
 
     name: str
-    num_classes: int
+    num_classes: int  # classes; for task="embedding", the embedding width
     input_shape: tuple[int, ...]  # of the first input, without the batch axis
     train: Dataset
     val: Dataset
@@ -36,6 +48,18 @@ class DataBundle:
     seed: int = 0
     # Inputs whose second axis varies too (token ids and masks of text models).
     dynamic_sequence: bool = False
+    task: Task = "classification"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise CompressKitError(
+                f"data {self.name}: task {self.task!r} is not one of {', '.join(TASKS)}"
+            )
+
+    @property
+    def is_embedding(self) -> bool:
+        """The model outputs an embedding (of width ``num_classes``), not logits."""
+        return self.task == "embedding"
 
     def loader(self, split: Split, *, batch_size: int = 64, shuffle: bool = False) -> DataLoader:
         """A loader over one split; shuffling is seeded by the bundle's seed."""

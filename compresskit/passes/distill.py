@@ -6,6 +6,10 @@ hidden, attention, rkd_distance, rkd_angle; see :mod:`compresskit.distill.losses
 Without ``losses``, the short form is ``alpha * CE(labels) + (1 - alpha) * KD(T)``:
 ``alpha = 1`` is plain fine-tuning, ``alpha = 0`` needs no labels at all.
 
+For an embedding task (``DataBundle(task="embedding")``) there are no classes: only the
+losses that compare outputs or layers (output, hidden, attention, rkd_*) apply, and
+validation measures the cosine of the student's embeddings to the teacher's.
+
 Projectors and hooks are training-only: hooks are removed when training ends and
 projectors are never attached to the model, so neither reaches the export.
 """
@@ -27,9 +31,19 @@ from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
 from compresskit.progress import status
-from compresskit.training.loop import Runtime, TrainConfig, evaluate_accuracy, to_device, train
+from compresskit.training.loop import (
+    Runtime,
+    TrainConfig,
+    evaluate_accuracy,
+    resolve_monitor,
+    to_device,
+    train,
+)
 
 __all__ = ["Distill", "DistillConfig", "kd_loss"]
+
+# Losses over class labels or class probabilities: meaningless on embeddings.
+CLASS_LOSSES = frozenset({"task", "kd", "nkd", "dts", "taid"})
 
 
 class DistillConfig(PassConfig):
@@ -119,6 +133,51 @@ class TeacherAgreement:
         return metrics
 
 
+class TeacherCosine:
+    """Validation metric of embedding tasks: the mean cosine of the model's embeddings to
+    the teacher's (computed once; the val loader's order is fixed)."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+        self.embeddings: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def __call__(
+        self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
+    ) -> dict[str, float]:
+        batches = list(batches)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.embeddings is None:
+            self.embeddings = [self.teacher(*to_device(b, device)[:-1]) for b in batches]
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for batch, expected in zip(batches, self.embeddings, strict=True):
+            got = model(*to_device(batch, device)[:-1])
+            cosine = torch.nn.functional.cosine_similarity(
+                got.flatten(1).double(), expected.flatten(1).double(), dim=1
+            )
+            total += float(cosine.sum())
+            count += len(cosine)
+        model.train(was_training)
+        return {"cosine": total / max(count, 1)}
+
+
+def check_embedding_losses(specs: Sequence[Any], config: DistillConfig, data_name: str) -> None:
+    """Refuse class-based losses (and the alpha/temperature short form) on embeddings."""
+    if not config.losses:
+        raise CompressKitError(
+            f"distill: {data_name} is an embedding task and alpha/temperature distil class "
+            "logits; give losses: [{kind: output, metric: cosine}] (and hidden/attention)"
+        )
+    wrong = sorted({spec.kind for spec in specs} & CLASS_LOSSES)
+    if wrong:
+        raise CompressKitError(
+            f"distill: losses {', '.join(wrong)} need classes but {data_name} is an embedding "
+            "task; use {kind: output, metric: cosine} (and hidden/attention/rkd_*) instead"
+        )
+
+
 @register_pass("distill")
 class Distill(Pass[DistillConfig]):
     """Train the model against the teacher with the policy's weighted losses.
@@ -135,6 +194,9 @@ class Distill(Pass[DistillConfig]):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
         specs = config.loss_specs()
+        if ctx.data.is_embedding:
+            check_embedding_losses(specs, config, ctx.data.name)
+        monitor = resolve_monitor(config.train, ctx.data, what="distill")
         needs_teacher = any(spec.kind != "task" for spec in specs)
         teacher = load_teacher(config.teacher) if config.teacher else ctx.teacher
         if teacher is None and needs_teacher:
@@ -155,8 +217,13 @@ class Distill(Pass[DistillConfig]):
             example = tuple(x.to(device) for x in ctx.example_inputs)
             objective = DistillObjective(specs, model, teacher, example_inputs=example)
             data = self._maybe_cache(objective, ctx, example)
-            metric_fn = TeacherAgreement(teacher)
-            stop_at = self._stop_at(ctx, metric_fn, teacher, device)
+            metric_fn: TeacherAgreement | TeacherCosine
+            if ctx.data.is_embedding:
+                assert teacher is not None  # every embedding loss reads the teacher
+                metric_fn = TeacherCosine(teacher)
+            else:
+                metric_fn = TeacherAgreement(teacher)
+            stop_at = self._stop_at(ctx, monitor, teacher, device)
             with objective.student_taps, objective.teacher_taps or contextlib.nullcontext():
                 history = train(
                     model,
@@ -208,7 +275,7 @@ class Distill(Pass[DistillConfig]):
     def _stop_at(
         self,
         ctx: Context,
-        metric_fn: TeacherAgreement,
+        monitor: str,
         teacher: nn.Module | None,
         device: torch.device,
     ) -> float | None:
@@ -217,7 +284,9 @@ class Distill(Pass[DistillConfig]):
         budget = ctx.budget
         if not train_config.stop_at_budget or budget is None:
             return None
-        if train_config.monitor == "agreement":
+        if monitor == "cosine":
+            return budget.min_cosine
+        if monitor == "agreement":
             return budget.min_agreement
         if budget.max_accuracy_drop is None or teacher is None:
             return None

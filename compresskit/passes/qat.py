@@ -61,6 +61,11 @@ class QAT(Pass[QATConfig]):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
         teacher = ctx.teacher
+        if ctx.data.is_embedding:
+            raise CompressKitError(
+                f"qat: trains on class labels and logits but {ctx.data.name} is an embedding "
+                "task; use quantize followed by distill (losses: [{kind: output}])"
+            )
         if config.alpha < 1 and teacher is None:
             raise CompressKitError(
                 "qat: alpha < 1 distils from the teacher but the context has none; "

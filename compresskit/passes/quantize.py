@@ -41,5 +41,11 @@ class Quantize(Pass[QuantizeConfig]):
             raise CompressKitError(
                 "quantize: the model is already quantized; remove one quantize node"
             )
+        if self.config.mixed_precision is not None and ctx.data.is_embedding:
+            raise CompressKitError(
+                "quantize: mixed_precision budgets a calibration accuracy drop, but "
+                f"{ctx.data.name} is an embedding task; remove mixed_precision and keep "
+                "sensitive layers float with exclude"
+            )
         ctx.record(**quantize_static(model, ctx, self.config, what="quantize"))
         return model

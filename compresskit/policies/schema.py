@@ -37,9 +37,18 @@ class Budget(_Strict):
         default=None,
         ge=0,
         le=1,
-        description="absolute drop in accuracy vs the baseline (0.01 = 1 point)",
+        description="absolute drop in accuracy vs the baseline (0.01 = 1 point); "
+        "classification tasks only",
     )
     min_agreement: float | None = Field(default=None, ge=0, le=1)
+    min_cosine: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="embedding tasks only: lowest mean cosine of a candidate's embeddings "
+        "to the baseline's on the evaluation split (and the val cosine to the teacher at "
+        "which train.stop_at_budget stops)",
+    )
     min_int8_coverage: float | None = Field(default=None, ge=0, le=1)
 
 

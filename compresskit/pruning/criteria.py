@@ -4,6 +4,9 @@ Magnitude (L1, L2) and BatchNorm scale read the weights; Taylor reads weights an
 gradient of the task loss on calibration data (collected once per step, before any
 candidate is pruned); random is a control; sensitivity measures the loss change when a
 head or block is removed.
+
+Embedding tasks have no labels: their calibration batches carry an empty label tensor
+(``no_labels``) and the task loss is the cosine distance to the unpruned model's output.
 """
 
 from __future__ import annotations
@@ -22,14 +25,42 @@ DATA_CRITERIA = frozenset({"taylor", "sensitivity"})
 
 
 def calibration_batches(ctx: Context, count: int, batch_size: int = 32) -> list[list[torch.Tensor]]:
-    """The first ``count`` ``(*inputs, label)`` batches of the calibration split."""
+    """The first ``count`` ``(*inputs, label)`` batches of the calibration split (labels
+    replaced by ``no_labels`` for embedding tasks, whose labels are placeholders)."""
     loader = ctx.data.loader("calibration", batch_size=batch_size)
-    return [list(batch) for batch in islice(iter(loader), count)]
+    batches = [list(batch) for batch in islice(iter(loader), count)]
+    if ctx.data.is_embedding:
+        batches = [[*inputs, no_labels(len(y))] for *inputs, y in batches]
+    return batches
+
+
+def no_labels(size: int) -> torch.Tensor:
+    """The label tensor of a batch without labels: shape ``(size, 0)``."""
+    return torch.zeros(size, 0)
+
+
+def _probe(outputs: torch.Tensor) -> torch.Tensor:
+    """0 in value, a fixed random direction per sample in gradient.
+
+    The cosine distance to the model's own output is at its minimum, so its gradient is
+    zero and gradient (Taylor) importance would score nothing. Adding this term gives the
+    gradient of a random projection of the output instead: ``|activation x gradient|``
+    then estimates (up to a constant) how far removing a unit moves the output."""
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.randn(outputs.shape, generator=generator).to(outputs)
+    return ((outputs - outputs.detach()) * direction).flatten(1).sum(1).mean()
 
 
 def task_loss(outputs: Any, labels: torch.Tensor, reference: Any = None) -> torch.Tensor:
     """Cross-entropy on logits; the output change (MSE) from ``reference`` for models whose
-    outputs are not logits over the labels."""
+    outputs are not logits over the labels; for batches without labels (``no_labels``,
+    embedding tasks) the cosine distance to ``reference``, plus a gradient probe."""
+    if labels.dim() == 2 and labels.shape[1] == 0:
+        if reference is None:
+            raise ValueError("a batch without labels needs the reference outputs")
+        out, ref = _first_tensor(outputs).flatten(1), _first_tensor(reference).flatten(1)
+        distance = 1 - F.cosine_similarity(out, ref.to(out.dtype), dim=1).mean()
+        return distance + _probe(out)
     if (
         isinstance(outputs, torch.Tensor)
         and outputs.dim() == 2

@@ -49,6 +49,11 @@ def finetune(model: nn.Module, ctx: Context, config: FinetuneConfig, *, what: st
 
     if len(ctx.data.train) == 0:  # type: ignore[arg-type]
         raise CompressKitError(f"{what}: fine-tuning needs training data but the split is empty")
+    if ctx.data.is_embedding:
+        raise CompressKitError(
+            f"{what}: finetune trains on class labels but {ctx.data.name} is an embedding task; "
+            "remove finetune and add a distill node after it (losses: [{kind: output}])"
+        )
     teacher = ctx.teacher
     if config.alpha < 1 and teacher is None:
         raise CompressKitError(

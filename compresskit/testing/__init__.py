@@ -2,6 +2,7 @@
 
 from compresskit.testing.tiny import (
     TinyBertClassifier,
+    TinyBertEmbedder,
     TinyBranchyCNN,
     TinyCNN,
     TinyResidualCNN,
@@ -14,6 +15,7 @@ from compresskit.testing.tiny import (
 
 __all__ = [
     "TinyBertClassifier",
+    "TinyBertEmbedder",
     "TinyBranchyCNN",
     "TinyCNN",
     "TinyResidualCNN",

@@ -186,6 +186,29 @@ class TinyBertClassifier(nn.Module):
         return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
 
 
+class TinyBertEmbedder(nn.Module):
+    """A sentence embedder like all-MiniLM-L6-v2, tiny: a Hugging Face ``BertModel`` from
+    a small random config, masked mean pooling and L2 normalisation:
+    ``(input_ids, attention_mask) -> (batch, 32)`` unit vectors. Needs ``transformers``.
+
+    Initialised 10x wider than BERT's default so that, untrained, its layers move the
+    embedding (as a trained model's do): removing heads then costs cosine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(**{**TINY_BERT_CONFIG, "initializer_range": 0.2})
+        config._attn_implementation = "eager"
+        self.bert = BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
 def tiny_text_data(
     *, num_classes: int = 4, samples: int = 512, length: int = 12, seed: int = 0
 ) -> DataBundle:

@@ -57,10 +57,11 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
     grad_clip: float | None = Field(default=1.0, gt=0)
     keep_best: bool = True
-    monitor: Literal["accuracy", "agreement"] = Field(
-        default="accuracy",
+    monitor: Literal["accuracy", "agreement", "cosine"] | None = Field(
+        default=None,
         description="validation metric that picks the best state and early stopping "
-        "(agreement: with the teacher, for unlabelled data)",
+        "(agreement: with the teacher, for unlabelled data; cosine: of the embeddings to "
+        "the teacher's, for embedding tasks); default: accuracy, or cosine for embedding tasks",
     )
     patience: int | None = Field(
         default=None, ge=1, description="stop after this many validations without improvement"
@@ -159,6 +160,19 @@ class Runtime:
         return distributed.current().is_main
 
 
+def resolve_monitor(config: TrainConfig, data: DataBundle, *, what: str) -> str:
+    """The validation metric ``config`` monitors on ``data``: its own, else accuracy
+    (cosine for embedding tasks, which have no classes to be accurate about)."""
+    if config.monitor is None:
+        return "cosine" if data.is_embedding else "accuracy"
+    if data.is_embedding and config.monitor != "cosine":
+        raise CompressKitError(
+            f"{what}: train.monitor is {config.monitor!r} but {data.name} is an embedding "
+            "task (no classes to predict); use monitor: cosine (to the teacher's embeddings)"
+        )
+    return config.monitor
+
+
 def cross_entropy(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(*inputs), y)
 
@@ -241,10 +255,17 @@ def train(
         objective = Objective(loss=loss_fn or cross_entropy)
     elif loss_fn is not None:
         raise TypeError("train() takes objective or loss_fn, not both")
+    monitor = resolve_monitor(config, data, what=description)
+    if data.is_embedding and metric_fn is accuracy_metric:
+        raise CompressKitError(
+            f"{description}: validates by class accuracy, but {data.name} is an embedding "
+            "task; recover with a distill node (losses: [{kind: output, metric: cosine}])"
+        )
     if config.stop_at_budget and stop_at is None:
+        budget = "min_cosine" if monitor == "cosine" else "max_accuracy_drop"
         raise CompressKitError(
             f"{description}: train.stop_at_budget needs a budget "
-            "(budget.max_accuracy_drop in the policy); remove stop_at_budget or set one"
+            f"(budget.{budget} in the policy); remove stop_at_budget or set one"
         )
     runtime = runtime or Runtime()
     if seed is not None:
@@ -312,7 +333,7 @@ def train(
                 objective.on_step(StepState(step, total, step_loss))
             info = f"loss {float(sums[0] / sums[1]):.4f}"
             if history.epochs:
-                info += f" val {config.monitor} {history.epochs[-1].metrics[config.monitor]:.4f}"
+                info += f" val {monitor} {history.epochs[-1].metrics[monitor]:.4f}"
             bar.update(bar.task_ids[0], advance=1, info=info)
             if step % eval_every and step != total:
                 continue
@@ -323,12 +344,12 @@ def train(
             mean_loss = float(reduced[0] / reduced[1].clamp(min=1))
             runtime.before_validation(model)
             metrics = metric_fn(model, val_loader)
-            if config.monitor not in metrics:
+            if monitor not in metrics:
                 raise CompressKitError(
-                    f"{description}: train.monitor is {config.monitor!r} but this pass "
+                    f"{description}: train.monitor is {monitor!r} but this pass "
                     f"measures only {', '.join(metrics)}; choose one of them"
                 )
-            value_now = metrics[config.monitor]
+            value_now = metrics[monitor]
             record = EpochRecord(
                 epoch=len(history.epochs),
                 step=step,
@@ -350,7 +371,7 @@ def train(
                 stale += 1
             wrapped.train()
             if config.stop_at_budget and stop_at is not None and value_now >= stop_at:
-                history.stopped = f"budget met (val {config.monitor} {value_now:.4f})"
+                history.stopped = f"budget met (val {monitor} {value_now:.4f})"
                 break
             if config.patience is not None and stale >= config.patience:
                 history.stopped = f"no val improvement in {config.patience} validations"
@@ -361,7 +382,7 @@ def train(
     last = history.epochs[-1]
     kept = f" (kept validation {history.best_epoch}: {best_value:.4f})" if best_state else ""
     status(
-        f"{description}: {last.step} steps, loss {last.loss:.4f}, val {config.monitor} "
-        f"{last.metrics[config.monitor]:.4f}{kept}; {history.stopped}"
+        f"{description}: {last.step} steps, loss {last.loss:.4f}, val {monitor} "
+        f"{last.metrics[monitor]:.4f}{kept}; {history.stopped}"
     )
     return history

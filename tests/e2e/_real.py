@@ -82,5 +82,6 @@ def minilm_model_and_data(kind: str):
         name="rotten-tomatoes",
         num_classes=classes,
         quick=True,
+        task="classification" if kind == "sentiment" else "embedding",
     )
     return model.eval(), data, minilm_case.POLICIES

@@ -1,0 +1,135 @@
+"""Passes on an embedding task: label-free pruning criteria, distillation validated by
+cosine to the teacher, and one-line refusals from passes that need class labels."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from prune_helpers import context
+
+from compresskit.errors import CompressKitError
+from compresskit.passes.distill import Distill, DistillConfig
+from compresskit.passes.prune_transformer import PruneTransformer, PruneTransformerConfig
+from compresskit.passes.qat import QAT, QATConfig
+from compresskit.passes.quantize import Quantize, QuantizeConfig
+from compresskit.policies.schema import Budget
+from compresskit.pruning.criteria import calibration_batches, no_labels, task_loss
+from compresskit.training.loop import TrainConfig, resolve_monitor, train
+
+pytest.importorskip("transformers")
+
+from compresskit.testing import TinyBertEmbedder, tiny_text_data  # noqa: E402
+
+OUTPUT_LOSS = {"kind": "output", "metric": "cosine"}
+
+
+@pytest.fixture
+def data():
+    return dataclasses.replace(tiny_text_data(), task="embedding", num_classes=32)
+
+
+@pytest.fixture
+def embedder():
+    torch.manual_seed(0)
+    return TinyBertEmbedder().eval()
+
+
+def _cosine(model, reference, data) -> float:
+    cosines = []
+    with torch.no_grad():
+        for *inputs, _ in data.loader("eval", batch_size=256):
+            cosines.append(torch.cosine_similarity(model(*inputs), reference(*inputs), dim=1))
+    return float(torch.cat(cosines).mean())
+
+
+def test_calibration_batches_of_an_embedding_task_carry_no_labels(data, embedder) -> None:
+    batches = calibration_batches(context(data, embedder), 2, batch_size=8)
+    assert [tuple(b[-1].shape) for b in batches] == [(8, 0), (8, 0)]
+    classification = dataclasses.replace(data, task="classification")
+    assert calibration_batches(context(classification, embedder), 1, batch_size=8)[0][-1].dim() == 1
+
+
+def test_label_free_task_loss_is_cosine_distance_with_a_gradient_probe() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, requires_grad=True)
+    x = torch.randn(4, 6)
+    out = x @ weight
+    reference = out.detach().clone()
+    loss = task_loss(out, no_labels(4), reference)
+    assert abs(float(loss.detach())) < 1e-6  # at the reference: nothing lost...
+    loss.backward()
+    assert weight.grad is not None and float(weight.grad.abs().sum()) > 0.1  # ...a gradient
+    moved = task_loss(-reference, no_labels(4), reference)
+    assert float(moved) == pytest.approx(2.0)  # opposite embeddings: cosine -1
+
+
+def test_sensitivity_pruning_keeps_embeddings_closer_than_random(data, embedder) -> None:
+    scores = {}
+    for importance in ("sensitivity", "random"):
+        model = copy.deepcopy(embedder)
+        pruned = PruneTransformer(
+            PruneTransformerConfig(heads=0.5, ffn=0.5, importance=importance)
+        ).apply(model, context(data, embedder))
+        scores[importance] = _cosine(pruned, embedder, data)
+    assert scores["sensitivity"] > scores["random"] + 0.1, scores
+
+
+def test_distill_validates_by_cosine_and_stops_at_the_cosine_budget(data, embedder) -> None:
+    student = PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.5)).apply(
+        copy.deepcopy(embedder), context(data, embedder)
+    )
+    ctx = dataclasses.replace(context(data, embedder), budget=Budget(min_cosine=0.0))
+    config = DistillConfig(
+        losses=[OUTPUT_LOSS],
+        train=TrainConfig(epochs=3, lr=1e-3, batch_size=64, stop_at_budget=True),
+    )
+    Distill(config).apply(student, ctx)
+    history = ctx.records["history"]
+    assert len(history["epochs"]) == 1
+    assert history["stopped"].startswith("budget met (val cosine")
+    assert 0.0 < history["epochs"][0]["metrics"]["cosine"] <= 1.0
+    assert "accuracy" not in history["epochs"][0]["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "embedding task and alpha/temperature distil class logits"),
+        ({"losses": [OUTPUT_LOSS, {"kind": "kd"}]}, "losses kd need classes"),
+        (
+            {"losses": [OUTPUT_LOSS], "train": {"monitor": "accuracy"}},
+            "train.monitor is 'accuracy' but tiny-text is an embedding task",
+        ),
+    ],
+)
+def test_distill_refuses_class_settings_on_embeddings(data, embedder, config, message) -> None:
+    with pytest.raises(CompressKitError, match=message):
+        Distill(DistillConfig(**config)).apply(copy.deepcopy(embedder), context(data, embedder))
+
+
+def test_label_trained_passes_refuse_embeddings_naming_what_to_use(data, embedder) -> None:
+    ctx = context(data, embedder)
+    with pytest.raises(CompressKitError, match=r"finetune trains on class labels.*distill"):
+        PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.0, finetune={})).apply(
+            copy.deepcopy(embedder), ctx
+        )
+    with pytest.raises(CompressKitError, match=r"qat: .*embedding task; use quantize"):
+        QAT(QATConfig()).apply(copy.deepcopy(embedder), ctx)
+    with pytest.raises(CompressKitError, match="remove mixed_precision"):
+        Quantize(QuantizeConfig(mixed_precision={})).apply(copy.deepcopy(embedder), ctx)
+    with pytest.raises(CompressKitError, match="validates by class accuracy"):
+        train(copy.deepcopy(embedder), data, TrainConfig(epochs=1))
+
+
+def test_monitor_defaults_by_task(data) -> None:
+    classification = dataclasses.replace(data, task="classification")
+    assert resolve_monitor(TrainConfig(), data, what="x") == "cosine"
+    assert resolve_monitor(TrainConfig(), classification, what="x") == "accuracy"
+    assert resolve_monitor(TrainConfig(monitor="agreement"), classification, what="x") == (
+        "agreement"
+    )
+    with pytest.raises(CompressKitError, match="use monitor: cosine"):
+        resolve_monitor(TrainConfig(monitor="agreement"), data, what="x")

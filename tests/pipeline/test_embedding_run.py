@@ -1,0 +1,140 @@
+"""An embedding task end to end through ``compresskit.run``: a tiny sentence embedder
+pruned, distilled on the cosine of its output, int8; scored by cosine, not accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import compresskit
+from compresskit.compress import _summary, _verdict
+from compresskit.errors import CompressKitError
+from compresskit.passes.distill import Distill, DistillConfig
+from compresskit.passes.prune_transformer import PruneTransformer, PruneTransformerConfig
+from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
+from compresskit.policies.schema import Budget
+from compresskit.training.loop import TrainConfig
+
+pytest.importorskip("transformers")
+
+from compresskit.testing import TinyBertEmbedder, tiny_text_data  # noqa: E402
+
+WIDTH = 32  # TINY_BERT_CONFIG hidden_size: the embedder's output width
+
+
+@pytest.fixture
+def embedding_data():
+    return dataclasses.replace(tiny_text_data(), task="embedding", num_classes=WIDTH)
+
+
+def _pipeline() -> compresskit.Pipeline:
+    return (
+        compresskit.Pipeline()
+        .add(
+            "pruned",
+            PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.5, importance="sensitivity")),
+        )
+        .add(
+            "distilled",
+            Distill(
+                DistillConfig(
+                    losses=[
+                        {"kind": "output", "metric": "cosine", "weight": 10.0},
+                        {"kind": "hidden", "layers": "auto"},
+                    ],
+                    train=TrainConfig(epochs=2, lr=3e-3, batch_size=64),
+                )
+            ),
+            after="pruned",
+        )
+        .add("int8", QuantizeDynamic(QuantizeDynamicConfig()), after="distilled")
+        .add("pruned-int8", QuantizeDynamic(QuantizeDynamicConfig()), after="pruned")
+    )
+
+
+def test_embedding_run_scores_cosine_to_the_baseline(embedding_data, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyBertEmbedder().eval()
+    policy = _pipeline().to_policy(
+        "embed",
+        batch_sizes=[2],
+        sequence_length=12,
+        budget={"min_cosine": 0.5, "max_accuracy_drop": 0.01},
+    )
+    result = compresskit.run(
+        policy,
+        model=model,
+        data=embedding_data,
+        out=tmp_path / "run",
+        latency_seconds=0.05,
+        exporter="legacy",  # seconds faster than dynamo on BERT; export itself is tested elsewhere
+    )
+    report = result.report
+    assert report.task == "embedding"
+    assert report.baseline.metrics["cosine"] == 1.0 and report.baseline.metrics["mse"] == 0.0
+    assert [c.name for c in report.candidates] == ["int8", "pruned-int8"]
+    for entry in report.entries():
+        assert "accuracy" not in entry.metrics and "agreement" not in entry.metrics
+        assert set(entry.metrics) == {"cosine", "cosine_p5", "cosine_min", "mse"}
+    for entry in report.candidates:
+        cosine = entry.metrics
+        assert 0.0 < cosine["cosine_min"] <= cosine["cosine_p5"] <= cosine["cosine"] < 1.0
+        assert cosine["mse"] > 0.0
+        assert "within budget (min 0.5)" in entry.summary, entry.summary
+        assert "accuracy" not in entry.summary
+        assert any("max_accuracy_drop does not apply" in line for line in entry.verdict)
+        assert entry.parity is not None and entry.parity.ok, entry.parity
+    # Half the heads and neurons gone changes the embeddings; distillation brings them back.
+    distilled, pruned = report.candidates[0].metrics, report.candidates[1].metrics
+    assert distilled["cosine"] > pruned["cosine"]
+    history = report.candidates[0].steps[1].records["history"]
+    assert all(
+        "cosine" in e["metrics"] and "accuracy" not in e["metrics"] for e in history["epochs"]
+    )
+
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "| cos | cos p5 |" in markdown and "| acc |" not in markdown
+    assert "Cosine is measured with ONNX Runtime" in markdown
+    assert "Accuracy is measured" not in markdown
+    assert "training curve (loss/val cos)" in markdown
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<th>cos</th>" in html and 'alt="cosine to baseline vs latency"' in html
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["task"] == "embedding"
+
+    # The same candidate against a budget it misses.
+    strict = policy.model_copy(update={"budget": Budget(min_cosine=0.99999)})
+    entry = report.candidates[-1]
+    assert "BELOW budget (min 0.99999)" in _summary(entry, report.baseline, strict, [])
+    assert any("BELOW budget" in line for line in _verdict(entry, report.baseline, strict))
+
+
+def test_wrong_embedding_width_is_one_clear_error(embedding_data, tmp_path: Path) -> None:
+    data = dataclasses.replace(embedding_data, num_classes=384)
+    with pytest.raises(CompressKitError) as error:
+        compresskit.run("int8-dynamic", model=TinyBertEmbedder(), data=data, out=tmp_path / "r")
+    message = str(error.value)
+    assert "outputs (2, 32)" in message and "expects embeddings of width 384" in message
+    assert "\n" not in message
+    assert not (tmp_path / "r").exists()
+
+
+def test_classifier_on_classification_data_hints_at_the_embedding_task(
+    embedding_data, tmp_path: Path
+) -> None:
+    data = dataclasses.replace(embedding_data, task="classification", num_classes=4)
+    with pytest.raises(
+        CompressKitError,
+        match=r"outputs \(2, 32\) but tiny-text has 4 classes.*"
+        r'task="embedding"',
+    ):
+        compresskit.run("int8-dynamic", model=TinyBertEmbedder(), data=data, out=tmp_path / "r")
+
+
+def test_data_task_is_checked() -> None:
+    with pytest.raises(CompressKitError, match="task 'regression' is not one of"):
+        dataclasses.replace(tiny_text_data(), task="regression")  # type: ignore[arg-type]
