@@ -298,6 +298,46 @@ PRODUCERS = [
 ]
 
 
+def rotten_tomatoes_case(
+    name: str, bert: nn.Module, tokenizer: Any, split: Any, *, head: nn.Linear | None, quick: bool
+) -> MiniLMCase:
+    """A case on the Rotten Tomatoes split (128 eval snippets when ``quick``): sentiment
+    (accuracy) with a ``head``, sentence embeddings (cosine, 384 wide) without one. The
+    teacher's outputs on the eval snippets are computed here."""
+    from common import ARTIFACTS
+
+    n = 128 if quick else len(split.test_texts)
+    workdir = ARTIFACTS / (name + ("_quick" if quick else ""))
+    workdir.mkdir(parents=True, exist_ok=True)
+    embedding = head is None
+    case = MiniLMCase(
+        name=name,
+        metric="cosine" if embedding else "accuracy",
+        bert=bert,
+        tokenizer=tokenizer,
+        head=head,
+        eval_texts=split.test_texts[:n],
+        eval_labels=None if embedding else np.asarray(split.test_labels[:n]),
+        calibration_texts=calibration_texts(split.train_texts),
+        latency_texts=split.test_texts[:LATENCY_TEXTS],
+        workdir=workdir,
+        quick=quick,
+    )
+    case.data = text_bundle(
+        tokenizer,
+        split.train_texts,
+        split.train_labels,
+        split.test_texts,
+        split.test_labels,
+        name="rotten-tomatoes",
+        num_classes=384 if embedding else 2,  # embeddings: the width
+        quick=quick,
+        task="embedding" if embedding else "classification",
+    )
+    case.teacher_out = case.outputs(common.torch_runner(case.teacher))
+    return case
+
+
 def describe_eval(case: MiniLMCase) -> dict[str, Any]:
     """The results' description of the eval, calibration and latency inputs."""
     return {

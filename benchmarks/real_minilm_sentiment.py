@@ -142,33 +142,7 @@ def load_case(*, quick: bool) -> tuple[minilm_case.MiniLMCase, dict[str, Any]]:
     split = load_rt_split()
     bert, tokenizer = minilm.load_bert()
     head, head_info = load_head(bert, tokenizer, split, quick=quick)
-    n = 128 if quick else len(split.test_texts)
-    workdir = ARTIFACTS / (CASE + ("_quick" if quick else ""))
-    workdir.mkdir(parents=True, exist_ok=True)
-    case = minilm_case.MiniLMCase(
-        name=CASE,
-        metric="accuracy",
-        bert=bert,
-        tokenizer=tokenizer,
-        head=head,
-        eval_texts=split.test_texts[:n],
-        eval_labels=np.asarray(split.test_labels[:n]),
-        calibration_texts=minilm_case.calibration_texts(split.train_texts),
-        latency_texts=split.test_texts[: minilm_case.LATENCY_TEXTS],
-        workdir=workdir,
-        quick=quick,
-    )
-    case.data = minilm_case.text_bundle(
-        tokenizer,
-        split.train_texts,
-        split.train_labels,
-        split.test_texts,
-        split.test_labels,
-        name="rotten-tomatoes",
-        num_classes=2,
-        quick=quick,
-    )
-    case.teacher_out = case.outputs(common.torch_runner(case.teacher))
+    case = minilm_case.rotten_tomatoes_case(CASE, bert, tokenizer, split, head=head, quick=quick)
     case.teacher_info = head_info
     return case, head_info
 
