@@ -135,7 +135,7 @@ def test_mixed_precision_keeps_the_planted_fragile_layer_float(tiny) -> None:
     [
         ({"bits": 4}, "bits 4 is not supported"),
         ({"scheme": "s8s8-per-tensor"}, "u8s8-per-channel"),
-        ({"calibration": "entropy"}, "calibration"),
+        ({"calibration": "histogram"}, "calibration"),
     ],
 )
 def test_unsupported_settings_are_validation_errors(config, message) -> None:
