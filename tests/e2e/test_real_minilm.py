@@ -28,5 +28,5 @@ def test_minilm_policy_end_to_end(case: str, metric: str, tmp_path: Path) -> Non
         latency_seconds=0.3,
     )
     candidate = check_run(result, embedding=case == "embedding")
-    assert candidate.nodes[:2] == ["prune_transformer", "distill"]
-    assert "quantize_embeddings" in candidate.nodes  # the vocabulary table is int8 too
+    assert {"prune_transformer", "distill"} <= set(candidate.nodes)
+    assert candidate.nodes[-1] == "quantize_embeddings"  # the vocabulary table is int8 too
