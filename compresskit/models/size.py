@@ -18,6 +18,15 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) + stored
 
 
+def state_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor in the state dict (quantized tables and scales included)."""
+    return sum(
+        t.numel() * t.element_size()
+        for t in module.state_dict().values()
+        if isinstance(t, torch.Tensor)
+    )
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
     """MACs per sample of the conv and linear layers (the work pruning and int8 change).

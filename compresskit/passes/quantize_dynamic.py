@@ -10,8 +10,6 @@ ORT's ``quantize_dynamic`` on those layers' MatMuls (``ExportResult.post_quantiz
 
 from __future__ import annotations
 
-import fnmatch
-
 import torch
 from pydantic import Field, field_validator
 from torch import nn
@@ -21,6 +19,7 @@ from compresskit.errors import CompressKitError
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
 from compresskit.quantization.dynamic import DynamicQuantLinear, dynamic_layers
 from compresskit.quantization.modules import is_quantized
+from compresskit.quantization.prepare import excluded
 
 
 class QuantizeDynamicConfig(PassConfig):
@@ -99,10 +98,7 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
             if name not in called:  # e.g. BERT's pooler under a custom head: not exported
                 unused.append(name)
                 continue
-            if any(
-                fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
-                for p in self.config.exclude
-            ):
+            if excluded(name, self.config.exclude):
                 kept.append(name)
                 continue
             if module.in_features < self.config.min_features:

@@ -10,16 +10,16 @@ quantization pass, before or after it.
 
 from __future__ import annotations
 
-import fnmatch
-
 import torch
 from pydantic import Field
 from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
+from compresskit.models.size import state_bytes
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
 from compresskit.quantization.embedding import Int8Embedding, int8_embeddings
+from compresskit.quantization.prepare import excluded
 
 
 class QuantizeEmbeddingsConfig(PassConfig):
@@ -65,10 +65,7 @@ class QuantizeEmbeddings(Pass[QuantizeEmbeddingsConfig]):
         for name, module in list(model.named_modules()):
             if type(module) is not nn.Embedding:
                 continue
-            if module.num_embeddings < self.config.min_rows or any(
-                fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
-                for p in self.config.exclude
-            ):
+            if module.num_embeddings < self.config.min_rows or excluded(name, self.config.exclude):
                 kept.append(name)
                 continue
             tied = _tied_elsewhere(model, name, module)
@@ -77,14 +74,14 @@ class QuantizeEmbeddings(Pass[QuantizeEmbeddingsConfig]):
                     f"quantize_embeddings: {name!r} shares its weight with {tied!r}; add "
                     f"{name!r} to exclude (an int8 table cannot also serve a float layer)"
                 )
-            before += module.weight.numel() * module.weight.element_size()
+            before += state_bytes(module)
             try:
                 Int8Embedding.convert_(module)
             except ValueError as error:
                 raise CompressKitError(
                     f"quantize_embeddings: {name!r}: {error}; add it to exclude"
                 ) from None
-            after += sum(t.numel() * t.element_size() for t in module.state_dict().values())
+            after += state_bytes(module)
             converted.append(name)
         if not converted:
             raise CompressKitError(

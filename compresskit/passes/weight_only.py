@@ -13,7 +13,6 @@ records the reason and measures the candidate on torch targets only.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any, Literal
 
 import torch
@@ -22,10 +21,11 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
+from compresskit.models.size import state_bytes
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
 from compresskit.quantization.dynamic import dynamic_layers
 from compresskit.quantization.modules import is_quantized
-from compresskit.quantization.prepare import set_submodule
+from compresskit.quantization.prepare import excluded, set_submodule
 
 
 class WeightOnlyConfig(PassConfig):
@@ -42,15 +42,6 @@ class WeightOnlyConfig(PassConfig):
     )
     exclude: list[str] = Field(
         default_factory=list, description="module-name patterns (fnmatch) kept in float"
-    )
-
-
-def state_bytes(module: nn.Module) -> int:
-    """Bytes of every tensor in the state dict (bitsandbytes' scales and maps included)."""
-    return sum(
-        t.numel() * t.element_size()
-        for t in module.state_dict().values()
-        if isinstance(t, torch.Tensor)
     )
 
 
@@ -113,10 +104,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
         for name, module in list(model.named_modules()):
             if type(module) is not nn.Linear:
                 continue
-            if any(
-                fnmatch.fnmatchcase(name, p) or name.startswith(p + ".")
-                for p in self.config.exclude
-            ):
+            if excluded(name, self.config.exclude):
                 kept.append(name)
                 continue
             new = _replacement(module, self.config)

@@ -89,7 +89,9 @@ _UNSUPPORTED = (
 )
 
 
-def _excluded(name: str, exclude: list[str]) -> bool:
+def excluded(name: str, exclude: list[str]) -> bool:
+    """Whether module ``name`` matches one of the ``exclude`` patterns: the name itself, a
+    parent of it, or an fnmatch pattern."""
     return any(
         name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
         for pattern in exclude
@@ -100,7 +102,7 @@ def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quanti
     """Fail with the layer's name when a compute layer cannot be quantized (and is not
     excluded), instead of leaving it float without a word."""
     for name, module in model.named_modules():
-        if not name or _excluded(name, exclude):
+        if not name or excluded(name, exclude):
             continue
         reason = None
         if isinstance(module, _UNSUPPORTED):
@@ -134,7 +136,7 @@ def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparatio
     for name, module in list(model.named_modules()):
         if type(module) not in (nn.Conv2d, nn.Linear):
             continue
-        if _excluded(name, exclude):
+        if excluded(name, exclude):
             result.excluded.append(name)
             continue
         if type(module) is nn.Conv2d:
