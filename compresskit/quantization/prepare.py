@@ -153,23 +153,22 @@ def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparatio
             if graph.calls[relu_name] == 1:
                 set_submodule(model, relu_name, nn.Identity())
             # A shared ReLU module (ResNet's self.relu) stays: on a fused output it is a no-op.
-        linked = _link_quantizers(graph, model, result)
-    else:
-        linked = set()
-    _float_linear_outputs(model, result, linked)
+        _link_quantizers(graph, model, result)
+    _float_linear_outputs(model, result)
     return result
 
 
-def _float_linear_outputs(model: nn.Module, result: Preparation, linked: set[str]) -> None:
+def _float_linear_outputs(model: nn.Module, result: Preparation) -> None:
     """A Linear whose output no int8 layer consumes keeps it float: ORT runs QGemm with a
     float output, so there is no requantisation step to cost time and precision (in a
     transformer every Linear feeds attention, GELU or a residual LayerNorm, and the uint8
     rounding of those outputs is what made ORT and torch drift apart layer by layer).
     QLinearConv has no float-output form, so conv outputs stay quantized."""
+    layers = [model.get_submodule(name) for name in result.quantized]
+    read = {layer.act_in.tied_to for layer in layers if isinstance(layer, QUANT_TYPES)}
     count = 0
-    for name in result.quantized:
-        layer = model.get_submodule(name)
-        if isinstance(layer, QuantLinear) and name not in linked:
+    for layer in layers:
+        if isinstance(layer, QuantLinear) and layer.act_out not in read:
             layer.act_out.enabled = False
             count += 1
     if count:
@@ -223,13 +222,10 @@ def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict
     return plan
 
 
-def _link_quantizers(graph: _Graph, model: nn.Module, result: Preparation) -> set[str]:
+def _link_quantizers(graph: _Graph, model: nn.Module, result: Preparation) -> None:
     """Consumer input quantizer := producer output quantizer when only grid-preserving
     ops lie between: a direct edge disables the consumer's (no Q-DQ-Q-DQ), a MaxPool or
-    reshape between ties their parameters (ORT drops the DQ -> op -> Q pair).
-
-    Returns the names of the producers whose quantized output some consumer reads."""
-    linked: set[str] = set()
+    reshape between ties their parameters (ORT drops the DQ -> op -> Q pair)."""
     modules = graph.modules = dict(model.named_modules())  # after folding and fusing
     quant_names = {n for n, m in modules.items() if isinstance(m, QUANT_TYPES)}
     for node in graph.graph_module.graph.nodes:
@@ -259,7 +255,5 @@ def _link_quantizers(graph: _Graph, model: nn.Module, result: Preparation) -> se
         consumer = modules[str(node.target)]
         assert isinstance(producer, QUANT_TYPES) and isinstance(consumer, QUANT_TYPES)
         consumer.act_in.tied_to = producer.act_out
-        linked.add(str(source.target))
         if hops == 0:
             consumer.act_in.enabled = False
-    return linked
