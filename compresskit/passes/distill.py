@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -100,67 +100,66 @@ def load_teacher(path: str) -> nn.Module:
     return teacher.eval()
 
 
-class TeacherAgreement:
-    """Validation metrics: accuracy, and top-1 agreement with the teacher (whose val
-    predictions are computed once; the val loader's order is fixed)."""
+class _TeacherMatch:
+    """Validation against the teacher: a per-sample score of the model's outputs against
+    the teacher's on the val batches, averaged (the teacher's are computed once; the val
+    loader's order is fixed)."""
 
     def __init__(self, teacher: nn.Module | None) -> None:
         self.teacher = teacher
-        self.predictions: list[torch.Tensor] | None = None
+        self.outputs: list[torch.Tensor] | None = None
 
     @torch.no_grad()
+    def mean_score(
+        self,
+        model: nn.Module,
+        batches: list[Sequence[torch.Tensor]],
+        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> float:
+        assert self.teacher is not None
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.outputs is None:
+            self.outputs = [self.teacher(*to_device(b, device)[:-1]) for b in batches]
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for batch, expected in zip(batches, self.outputs, strict=True):
+            scores = score(model(*to_device(batch, device)[:-1]), expected)
+            total += float(scores.sum())
+            count += len(scores)
+        model.train(was_training)
+        return total / max(count, 1)
+
+
+class TeacherAgreement(_TeacherMatch):
+    """Validation metrics: accuracy, and top-1 agreement with the teacher."""
+
     def __call__(
         self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
     ) -> dict[str, float]:
         batches = list(batches)
         metrics = {"accuracy": evaluate_accuracy(model, batches)}
-        if self.teacher is None:
-            return metrics
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        if self.predictions is None:
-            self.predictions = [
-                self.teacher(*to_device(b, device)[:-1]).argmax(-1) for b in batches
-            ]
-        was_training = model.training
-        model.eval()
-        same = total = 0
-        for batch, expected in zip(batches, self.predictions, strict=True):
-            got = model(*to_device(batch, device)[:-1]).argmax(-1)
-            same += int((got == expected).sum())
-            total += len(got)
-        model.train(was_training)
-        metrics["agreement"] = same / max(total, 1)
+        if self.teacher is not None:
+            metrics["agreement"] = self.mean_score(
+                model, batches, lambda got, expected: got.argmax(-1) == expected.argmax(-1)
+            )
         return metrics
 
 
-class TeacherCosine:
+class TeacherCosine(_TeacherMatch):
     """Validation metric of embedding tasks: the mean cosine of the model's embeddings to
-    the teacher's (computed once; the val loader's order is fixed)."""
+    the teacher's."""
 
-    def __init__(self, teacher: nn.Module) -> None:
-        self.teacher = teacher
-        self.embeddings: list[torch.Tensor] | None = None
-
-    @torch.no_grad()
     def __call__(
         self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
     ) -> dict[str, float]:
-        batches = list(batches)
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        if self.embeddings is None:
-            self.embeddings = [self.teacher(*to_device(b, device)[:-1]) for b in batches]
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        for batch, expected in zip(batches, self.embeddings, strict=True):
-            got = model(*to_device(batch, device)[:-1])
-            cosine = torch.nn.functional.cosine_similarity(
-                got.flatten(1).double(), expected.flatten(1).double(), dim=1
-            )
-            total += float(cosine.sum())
-            count += len(cosine)
-        model.train(was_training)
-        return {"cosine": total / max(count, 1)}
+        return {"cosine": self.mean_score(model, list(batches), _cosine)}
+
+
+def _cosine(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(
+        got.flatten(1).double(), expected.flatten(1).double(), dim=1
+    )
 
 
 def check_embedding_losses(specs: Sequence[Any], config: DistillConfig, data_name: str) -> None:
