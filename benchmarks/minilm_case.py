@@ -323,7 +323,15 @@ def rotten_tomatoes_case(
         workdir=workdir,
         quick=quick,
     )
-    case.data = text_bundle(
+    case.data = rotten_tomatoes_bundle(tokenizer, split, embedding=embedding, quick=quick)
+    case.teacher_out = case.outputs(common.torch_runner(case.teacher))
+    return case
+
+
+def rotten_tomatoes_bundle(tokenizer: Any, split: Any, *, embedding: bool, quick: bool):
+    """The compresskit bundle of the Rotten Tomatoes split: sentiment (2 classes) or, for
+    the embedder, an embedding task 384 wide (see :func:`text_bundle`)."""
+    return text_bundle(
         tokenizer,
         split.train_texts,
         split.train_labels,
@@ -334,8 +342,6 @@ def rotten_tomatoes_case(
         quick=quick,
         task="embedding" if embedding else "classification",
     )
-    case.teacher_out = case.outputs(common.torch_runner(case.teacher))
-    return case
 
 
 def describe_eval(case: MiniLMCase) -> dict[str, Any]:

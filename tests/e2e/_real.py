@@ -70,18 +70,10 @@ def minilm_model_and_data(kind: str):
         head = torch.nn.Linear(384, 2)
         if head_path.is_file():
             head.load_state_dict(torch.load(head_path, weights_only=True))
-        model, classes = minilm.SentimentModel(encoder, head), 2
+        model = minilm.SentimentModel(encoder, head)
     else:
-        model, classes = encoder, 384
-    data = minilm_case.text_bundle(
-        tokenizer,
-        split.train_texts,
-        split.train_labels,
-        split.test_texts,
-        split.test_labels,
-        name="rotten-tomatoes",
-        num_classes=classes,
-        quick=True,
-        task="classification" if kind == "sentiment" else "embedding",
+        model = encoder
+    data = minilm_case.rotten_tomatoes_bundle(
+        tokenizer, split, embedding=kind != "sentiment", quick=True
     )
     return model.eval(), data, minilm_case.POLICIES
