@@ -1,4 +1,4 @@
-"""Shared checks for the pruning tests: ONNX parity and save -> reload."""
+"""Shared checks for the pass tests: ONNX parity and save -> reload."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from compresskit.context import Context
 from compresskit.data.bundle import DataBundle
 from compresskit.export.onnx import export_onnx
-from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
+from compresskit.export.verify import (
+    Parity,
+    Precision,
+    compare,
+    onnx_outputs,
+    parity_tolerance,
+    torch_outputs,
+)
 from compresskit.models.checkpoint import save_model
 from compresskit.models.loading import load_model
 
@@ -28,16 +36,18 @@ def assert_exports(model: nn.Module, data: DataBundle, tmp_path: Path) -> None:
         tmp_path / "pruned.onnx",
         dynamic_sequence=data.dynamic_sequence,
     )
-    loader = data.loader("eval", batch_size=64)
-    reference = torch_outputs(model, loader)
-    tolerance, min_agreement = parity_tolerance(False, reference)
-    parity = compare(
-        reference,
-        onnx_outputs(result.path, loader),
-        tolerance=tolerance,
-        min_agreement=min_agreement,
-    )
+    parity = ort_parity(model, result.path, data.loader("eval", batch_size=64), "fp32")
     assert parity.ok, parity
+
+
+def ort_parity(model: nn.Module, path: Path, loader: DataLoader, precision: Precision) -> Parity:
+    """ONNX Runtime's outputs on ``loader`` against ``model``'s, within the tolerance of
+    the precision the exported graph computes in."""
+    reference = torch_outputs(model, loader)
+    tolerance, min_agreement = parity_tolerance(precision, reference)
+    return compare(
+        reference, onnx_outputs(path, loader), tolerance=tolerance, min_agreement=min_agreement
+    )
 
 
 def assert_reloads(model: nn.Module, data: DataBundle, tmp_path: Path, factory: str) -> nn.Module:

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from prune_helpers import assert_reloads, context, ort_parity
 from torch import nn
 
 from compresskit.errors import CompressKitError
 from compresskit.export.kernels import kernel_report
 from compresskit.export.onnx import export_onnx
-from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
+from compresskit.export.verify import torch_outputs
 from compresskit.models.size import count_params
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
 from compresskit.passes.quantize_embeddings import QuantizeEmbeddings, QuantizeEmbeddingsConfig
 from compresskit.quantization.embedding import Int8Embedding
 from compresskit.testing import TinyTokenTransformer
-from tests.passes.prune_helpers import assert_reloads, context
 
 ARCH = "compresskit.testing:TinyTokenTransformer"
 
@@ -50,10 +50,7 @@ def test_int8_tables_shrink_the_file_and_ort_matches_torch(tiny_text, tmp_path: 
     )
     table = 4096 * 32 * 4
     assert float_file.bytes - int8_file.bytes > 0.7 * table, (float_file.bytes, int8_file.bytes)
-    tolerance, agreement = parity_tolerance("fp32", outputs)  # same ops: float rounding only
-    parity = compare(
-        outputs, onnx_outputs(int8_file.path, loader), tolerance=tolerance, min_agreement=agreement
-    )
+    parity = ort_parity(quantized, int8_file.path, loader, "fp32")  # same ops: float rounding
     assert parity.ok, parity
     assert_reloads(quantized, tiny_text, tmp_path, "tests.passes.test_quant_embeddings:big_vocab")
 
@@ -68,12 +65,7 @@ def test_composes_with_dynamic_int8_linears(trained_tiny_transformer, tiny_text,
         model, tiny_text.example_inputs(2), tmp_path / "d.onnx", dynamic_sequence=True
     )
     assert kernel_report(result.path).fraction >= 0.9
-    loader = tiny_text.loader("eval", batch_size=64)
-    reference = torch_outputs(model, loader)
-    tolerance, agreement = parity_tolerance("int8", reference)
-    assert compare(
-        reference, onnx_outputs(result.path, loader), tolerance=tolerance, min_agreement=agreement
-    ).ok
+    assert ort_parity(model, result.path, tiny_text.loader("eval", batch_size=64), "int8").ok
     assert_reloads(model, tiny_text, tmp_path, ARCH)
 
 

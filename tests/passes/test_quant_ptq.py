@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from prune_helpers import ort_parity
 from pydantic import ValidationError
 from torch import nn
 
@@ -15,7 +16,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.export.kernels import kernel_report
 from compresskit.export.onnx import export_onnx
-from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
+from compresskit.export.verify import compare, onnx_outputs, torch_outputs
 from compresskit.passes.quantize import Quantize, QuantizeConfig
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
 from compresskit.quantization.calibration import choose_range
@@ -55,11 +56,7 @@ def test_static_ptq_each_method_runs_in_int8_and_matches_ort(
     assert evaluate_accuracy(model, loader) >= evaluate_accuracy(trained_tiny_cnn, loader) - 0.03
     result = export_onnx(model, tiny.example_inputs(2), tmp_path / "q.onnx")
     assert kernel_report(result.path).fraction >= 0.9
-    reference = torch_outputs(model, loader)
-    tolerance, agreement = parity_tolerance(True, reference)
-    assert compare(
-        reference, onnx_outputs(result.path, loader), tolerance=tolerance, min_agreement=agreement
-    ).ok
+    assert ort_parity(model, result.path, loader, "int8").ok
 
 
 def test_dynamic_int8_transformer_uses_integer_matmuls_and_agrees(
@@ -191,9 +188,4 @@ def test_linear_outputs_stay_float_unless_an_int8_layer_reads_them(tiny, tmp_pat
     graph = onnx.load(str(result.path)).graph
     (head,) = [node.output[0] for node in graph.node if node.name == "/head/Gemm"]
     assert not [node for node in graph.node if head in node.input]  # nothing requantizes it
-    loader = tiny.loader("eval", batch_size=128)
-    reference = torch_outputs(model, loader)
-    tolerance, agreement = parity_tolerance("int8", reference)
-    assert compare(
-        reference, onnx_outputs(result.path, loader), tolerance=tolerance, min_agreement=agreement
-    ).ok
+    assert ort_parity(model, result.path, tiny.loader("eval", batch_size=128), "int8").ok

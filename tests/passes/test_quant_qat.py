@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from prune_helpers import ort_parity
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.export.kernels import kernel_report
 from compresskit.export.onnx import export_onnx
-from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
 from compresskit.passes.qat import QAT, QATConfig
 from compresskit.quantization.modules import ActQuant
 from compresskit.quantization.qat import convert_qat, is_frozen, prepare_qat
@@ -36,12 +36,7 @@ def check_int8_and_parity(model, data, path: Path) -> None:
     assert result.exporter == "legacy"
     report = kernel_report(result.path)
     assert report.fraction >= 0.9, report.nodes
-    loader = data.loader("eval", batch_size=64)
-    reference = torch_outputs(model, loader)
-    tolerance, agreement = parity_tolerance(True, reference)
-    parity = compare(
-        reference, onnx_outputs(result.path, loader), tolerance=tolerance, min_agreement=agreement
-    )
+    parity = ort_parity(model, result.path, data.loader("eval", batch_size=64), "int8")
     assert parity.ok, parity
 
 
