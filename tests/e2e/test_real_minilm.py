@@ -27,6 +27,6 @@ def test_minilm_policy_end_to_end(case: str, metric: str, tmp_path: Path) -> Non
         out=tmp_path / "run",
         latency_seconds=0.3,
     )
-    candidate = check_run(result, embedding=case == "embedding")
+    candidate = check_run(result)
     assert {"prune_transformer", "distill"} <= set(candidate.nodes)
     assert candidate.nodes[-1] == "quantize_embeddings"  # the vocabulary table is int8 too
