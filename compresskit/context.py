@@ -12,7 +12,7 @@ from torch import nn
 from compresskit.data.bundle import DataBundle
 
 if TYPE_CHECKING:
-    from compresskit.policies.schema import Budget
+    from compresskit.budget import Budget
 
 
 @dataclass

@@ -6,6 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from compresskit.budget import Budget
+
+__all__ = ["Budget", "NodeSpec", "Policy", "policy_json_schema"]
+
 POLICY_VERSION = 1
 NODE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
@@ -28,28 +32,6 @@ class NodeSpec(_Strict):
         description="report this node's result too, though other nodes follow it (every "
         "leaf is a candidate anyway)",
     )
-
-
-class Budget(_Strict):
-    """Limits a candidate must stay within to be called good in the report."""
-
-    max_accuracy_drop: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="absolute drop in accuracy vs the baseline (0.01 = 1 point); "
-        "classification tasks only",
-    )
-    min_agreement: float | None = Field(default=None, ge=0, le=1)
-    min_cosine: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="embedding tasks only: lowest mean cosine of a candidate's embeddings "
-        "to the baseline's on the evaluation split (and the val cosine to the teacher at "
-        "which train.stop_at_budget stops)",
-    )
-    min_int8_coverage: float | None = Field(default=None, ge=0, le=1)
 
 
 class Policy(_Strict):
