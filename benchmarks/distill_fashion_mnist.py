@@ -75,9 +75,9 @@ def logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scores(out: torch.Tensor, labels: torch.Tensor, teacher_out: torch.Tensor) -> dict[str, float]:
-    from compresskit.compress import _metrics
+    from compresskit.tasks import get_task
 
-    return _metrics(out.numpy(), labels.numpy(), teacher_out.numpy())
+    return get_task("classification").score(out.numpy(), labels.numpy(), teacher_out.numpy())
 
 
 def curve(history: dict[str, Any]) -> str:

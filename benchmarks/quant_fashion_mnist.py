@@ -32,7 +32,9 @@ from compresskit.data import load_data  # noqa: E402
 from compresskit.models.examples import DigitsCNN  # noqa: E402
 from compresskit.passes.qat import QAT, QATConfig  # noqa: E402
 from compresskit.passes.quantize import Quantize, QuantizeConfig  # noqa: E402
-from compresskit.training.loop import TrainConfig, evaluate_accuracy, train  # noqa: E402
+from compresskit.policies import policy_of  # noqa: E402
+from compresskit.tasks.classification import evaluate_accuracy  # noqa: E402
+from compresskit.training.loop import TrainConfig, train  # noqa: E402
 
 
 def subset(data, quick: bool):
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> Path:
         .add("qat-lsq", QAT(QATConfig(calibration="mse", learn_scales=True, train=qat_train)))
         .add("qat-kd", QAT(QATConfig(calibration="mse", alpha=0.5, train=qat_train)))
     )
-    policy = pipeline.to_policy(
+    policy = policy_of(
+        pipeline,
         "quant-fashion-mnist",
         targets=["cpu-ort"],
         batch_sizes=[1, 32],

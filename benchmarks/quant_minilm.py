@@ -34,6 +34,7 @@ import compresskit  # noqa: E402
 from compresskit.data.bundle import DataBundle  # noqa: E402
 from compresskit.passes.qat import QAT, QATConfig  # noqa: E402
 from compresskit.passes.quantize import Quantize, QuantizeConfig  # noqa: E402
+from compresskit.policies import policy_of  # noqa: E402
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig  # noqa: E402
 from compresskit.training.loop import TrainConfig  # noqa: E402
 
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> Path:
             ),
         )
     )
-    policy = pipeline.to_policy(
+    policy = policy_of(
+        pipeline,
         "quant-minilm",
         targets=["cpu-ort"],
         batch_sizes=[1, 32],

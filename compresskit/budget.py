@@ -16,7 +16,7 @@ class Budget(BaseModel):
     0.01
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     max_accuracy_drop: float | None = Field(
         default=None,

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from compresskit.bench.harness import BenchModel, TargetRun, measure_targets
+from compresskit.bench.probe import measure_p50
 from compresskit.bench.report import (
     Entry,
     LatencyEntry,
@@ -32,22 +32,17 @@ from compresskit.bench.report import (
 )
 from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
-from compresskit.errors import CompressKitError
-from compresskit.export.onnx import Exporter, export_onnx, file_sha256, state_dict_sha256
+from compresskit.digest import source_digest
+from compresskit.errors import CompressKitError, first_line
+from compresskit.export.onnx import Exporter, export_onnx
 from compresskit.export.qdq import not_exportable_reason
 from compresskit.export.targets import Target, load_target
-from compresskit.export.verify import (
-    compare,
-    model_precision,
-    onnx_outputs,
-    parity_tolerance,
-    torch_outputs,
-)
+from compresskit.export.verify import ParityCheck, model_precision, ort_session, run_session
 from compresskit.models.checkpoint import save_model
 from compresskit.models.loading import LoadedModel, load_model
 from compresskit.models.size import count_macs, count_params
 from compresskit.pipeline import Candidate, Pipeline, run_pipeline
-from compresskit.policies import Policy, load_policy
+from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
 from compresskit.progress import status
 from compresskit.training import distributed
 
@@ -80,10 +75,10 @@ def run(
     started = time.perf_counter()
     world = distributed.setup()  # joins torchrun's process group; one process otherwise
     if isinstance(policy, Pipeline):
-        policy = policy.to_policy()
+        policy = policy_of(policy)
     elif not isinstance(policy, Policy):
         policy = load_policy(policy)
-    pipeline = Pipeline.from_policy(policy, where=f"policy {policy.name}")
+    pipeline = pipeline_of(policy, where=f"policy {policy.name}")
     loaded = _loaded(model)
     bundle = _bundle(data, loaded, seed)
     torch.manual_seed(seed)
@@ -94,9 +89,9 @@ def run(
         data=bundle,
         teacher=teacher,
         example_inputs=example,
-        task=bundle.task,
         seed=seed,
         budget=policy.budget,
+        latency_probe=measure_p50,
     )
     final = Path(out) if out is not None else _default_out(policy.name)
     if world.is_main and final.exists() and any(final.iterdir()):
@@ -154,21 +149,11 @@ def _check_task(model: nn.Module, example: tuple[torch.Tensor, ...], data: DataB
     except Exception as error:
         raise CompressKitError(
             f"the model cannot run on {data.name} inputs of shape {tuple(example[0].shape[1:])} "
-            f"({type(error).__name__}: {str(error).splitlines()[0]}); check --data and --arch"
+            f"({first_line(error)}); check --data and --arch"
         ) from None
-    if not isinstance(output, torch.Tensor) or output.shape != (len(example[0]), data.num_classes):
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        if data.is_embedding:
-            raise CompressKitError(
-                f"the model outputs {shape} but the embedding task {data.name} expects "
-                f"embeddings of width {data.num_classes}; expected shape (batch, width): set "
-                "the data's num_classes to the model's embedding width"
-            )
-        raise CompressKitError(
-            f"the model outputs {shape} but {data.name} has {data.num_classes} classes; "
-            "expected logits of shape (batch, classes) (for a model that outputs embeddings, "
-            'give the data task="embedding")'
-        )
+    data.contract.check_output(
+        output, batch=len(example[0]), data=data.name, classes=data.num_classes
+    )
 
 
 def _teacher(policy: Policy, loaded: LoadedModel) -> nn.Module:
@@ -197,20 +182,20 @@ def _evaluate(
     exporter: Exporter,
     latency_seconds: float,
 ) -> Report:
-    from compresskit import __version__
+    from compresskit._version import __version__
     from compresskit.export.kernels import kernel_report
 
-    eval_loader = bundle.loader("eval", batch_size=256)
-    labels = torch.cat([batch[-1] for batch in eval_loader]).numpy()
+    task = bundle.contract
+    eval_batches = list(bundle.loader("eval", batch_size=256))
     example = bundle.example_inputs(batch_size=2)
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
     entries: list[Entry] = []
-    baseline_out = None
+    references: list[Any] = []  # what the task keeps of the baseline's outputs, per batch
     onnx_paths: dict[str, Path] = {}
     metadata = {
         "policy": policy.name,
         "source_checkpoint": _describe_source(loaded.source),
-        **_source_hash(loaded),
+        **source_digest(_source_path(loaded), loaded.model),
     }
     for index, (name, model, steps) in enumerate(models):
         status(f"exporting and verifying {name} ({index + 1} of {len(models)})")
@@ -219,14 +204,12 @@ def _evaluate(
         if name != "baseline":
             save_model(model, directory / "model.pt", source=loaded.source)
             files["model"] = f"{name}/model.pt"
-        reference = torch_outputs(model, eval_loader)
         no_export = not_exportable_reason(model) if name != "baseline" else None
-        exported, parity, coverage = None, None, None
+        exported, parity, coverage, session = None, None, None, None
         precision = model_precision(model)
         if no_export is not None:
             # e.g. bitsandbytes layers: measured in torch only, and the report says why.
             status(f"{name}: export skipped: {no_export}")
-            actual = reference
         else:
             exported = export_onnx(
                 model,
@@ -238,29 +221,25 @@ def _evaluate(
             )
             files["onnx"] = f"{name}/model.onnx"
             onnx_paths[name] = exported.path
-            actual = onnx_outputs(exported.path, eval_loader)
             if exported.post_quantization is not None:
                 precision = "int8"  # ORT dynamic int8 rewrote the float graph
-            tolerance, min_agreement = parity_tolerance(precision, reference)
-            if bundle.is_embedding:
-                # The top-1 "agreement" of embedding dimensions is no class decision:
-                # int8 rounding flips near-tied dimensions. The error bound is the check.
-                min_agreement = 0.0
-            parity = compare(
-                reference,
-                actual,
-                tolerance=tolerance,
-                min_agreement=min_agreement,
-                precision=precision,
-            )
+            session = ort_session(exported.path)
             coverage = kernel_report(exported.path).fraction
-        if baseline_out is None:
-            baseline_out = actual
-        metrics = (
-            embedding_metrics(actual, baseline_out)
-            if bundle.is_embedding
-            else _metrics(actual, labels, baseline_out)
-        )
+        check = ParityCheck(precision, decisions=task.class_outputs)
+        evaluation = task.evaluation()
+        model.eval()
+        for number, (*inputs, labels) in enumerate(eval_batches):
+            with torch.no_grad():
+                reference = task.adapt(model(*inputs), tuple(inputs)).numpy()
+            actual = reference if session is None else run_session(session, inputs)
+            if session is not None:
+                check.update(reference, actual)
+            if name == "baseline":
+                references.append(task.reference(actual))
+            evaluation.update(actual, labels.numpy(), references[number])
+        metrics = evaluation.result()
+        if session is not None:
+            parity = check.result()
         entries.append(
             Entry(
                 name=name,
@@ -283,7 +262,7 @@ def _evaluate(
             )
         )
         if parity is not None and not parity.ok:
-            status(f"[red]{name}: ONNX Runtime disagrees with torch[/red] ({parity})")
+            status(f"{name}: ONNX Runtime disagrees with torch ({parity})")
 
     runs = _measure_latency(
         policy, entries, models, onnx_paths, example, latency_seconds, bundle.dynamic_sequence
@@ -309,40 +288,6 @@ def _evaluate(
         baseline=baseline,
         candidates=rest,
     )
-
-
-def _metrics(outputs: Any, labels: Any, baseline: Any) -> dict[str, float]:
-    logp = torch.log_softmax(torch.from_numpy(outputs).double(), -1)
-    base_logp = torch.log_softmax(torch.from_numpy(baseline).double(), -1)
-    pred, base_pred = outputs.argmax(-1), baseline.argmax(-1)
-    changed = pred != base_pred
-    return {
-        "accuracy": float((pred == labels).mean()),
-        "agreement": float((pred == base_pred).mean()),
-        "kl": float((base_logp.exp() * (base_logp - logp)).sum(-1).mean()),
-        # Prediction churn vs the baseline ("Churn Reduction via Distillation"): good churn
-        # fixes a baseline mistake, bad churn breaks a correct baseline prediction.
-        "churn": float(changed.mean()),
-        "churn_good": float((changed & (pred == labels)).mean()),
-        "churn_bad": float((changed & (base_pred == labels)).mean()),
-    }
-
-
-def embedding_metrics(outputs: Any, baseline: Any) -> dict[str, float]:
-    """Each sample's embedding against the baseline's: the cosine (mean, 5th percentile,
-    min) and the mean squared error. The baseline against itself: cosine 1, mse 0."""
-    if outputs is baseline:
-        return {"cosine": 1.0, "cosine_p5": 1.0, "cosine_min": 1.0, "mse": 0.0}
-    a = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
-    b = np.asarray(baseline, dtype=np.float64).reshape(len(baseline), -1)
-    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    cosine = np.clip((a * b).sum(axis=1) / norms, -1.0, 1.0)
-    return {
-        "cosine": float(cosine.mean()),
-        "cosine_p5": float(np.percentile(cosine, 5)),
-        "cosine_min": float(cosine.min()),
-        "mse": float(((a - b) ** 2).mean()),
-    }
 
 
 def _measure_latency(
@@ -427,14 +372,6 @@ def _machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def _source_hash(loaded: LoadedModel) -> dict[str, str]:
-    """sha256 of the checkpoint file when there is one, else of the loaded state dict."""
-    path = loaded.source.get("path")
-    if path and Path(path).exists():
-        return {"source_sha256": file_sha256(Path(path)), "source_sha256_of": "file"}
-    return {"source_sha256": state_dict_sha256(loaded.model), "source_sha256_of": "state_dict"}
 
 
 FASTER = 1.05  # a speedup must beat timing noise by this much to count
@@ -535,6 +472,11 @@ def _cosine_clause(entry: Entry, policy: Policy) -> str:
         return f"cosine {cosine:.4f} to the baseline (no budget)"
     within = "within budget" if cosine >= minimum else "BELOW budget"
     return f"cosine {cosine:.4f} to the baseline, {within} (min {minimum:g})"
+
+
+def _source_path(loaded: LoadedModel) -> Path | None:
+    path = loaded.source.get("path")
+    return Path(path) if path else None
 
 
 def _describe_source(source: dict[str, Any]) -> str:

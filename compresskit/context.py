@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from compresskit.budget import Budget
 from compresskit.data.bundle import DataBundle
+from compresskit.tasks import Task
 
-if TYPE_CHECKING:
-    from compresskit.budget import Budget
+
+class LatencyProbe(Protocol):
+    """Measures a model's p50 latency in ms on an export target at one batch size.
+
+    The run hands one to the passes (:func:`compresskit.bench.probe.measure_p50`: export,
+    then time in the benchmark worker), so that a pass sized by latency measures the real
+    thing without importing the benchmark harness."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        *,
+        target: str,
+        batch: int,
+        seconds: float,
+        dynamic_sequence: bool,
+    ) -> float: ...
 
 
 @dataclass
@@ -31,13 +49,19 @@ class Context:
     data: DataBundle
     teacher: nn.Module | None
     example_inputs: tuple[torch.Tensor, ...]
-    task: str = "classification"
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     run_dir: Path | None = None
     records: dict[str, Any] = field(default_factory=dict)
     # The policy's budget, for training that stops once it is met (train.stop_at_budget).
     budget: Budget | None = None
+    # How passes measure latency on a target (pruning to a latency target); the run sets it.
+    latency_probe: LatencyProbe | None = None
+
+    @property
+    def task(self) -> Task:
+        """The task contract of the data: what the model outputs and how it is judged."""
+        return self.data.contract
 
     def for_node(self) -> Context:
         """A copy with empty records, for one node of the pipeline."""

@@ -16,6 +16,13 @@ class CompressKitError(Exception):
     """
 
 
+def first_line(error: BaseException, *, limit: int = 200) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters: how a foreign
+    error (torch, ONNX, a user's factory) is quoted inside a one-line message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
+
+
 class MissingDependencyError(CompressKitError):
     """An optional dependency is not installed; the message names the extra to install."""
 

@@ -14,7 +14,10 @@ console = Console(stderr=True, highlight=False)
 
 
 def quiet() -> bool:
-    return os.environ.get("COMPRESSKIT_QUIET", "") not in ("", "0")
+    """No progress: asked for ($COMPRESSKIT_QUIET), or a rank other than 0 under torchrun."""
+    return os.environ.get("COMPRESSKIT_QUIET", "") not in ("", "0") or os.environ.get(
+        "RANK", "0"
+    ) != "0"
 
 
 def status(message: str) -> None:

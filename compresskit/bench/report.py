@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -129,7 +129,7 @@ class Report(_Model):
     policy: str
     checkpoint: str
     data: str
-    task: Literal["classification", "embedding"] = Field(
+    task: str = Field(
         default="classification",
         description="what the metrics score: accuracy (classification) or the cosine of "
         "each embedding to the baseline's (embedding)",

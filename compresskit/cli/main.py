@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from compresskit import __version__
+from compresskit._version import __version__
 from compresskit.errors import CompressKitError
 
 
@@ -30,13 +32,16 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="compresskit")
 def cli() -> None:
     """Compress PyTorch models (prune, distill, quantize), export to ONNX, measure."""
 
 
-@cli.command()
+@cli.command(short_help="Prune, distil and quantize a model; export, verify, measure.")
 @click.argument("checkpoint", required=False)
 @click.option(
     "--policy", default="default", show_default=True, help="Built-in policy name or YAML file."
@@ -51,9 +56,19 @@ def cli() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory (default runs/<policy>-<time>)."
 )
-@click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
-    "--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of calibration sampling, training order and initialisation.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "dynamo", "legacy"]),
+    default="auto",
+    show_default=True,
+    help="ONNX exporter; auto: dynamo, or legacy for fake-quant models and on failure.",
 )
 @click.option(
     "--latency-seconds",
@@ -137,7 +152,7 @@ def _forwarded_options(ctx: click.Context) -> list[str]:
     return argv
 
 
-@cli.command()
+@cli.command(short_help="Export a checkpoint to ONNX and check it against torch.")
 @click.argument("checkpoint")
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Where to write the .onnx file."
@@ -153,7 +168,11 @@ def _forwarded_options(ctx: click.Context) -> list[str]:
     "parity then runs on random inputs.",
 )
 @click.option(
-    "--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True
+    "--exporter",
+    type=click.Choice(["auto", "dynamo", "legacy"]),
+    default="auto",
+    show_default=True,
+    help="ONNX exporter; auto: dynamo, or legacy for fake-quant models and on failure.",
 )
 @click.option("--opset", type=click.IntRange(min=13), help="ONNX opset (default 18; legacy 17).")
 def export(
@@ -198,7 +217,7 @@ def export(
         )
 
 
-@cli.command()
+@cli.command(short_help="Time ONNX files or checkpoints on targets, interleaved.")
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--target",
@@ -263,7 +282,7 @@ def bench(
         json_out.write_text(json.dumps(runs_json(list(models), runs), indent=2))
 
 
-@cli.command()
+@cli.command(short_help="Re-render a run's report.md and report.html.")
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render report.md and report.html of RUN_DIR from its report.json."""
@@ -277,7 +296,7 @@ def report(run_dir: Path) -> None:
     click.echo("\nwrote " + ", ".join(str(p) for p in written))
 
 
-@cli.group()
+@cli.group(short_help="List, show and validate policies; print their JSON Schema.")
 def policies() -> None:
     """List, show, validate policies and print their JSON Schema."""
 
@@ -285,17 +304,17 @@ def policies() -> None:
 @policies.command("list")
 def policies_list() -> None:
     """Built-in policies with their descriptions."""
-    from compresskit.policies import builtin_policy_names, load_policy
+    from compresskit.policies.files import builtin_policy_names, policy_summary
 
     for name in builtin_policy_names():
-        click.echo(f"{name:<20} {load_policy(name).description}")
+        click.echo(f"{name:<20} {policy_summary(name)}")
 
 
 @policies.command("show")
 @click.argument("name")
 def policies_show(name: str) -> None:
     """Print a policy's YAML."""
-    from compresskit.policies.loader import policy_text
+    from compresskit.policies.files import policy_text
 
     click.echo(policy_text(name)[0], nl=False)
 
@@ -319,7 +338,7 @@ def policies_schema() -> None:
     click.echo(json.dumps(policy_json_schema(), indent=2))
 
 
-@cli.group()
+@cli.group(short_help="Export and benchmark targets, and whether they run here.")
 def targets() -> None:
     """Export and benchmark targets."""
 
@@ -332,11 +351,20 @@ def targets_list() -> None:
     for name in builtin_target_names():
         target = load_target(name)
         reason = target_available(target)
-        state = "available" if not reason else f"unavailable: {reason}"
-        click.echo(f"{name:<14} {target.runtime:<12} {target.provider:<24} {state}")
+        click.echo(
+            f"{name:<13} {target.runtime:<11} {target.provider:<26} "
+            + ("available" if not reason else "unavailable")
+        )
+        if reason:
+            click.echo(
+                textwrap.fill(reason, 78, initial_indent=" " * 14, subsequent_indent=" " * 14)
+            )
 
 
 def main() -> None:
+    # SIGTERM (``timeout``, torchrun stopping the survivors of a failed rank) unwinds
+    # Python like Ctrl-C does, so a run removes its temporary directory on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     entry: Callable[..., Any] = cli.main
     if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: record crashes
         from torch.distributed.elastic.multiprocessing.errors import record

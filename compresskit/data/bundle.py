@@ -9,10 +9,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from compresskit.errors import CompressKitError
+from compresskit.tasks import Task, get_task
 
 Split = Literal["train", "val", "calibration", "eval"]
-Task = Literal["classification", "embedding"]
-TASKS: tuple[Task, ...] = ("classification", "embedding")
 
 
 @dataclass(frozen=True)
@@ -21,11 +20,12 @@ class DataBundle:
 
     Each split yields ``(*inputs, label)`` batches; the model is called as ``model(*inputs)``.
 
-    ``task`` says what the model outputs. ``classification`` (the default): logits of
-    shape ``(batch, num_classes)``, scored by accuracy. ``embedding``: a vector of shape
-    ``(batch, num_classes)``, so ``num_classes`` is the embedding width; the labels in the
-    splits are ignored (any placeholder tensor, e.g. zeros) and candidates are scored by
-    the cosine of their embeddings to the baseline's.
+    ``task`` names the task contract (:mod:`compresskit.tasks`) that says what the model
+    outputs and how it is judged: ``classification`` (the default; logits scored by
+    accuracy on the labels), ``embedding`` (one vector per sample, scored by cosine to the
+    baseline; the labels are placeholders nothing reads). ``num_classes`` is how many
+    classes the labels imply (largest label + 1): the model may output more (labels may
+    cover a subset of its classes); None where the labels are placeholders.
 
     ``eval`` is a fixed hold-out (it does not move with the seed, so runs compare) that
     reports use and training never sees; ``val`` (carved from the training data) is what
@@ -34,12 +34,11 @@ class DataBundle:
 
     >>> bundle = load_data("digits", seed=0)          # doctest: +SKIP
     >>> x, y = next(iter(bundle.loader("eval", batch_size=32)))
-    >>> embedder = dataclasses.replace(bundle, task="embedding", num_classes=384)
-    ...                                                                 # doctest: +SKIP
+    >>> embedder = dataclasses.replace(bundle, task="embedding")   # doctest: +SKIP
     """
 
     name: str
-    num_classes: int  # classes; for task="embedding", the embedding width
+    num_classes: int | None  # classes the labels imply; None for placeholder labels
     input_shape: tuple[int, ...]  # of the first input, without the batch axis
     train: Dataset
     val: Dataset
@@ -48,18 +47,18 @@ class DataBundle:
     seed: int = 0
     # Inputs whose second axis varies too (token ids and masks of text models).
     dynamic_sequence: bool = False
-    task: Task = "classification"
+    task: str = "classification"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise CompressKitError(
-                f"data {self.name}: task {self.task!r} is not one of {', '.join(TASKS)}"
-            )
+        try:
+            get_task(self.task)
+        except CompressKitError as error:
+            raise CompressKitError(f"data {self.name}: {error}") from None
 
     @property
-    def is_embedding(self) -> bool:
-        """The model outputs an embedding (of width ``num_classes``), not logits."""
-        return self.task == "embedding"
+    def contract(self) -> Task:
+        """The task contract of :attr:`task` (what the model outputs, how it is judged)."""
+        return get_task(self.task)
 
     def loader(self, split: Split, *, batch_size: int = 64, shuffle: bool = False) -> DataLoader:
         """A loader over one split; shuffling is seeded by the bundle's seed."""

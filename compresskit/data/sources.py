@@ -12,7 +12,7 @@ import torch
 
 from compresskit.data.bundle import DataBundle, split
 from compresskit.errors import CompressKitError
-from compresskit.models.imports import import_object
+from compresskit.imports import import_object
 
 # Debian's dataset-fashion-mnist installs here; $COMPRESSKIT_FASHION_MNIST overrides it.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

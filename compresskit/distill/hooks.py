@@ -19,16 +19,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from compresskit.errors import CompressKitError
+from compresskit.tasks import first_tensor
 
 Capture = Literal["output", "attention", "input"]
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, tuple | list) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return None
 
 
 class Taps:
@@ -111,13 +104,13 @@ class Taps:
                 ok = isinstance(probs, torch.Tensor) and probs.dim() == 4
                 self._record(key, probs if ok else None, "attention probabilities")
             else:
-                self._record(key, _first_tensor(output), "tensor output")
+                self._record(key, first_tensor(output), "tensor output")
 
         return hook
 
     def _pre_hook(self, key: str):  # noqa: ANN202
         def hook(module: nn.Module, args: Any) -> None:
-            self._record(key, _first_tensor(args), "tensor input")
+            self._record(key, first_tensor(args), "tensor input")
 
         return hook
 

@@ -11,11 +11,16 @@ target term is shifted by a constant to get there; its gradients are the paper's
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 from torch.nn import functional as F
+
+from compresskit.tasks import Task
+from compresskit.tasks.base import Inputs
 
 EPS = 1e-12
 
@@ -23,7 +28,7 @@ EPS = 1e-12
 class LayerPair(BaseModel):
     """One student module distilled from one teacher module (by ``named_modules`` name)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     student: str
     teacher: str
@@ -33,7 +38,7 @@ Layers = Literal["auto", "last"] | list[LayerPair]
 
 
 class _Loss(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     weight: float = Field(default=1.0, ge=0)
 
@@ -164,6 +169,27 @@ def kd_loss(
         reduction="batchmean",
         log_target=True,
     ) * (temperature**2)
+
+
+def label_kd_loss(
+    task: Task, teacher: nn.Module | None, *, alpha: float, temperature: float
+) -> Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]:
+    """``alpha * task loss(labels) + (1 - alpha) * KD(T)`` from ``teacher``'s outputs, as a
+    training-loop loss: the short form that fine-tuning, QAT and distillation share."""
+    if alpha < 1 and teacher is None:
+        raise ValueError("label_kd_loss: alpha < 1 needs a teacher")
+
+    def loss(student: nn.Module, inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
+        outputs = task.adapt(student(*inputs), inputs)
+        value = alpha * task.loss(outputs, labels) if alpha > 0 else outputs.sum() * 0
+        if alpha < 1:
+            assert teacher is not None
+            with torch.no_grad():
+                target = task.adapt(teacher(*inputs), inputs)
+            value = value + (1 - alpha) * kd_loss(outputs, target, temperature)
+        return value
+
+    return loss
 
 
 def output_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str) -> torch.Tensor:

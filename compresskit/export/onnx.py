@@ -8,7 +8,6 @@ into QuantizeLinear/DequantizeLinear). Which one was used is returned, never hid
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
 
 Exporter = Literal["auto", "dynamo", "legacy"]
 DEFAULT_OPSET = 18
@@ -109,10 +108,10 @@ def export_onnx(
                 except Exception as error:
                     if exporter == "dynamo":
                         raise CompressKitError(
-                            f"ONNX export with the dynamo exporter failed: {_first_line(error)}; "
+                            f"ONNX export with the dynamo exporter failed: {first_line(error)}; "
                             "try exporter 'legacy'"
                         ) from None
-                    fallback_reason = f"dynamo exporter failed: {_first_line(error)}"
+                    fallback_reason = f"dynamo exporter failed: {first_line(error)}"
                     chosen = "legacy"
                     for stale in workdir.iterdir():
                         stale.unlink()
@@ -120,9 +119,9 @@ def export_onnx(
                 try:
                     _export_legacy(model, example_inputs, raw, min(opset, 17), dynamic_sequence)
                 except Exception as error:
-                    raise CompressKitError(f"ONNX export failed: {_first_line(error)}") from None
+                    raise CompressKitError(f"ONNX export failed: {first_line(error)}") from None
             post_quantization = post_process(raw)
-        from compresskit import __version__
+        from compresskit._version import __version__
 
         props = {"compresskit_version": __version__, "exporter": chosen}
         if fallback_reason:
@@ -191,7 +190,7 @@ def _finish(
     try:
         onnx.checker.check_model(str(out), full_check=True)
     except onnx.checker.ValidationError as error:
-        raise CompressKitError(f"exported ONNX fails onnx.checker: {_first_line(error)}") from None
+        raise CompressKitError(f"exported ONNX fails onnx.checker: {first_line(error)}") from None
     return data_name
 
 
@@ -201,36 +200,6 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over a model's state dict (names, dtypes, shapes, values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        value = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _export_dynamo(

@@ -11,26 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
-from compresskit.export.onnx import (
-    Exporter,
-    ExportResult,
-    export_onnx,
-    file_sha256,
-    state_dict_sha256,
-)
-from compresskit.export.verify import (
-    Parity,
-    compare,
-    model_precision,
-    onnx_outputs,
-    parity_tolerance,
-    torch_outputs,
-)
+from compresskit.export.onnx import Exporter, ExportResult, export_onnx
+from compresskit.export.verify import Parity, check_parity
+from compresskit.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -97,12 +85,7 @@ def export_checkpoint(
             f"{checkpoint}: export needs example inputs: pass --data (e.g. digits) or "
             "--input-shape C,H,W"
         )
-    source = Path(str(checkpoint))
-    digest = (
-        {"source_sha256": file_sha256(source), "source_sha256_of": "file"}
-        if source.exists()
-        else {"source_sha256": state_dict_sha256(loaded.model), "source_sha256_of": "state_dict"}
-    )
+    digest = source_digest(Path(str(checkpoint)), loaded.model)
     metadata = {"source_checkpoint": str(checkpoint), **digest}
     kwargs = {} if opset is None else {"opset": opset}
     try:
@@ -122,11 +105,6 @@ def export_checkpoint(
             f"{checkpoint}: export failed ({type(error).__name__}: {error}); check "
             "--input-shape / --data"
         ) from None
-    reference = torch_outputs(loaded.model, loader)
-    actual = onnx_outputs(out, loader)
-    precision = model_precision(loaded.model)
-    tolerance, agreement = parity_tolerance(precision, np.asarray(reference))
-    parity = compare(
-        reference, actual, tolerance=tolerance, min_agreement=agreement, precision=precision
-    )
+    decisions = get_task(bundle.task).class_outputs if spec is not None else True
+    parity = check_parity(loaded.model, out, loader, decisions=decisions)
     return StandaloneExport(result, parity, checked_on)

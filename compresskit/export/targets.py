@@ -6,14 +6,15 @@ reported as skipped with the reason (:func:`target_available`), never dropped.
 
 from __future__ import annotations
 
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compresskit.errors import CompressKitError
+from compresskit.yaml_text import load_yaml
 
 Runtime = Literal["onnxruntime", "torch"]
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -27,7 +28,7 @@ class Target(BaseModel):
     'CPUExecutionProvider'
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str
     description: str = ""
@@ -91,8 +92,9 @@ def load_target(name: str | Path) -> Target:
             f"unknown target {name!r}; known targets: {', '.join(builtin_target_names())} "
             "(see `compresskit targets list`), or give a target .yaml file"
         )
+    raw = load_yaml(text, where=where)
     try:
-        return Target.model_validate(yaml.safe_load(text))
+        return Target.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -117,10 +119,17 @@ def target_available(target: Target) -> str | None:
         if target.precision == "fp16" and target.provider != "TensorrtExecutionProvider":
             return f"precision fp16 on {target.provider} needs an fp16 graph; export one"
         return None
-    import torch
-
-    if target.provider == "cuda" and not torch.cuda.is_available():
-        return f"no CUDA device visible to torch {torch.__version__}"
     if target.precision == "fp16" and target.provider == "cpu":
         return "precision fp16 on the torch CPU target is not supported; use fp32"
+    if target.provider == "cuda":
+        if not _nvidia_driver():
+            return "no NVIDIA GPU driver on this machine (no /dev/nvidiactl)"
+        import torch  # only now: importing torch takes seconds
+
+        if not torch.cuda.is_available():
+            return f"no CUDA device visible to torch {torch.__version__}"
     return None
+
+
+def _nvidia_driver() -> bool:
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None

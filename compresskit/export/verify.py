@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,19 +34,8 @@ class Parity:
 
 def onnx_outputs(path: Path, loader: DataLoader, *, threads: int = 0) -> np.ndarray:
     """ORT CPU outputs (the first graph output) over ``(*inputs, label)`` batches."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    outputs = []
-    for *inputs, _ in loader:
-        feed = {name: x.numpy() for name, x in zip(names, inputs, strict=True)}
-        outputs.append(session.run(None, feed)[0])
-    return np.concatenate(outputs)
+    session = ort_session(path, threads=threads)
+    return np.concatenate([run_session(session, inputs) for *inputs, _ in loader])
 
 
 @torch.no_grad()
@@ -106,6 +96,94 @@ def model_precision(model: nn.Module) -> Precision:
     if dtypes & {torch.float16, torch.bfloat16}:
         return "fp16"
     return "fp32"
+
+
+class ParityCheck:
+    """ONNX Runtime against torch, batch by batch (outputs of any size are never kept).
+
+    The allowed error is a fraction of the largest |torch output| (by ``precision``);
+    top-1 agreement is checked only where the output's top-1 is a decision
+    (``decisions``: class or token logits, not embeddings).
+
+    >>> check = ParityCheck("int8", decisions=True)               # doctest: +SKIP
+    >>> check.update(torch_batch, ort_batch); check.result().ok
+    """
+
+    def __init__(self, precision: Precision, *, decisions: bool = True) -> None:
+        if precision not in PARITY_TOLERANCES:
+            raise ValueError(
+                f"precision {precision!r}: expected one of {', '.join(PARITY_TOLERANCES)}"
+            )
+        self.precision = precision
+        self.decisions = decisions
+        self.max_error = self.error_sum = self.scale = 0.0
+        self.values = self.agree = self.rows = self.samples = 0
+
+    def update(self, reference: np.ndarray, actual: np.ndarray) -> None:
+        if reference.shape != actual.shape:
+            raise CompressKitError(
+                f"ONNX output shape {actual.shape} differs from torch's {reference.shape}"
+            )
+        diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
+        if diff.size:
+            self.max_error = max(self.max_error, float(diff.max()))
+            self.scale = max(self.scale, float(np.abs(reference).max()))
+        self.error_sum += float(diff.sum())
+        self.values += diff.size
+        self.samples += len(reference)
+        if reference.ndim > 1:
+            same = reference.argmax(-1) == actual.argmax(-1)
+            self.agree += int(same.sum())
+            self.rows += same.size
+
+    def result(self) -> Parity:
+        relative, min_agreement = PARITY_TOLERANCES[self.precision]
+        return Parity(
+            max_abs_error=self.max_error,
+            mean_abs_error=self.error_sum / max(self.values, 1),
+            agreement=self.agree / self.rows if self.rows else 1.0,
+            samples=self.samples,
+            tolerance=relative * (self.scale or 1.0),
+            min_agreement=min_agreement if self.decisions else 0.0,
+            precision=self.precision,
+        )
+
+
+def check_parity(
+    model: nn.Module,
+    path: Path,
+    batches: Iterable[Sequence[torch.Tensor]],
+    *,
+    precision: Precision | None = None,
+    decisions: bool = True,
+) -> Parity:
+    """Run ``model`` in torch and ``path`` in ONNX Runtime on the same ``(*inputs, label)``
+    batches and compare them (precision: the model's own unless given)."""
+    check = ParityCheck(precision or model_precision(model), decisions=decisions)
+    session = ort_session(path)
+    model.eval()
+    with torch.no_grad():
+        for *inputs, _ in batches:
+            check.update(model(*inputs).numpy(), run_session(session, inputs))
+    return check.result()
+
+
+def ort_session(path: Path, *, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session on ``path`` (quiet; ``threads`` 0: ORT's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session: Any, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+    """The first output of ``session`` on torch ``inputs`` (fed in the graph's input order)."""
+    names = [i.name for i in session.get_inputs()]
+    feed = {name: x.numpy() for name, x in zip(names, inputs, strict=True)}
+    return np.asarray(session.run(None, feed)[0])
 
 
 def parity_tolerance(precision: Precision | bool, reference: np.ndarray) -> tuple[float, float]:

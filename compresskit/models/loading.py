@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.errors import CompressKitError, MissingDependencyError
+from compresskit.errors import CompressKitError, MissingDependencyError, first_line
+from compresskit.imports import import_object
 from compresskit.models.checkpoint import is_saved_model, restore_model
 from compresskit.models.examples import EXAMPLES, load_example
-from compresskit.models.imports import import_object
 
 DEFAULT_CHECKPOINT = "example:digits-cnn"
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -109,9 +109,8 @@ def _read(path: Path, *, trust_pickle: bool) -> object:
             ) from None
         raise CompressKitError(f"checkpoint {path}: not a readable torch file ({error})") from None
     except (RuntimeError, EOFError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise CompressKitError(
-            f"checkpoint {path}: not a readable torch file ({first_line})"
+            f"checkpoint {path}: not a readable torch file ({first_line(error)})"
         ) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,42 +28,78 @@ def state_bytes(module: nn.Module) -> int:
     )
 
 
-@torch.no_grad()
-def count_macs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
-    """MACs per sample of the conv and linear layers (the work pruning and int8 change).
+def layer_macs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """MACs per sample of every module (by ``named_modules`` name; a module's count
+    includes its children's), measured on one real sample.
 
-    Attention's activation-activation matmuls are not counted.
+    Every matrix product torch runs is counted (``torch.utils.flop_counter``): convolutions
+    of any dimension, Linear and Hugging Face ``Conv1D`` layers, attention's
+    activation-activation matmuls, GRU/RNN cells. It runs with autograd on, so that
+    inference fast paths (``nn.TransformerEncoder``'s fused kernel) take the counted ops;
+    LSTM's fused CPU kernel is counted by its size, as is any Linear whose kernel the
+    counter cannot see (bitsandbytes).
     """
-    total = 0
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(
-        module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
-    ) -> None:
-        nonlocal total
-        assert isinstance(module, nn.modules.conv._ConvNd)
-        kernel = math.prod(module.kernel_size)
-        per_output = kernel * module.in_channels // module.groups
-        total += output[0].numel() * per_output
+    sample = tuple(x[:1] for x in example_inputs)
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
-    def linear_hook(
-        module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
-    ) -> None:
-        nonlocal total
-        assert isinstance(module, nn.Linear)
-        total += output[0].numel() * module.in_features
+    def hook(name: str) -> Any:  # noqa: ANN401
+        def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:  # noqa: ANN401
+            first = output[0] if isinstance(output, tuple) else output
+            if args and isinstance(args[0], torch.Tensor) and isinstance(first, torch.Tensor):
+                shapes[name] = (tuple(args[0].shape), tuple(first.shape))
 
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.LSTM | nn.Linear)
+    ]
     was_training = model.training
     model.eval()
     try:
-        model(*(x[:1] for x in example_inputs))
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():
+            model(*sample)
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return int(total)
+    root = type(model).__name__
+    macs: dict[str, int] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        name = "" if key == root else key.removeprefix(root + ".")
+        macs[name] = sum(ops.values()) // 2
+    for name, module in model.named_modules():
+        if name in shapes and not macs.get(name):
+            extra = _unseen_macs(module, *shapes[name])
+            for prefix in _ancestors(name):
+                macs[prefix] = macs.get(prefix, 0) + extra
+    return macs
+
+
+def _unseen_macs(module: nn.Module, input_shape: tuple[int, ...], output: tuple[int, ...]) -> int:
+    if isinstance(module, nn.LSTM):
+        steps = input_shape[1] if module.batch_first else input_shape[0]
+        directions = 2 if module.bidirectional else 1
+        total, width = 0, module.input_size
+        for _ in range(module.num_layers):
+            total += directions * steps * 4 * module.hidden_size * (width + module.hidden_size)
+            width = module.hidden_size * directions
+        return total
+    assert isinstance(module, nn.Linear)
+    return math.prod(output) * module.in_features
+
+
+def _ancestors(name: str) -> list[str]:
+    """``a.b.c`` -> ``["", "a", "a.b", "a.b.c"]``."""
+    parts = name.split(".") if name else []
+    return [".".join(parts[:k]) for k in range(len(parts) + 1)]
+
+
+def count_macs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
+    """MACs per sample of ``model`` (every matrix product; see :func:`layer_macs`)."""
+    return layer_macs(model, example_inputs).get("", 0)

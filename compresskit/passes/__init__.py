@@ -13,9 +13,9 @@ from compresskit.passes import (  # noqa: F401
 )
 from compresskit.passes.base import (
     DataNeed,
+    Effects,
     Pass,
     PassConfig,
-    Stage,
     get_pass,
     register_pass,
     registered_passes,
@@ -25,7 +25,7 @@ __all__ = [
     "DataNeed",
     "Pass",
     "PassConfig",
-    "Stage",
+    "Effects",
     "get_pass",
     "register_pass",
     "registered_passes",

@@ -1,18 +1,21 @@
 """The pass protocol: a frozen, typed config and one ``apply(model, ctx) -> model``.
 
 A pass is registered by name with :func:`register_pass` and imported explicitly in
-``passes/__init__.py``. Passes that need data declare it in ``needs``; the runner checks
-that the context provides it before anything runs.
+``passes/__init__.py``. What a configured pass needs and does is asked of it before
+anything runs: the data splits it reads (``config.data_needs()``, checked against the
+data) and what it does to the model's precision (:class:`Effects`, checked along every
+chain of the graph: two passes that quantize the same layers, or a float-only pass after
+a quantizing one, are refused when the graph is validated).
 """
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from compresskit.configs import DataNeed, PassConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,27 +23,22 @@ if TYPE_CHECKING:
     from compresskit.context import Context
 
 
-class PassConfig(BaseModel):
-    """Base of every pass config: frozen, and unknown fields are errors."""
+@dataclass(frozen=True)
+class Effects:
+    """What a pass does to the model's precision, checked along every chain of the graph.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``quantizes``: the parts it makes low-precision ("layers", "embeddings"); a later pass
+    that quantizes a part again is refused, unless it ``refines`` that part (QAT fine-tunes
+    an already fake-quantized model). ``float_only``: it needs a float model (pruning
+    does). ``trains``: it trains the model, which layers that ``packs`` (bitsandbytes:
+    neither trainable nor exportable) forbid.
+    """
 
-
-class DataNeed(str, enum.Enum):
-    """The data splits a pass may need from the context."""
-
-    CALIBRATION = "calibration"
-    TRAIN = "train"
-    EVAL = "eval"
-
-
-class Stage(enum.IntEnum):
-    """Where a pass may sit in a chain. A pass may not follow one of a later stage:
-    pruning after quantization, for instance, has nothing left to prune."""
-
-    STRUCTURE = 0
-    TRAINING = 1
-    QUANTIZATION = 2
+    quantizes: frozenset[str] = frozenset()
+    refines: frozenset[str] = frozenset()  # quantized parts it may take and fine-tune
+    float_only: bool = False
+    trains: bool = False
+    packs: bool = False
 
 
 ConfigT = TypeVar("ConfigT", bound=PassConfig)
@@ -54,7 +52,7 @@ class Pass(ABC, Generic[ConfigT]):
         @register_pass("halve")
         class Halve(Pass[HalveConfig]):
             config_cls = HalveConfig
-            stage = Stage.STRUCTURE
+            effects = Effects(float_only=True)
 
             def apply(self, model, ctx):
                 ...
@@ -63,13 +61,14 @@ class Pass(ABC, Generic[ConfigT]):
 
     name: ClassVar[str]
     config_cls: ClassVar[type[PassConfig]]
-    stage: ClassVar[Stage]
-    needs: ClassVar[frozenset[DataNeed]] = frozenset()
-    # Stages this pass may follow even though they come later (e.g. QAT fine-tuning).
-    may_follow: ClassVar[frozenset[Stage]] = frozenset()
+    effects: ClassVar[Effects] = Effects()
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
+
+    def data_needs(self) -> frozenset[DataNeed]:
+        """The data splits this configured pass reads."""
+        return self.config.data_needs()
 
     @abstractmethod
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

@@ -6,9 +6,9 @@ hidden, attention, rkd_distance, rkd_angle; see :mod:`compresskit.distill.losses
 Without ``losses``, the short form is ``alpha * CE(labels) + (1 - alpha) * KD(T)``:
 ``alpha = 1`` is plain fine-tuning, ``alpha = 0`` needs no labels at all.
 
-For an embedding task (``DataBundle(task="embedding")``) there are no classes: only the
-losses that compare outputs or layers (output, hidden, attention, rkd_*) apply, and
-validation measures the cosine of the student's embeddings to the teacher's.
+Where the task's outputs are not class distributions (an embedding task) only the losses
+that compare outputs or layers (output, hidden, attention, rkd_*) apply; validation is the
+task's own (accuracy and agreement, or the cosine of the embeddings to the teacher's).
 
 Projectors and hooks are training-only: hooks are removed when training ends and
 projectors are never attached to the model, so neither reaches the export.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -29,16 +29,11 @@ from compresskit.context import Context
 from compresskit.distill.losses import KDLoss, LossSpec, TaskLoss, kd_loss
 from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
+from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
 from compresskit.progress import status
-from compresskit.training.loop import (
-    Runtime,
-    TrainConfig,
-    evaluate_accuracy,
-    resolve_monitor,
-    to_device,
-    train,
-)
+from compresskit.tasks import Task
+from compresskit.tasks.base import model_device, to_device
+from compresskit.training.loop import Runtime, TrainConfig, train
 
 __all__ = ["Distill", "DistillConfig", "kd_loss"]
 
@@ -90,6 +85,9 @@ class DistillConfig(PassConfig):
             specs.append(KDLoss(weight=1 - alpha, temperature=temperature))
         return specs
 
+    def data_needs(self) -> frozenset[DataNeed]:
+        return frozenset({DataNeed.TRAIN})
+
 
 def load_teacher(path: str) -> nn.Module:
     from compresskit.models.loading import load_model
@@ -100,81 +98,23 @@ def load_teacher(path: str) -> nn.Module:
     return teacher.eval()
 
 
-class _TeacherMatch:
-    """Validation against the teacher: a per-sample score of the model's outputs against
-    the teacher's on the val batches, averaged (the teacher's are computed once; the val
-    loader's order is fixed)."""
-
-    def __init__(self, teacher: nn.Module | None) -> None:
-        self.teacher = teacher
-        self.outputs: list[torch.Tensor] | None = None
-
-    @torch.no_grad()
-    def mean_score(
-        self,
-        model: nn.Module,
-        batches: list[Sequence[torch.Tensor]],
-        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> float:
-        assert self.teacher is not None
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        if self.outputs is None:
-            self.outputs = [self.teacher(*to_device(b, device)[:-1]) for b in batches]
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        for batch, expected in zip(batches, self.outputs, strict=True):
-            scores = score(model(*to_device(batch, device)[:-1]), expected)
-            total += float(scores.sum())
-            count += len(scores)
-        model.train(was_training)
-        return total / max(count, 1)
-
-
-class TeacherAgreement(_TeacherMatch):
-    """Validation metrics: accuracy, and top-1 agreement with the teacher."""
-
-    def __call__(
-        self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
-    ) -> dict[str, float]:
-        batches = list(batches)
-        metrics = {"accuracy": evaluate_accuracy(model, batches)}
-        if self.teacher is not None:
-            metrics["agreement"] = self.mean_score(
-                model, batches, lambda got, expected: got.argmax(-1) == expected.argmax(-1)
+def check_losses(specs: Sequence[Any], config: DistillConfig, task: Task) -> None:
+    """Refuse class-based losses (and the alpha/temperature short form) where the task's
+    outputs are not class distributions (embeddings), and label losses without labels."""
+    if not task.class_outputs:
+        if not config.losses:
+            raise CompressKitError(
+                f"distill: alpha/temperature distil class logits, but the {task.name} task has "
+                f"none; {task.unlabelled_recovery}"
             )
-        return metrics
-
-
-class TeacherCosine(_TeacherMatch):
-    """Validation metric of embedding tasks: the mean cosine of the model's embeddings to
-    the teacher's."""
-
-    def __call__(
-        self, model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
-    ) -> dict[str, float]:
-        return {"cosine": self.mean_score(model, list(batches), _cosine)}
-
-
-def _cosine(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(
-        got.flatten(1).double(), expected.flatten(1).double(), dim=1
-    )
-
-
-def check_embedding_losses(specs: Sequence[Any], config: DistillConfig, data_name: str) -> None:
-    """Refuse class-based losses (and the alpha/temperature short form) on embeddings."""
-    if not config.losses:
-        raise CompressKitError(
-            f"distill: {data_name} is an embedding task and alpha/temperature distil class "
-            "logits; give losses: [{kind: output, metric: cosine}] (and hidden/attention)"
-        )
-    wrong = sorted({spec.kind for spec in specs} & CLASS_LOSSES)
-    if wrong:
-        raise CompressKitError(
-            f"distill: losses {', '.join(wrong)} need classes but {data_name} is an embedding "
-            "task; use {kind: output, metric: cosine} (and hidden/attention/rkd_*) instead"
-        )
+        wrong = sorted({spec.kind for spec in specs} & CLASS_LOSSES)
+        if wrong:
+            raise CompressKitError(
+                f"distill: losses {', '.join(wrong)} need classes but this is the {task.name} "
+                f"task; {task.unlabelled_recovery}"
+            )
+    if not task.labelled and any(spec.kind == "task" for spec in specs):
+        raise CompressKitError(task.needs_labels("distill's task loss"))
 
 
 @register_pass("distill")
@@ -186,16 +126,14 @@ class Distill(Pass[DistillConfig]):
     """
 
     config_cls = DistillConfig
-    stage = Stage.TRAINING
-    needs = frozenset({DataNeed.TRAIN})
-    may_follow = frozenset({Stage.QUANTIZATION})  # fine-tuning a fake-quant model is QAT
+    effects = Effects(trains=True)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
         specs = config.loss_specs()
-        if ctx.data.is_embedding:
-            check_embedding_losses(specs, config, ctx.data.name)
-        monitor = resolve_monitor(config.train, ctx.data, what="distill")
+        task = ctx.task
+        check_losses(specs, config, task)
+        monitor = task.monitor(config.train.monitor, what="distill")
         needs_teacher = any(spec.kind != "task" for spec in specs)
         teacher = load_teacher(config.teacher) if config.teacher else ctx.teacher
         if teacher is None and needs_teacher:
@@ -206,8 +144,8 @@ class Distill(Pass[DistillConfig]):
         if not needs_teacher:
             teacher = None
         device = ctx.device
-        teacher_device = _device_of(teacher)
-        model_device = _device_of(model)
+        teacher_device = model_device(teacher) if teacher is not None else device
+        home = model_device(model)
         model.to(device)
         if teacher is not None:
             teacher.to(device)
@@ -216,12 +154,7 @@ class Distill(Pass[DistillConfig]):
             example = tuple(x.to(device) for x in ctx.example_inputs)
             objective = DistillObjective(specs, model, teacher, example_inputs=example)
             data = self._maybe_cache(objective, ctx, example)
-            metric_fn: TeacherAgreement | TeacherCosine
-            if ctx.data.is_embedding:
-                assert teacher is not None  # every embedding loss reads the teacher
-                metric_fn = TeacherCosine(teacher)
-            else:
-                metric_fn = TeacherAgreement(teacher)
+            metric_fn = task.validation(teacher)
             stop_at = self._stop_at(ctx, monitor, teacher, device)
             with objective.student_taps, objective.teacher_taps or contextlib.nullcontext():
                 history = train(
@@ -238,7 +171,7 @@ class Distill(Pass[DistillConfig]):
         finally:
             if teacher is not None:
                 teacher.to(teacher_device)
-        model.to(model_device)
+        model.to(home)
         ctx.record(
             history=history.as_dict(),
             distill={
@@ -279,21 +212,13 @@ class Distill(Pass[DistillConfig]):
         device: torch.device,
     ) -> float | None:
         """The val metric at which the policy budget is met (budget-based early stop)."""
-        train_config = self.config.train
-        budget = ctx.budget
-        if not train_config.stop_at_budget or budget is None:
+        if not self.config.train.stop_at_budget or ctx.budget is None:
             return None
-        if monitor == "cosine":
-            return budget.min_cosine
-        if monitor == "agreement":
-            return budget.min_agreement
-        if budget.max_accuracy_drop is None or teacher is None:
-            return None
-        loader = [to_device(b, device) for b in ctx.data.loader("val", batch_size=256)]
-        return evaluate_accuracy(teacher, loader) - budget.max_accuracy_drop
 
+        def teacher_metrics() -> dict[str, float]:
+            if teacher is None:
+                return {}
+            loader = [to_device(b, device) for b in ctx.data.loader("val", batch_size=256)]
+            return ctx.task.validation(None)(teacher, loader)
 
-def _device_of(model: nn.Module | None) -> torch.device:
-    if model is None:
-        return torch.device("cpu")
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+        return ctx.task.stop_value(monitor, ctx.budget, teacher_metrics)

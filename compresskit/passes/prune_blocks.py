@@ -12,8 +12,8 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
-from compresskit.pruning.criteria import calibration_batches
+from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
+from compresskit.pruning.criteria import CalibrationSet
 from compresskit.pruning.depth import Block, block_sensitivity, find_blocks, remove_blocks
 from compresskit.pruning.schedule import FinetuneConfig, finetune
 from compresskit.pruning.sizing import Meter, SizeTarget
@@ -52,6 +52,9 @@ class PruneBlocksConfig(PassConfig):
             raise ValueError(f"give one of remove, ratio, target (got {', '.join(given)})")
         return self
 
+    def data_needs(self) -> frozenset[DataNeed]:
+        return frozenset({DataNeed.CALIBRATION} | ({DataNeed.TRAIN} if self.finetune else set()))
+
 
 @register_pass("prune_blocks")
 class PruneBlocks(Pass[PruneBlocksConfig]):
@@ -61,7 +64,7 @@ class PruneBlocks(Pass[PruneBlocksConfig]):
     """
 
     config_cls = PruneBlocksConfig
-    stage = Stage.STRUCTURE
+    effects = Effects(float_only=True)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
@@ -78,8 +81,8 @@ class PruneBlocks(Pass[PruneBlocksConfig]):
                 f"prune_blocks: protect_first={config.protect_first} protects all "
                 f"{len(blocks)} blocks; lower it"
             )
-        batches = calibration_batches(ctx, config.calibration_batches)
-        scores = block_sensitivity(model, candidates, batches, config.criterion)
+        calibration = CalibrationSet.collect(model, ctx, config.calibration_batches)
+        scores = block_sensitivity(model, candidates, calibration, config.criterion)
         order = [b for _, b in sorted(zip(scores, candidates, strict=True), key=lambda t: t[0])]
         params, macs = count_params(model), count_macs(model, ctx.example_inputs)
         records: dict[str, Any] = {}
@@ -113,7 +116,7 @@ class PruneBlocks(Pass[PruneBlocksConfig]):
     ) -> tuple[nn.Module, int, dict]:
         target = self.config.target
         assert target is not None
-        meter = Meter(target, ctx.example_inputs, ctx.data.dynamic_sequence)
+        meter = Meter(target, ctx.example_inputs, ctx.data.dynamic_sequence, ctx.latency_probe)
         start = meter(model)
         goal = meter.goal(start)
         tried = []

@@ -19,13 +19,8 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
-from compresskit.pruning.criteria import (
-    accumulate_gradients,
-    calibration_batches,
-    channel_importance,
-    reference_outputs,
-)
+from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
+from compresskit.pruning.criteria import CalibrationSet, channel_importance
 from compresskit.pruning.schedule import FinetuneConfig, prune_in_steps, scaled_ratio
 from compresskit.pruning.scope import (
     classifier_name,
@@ -103,6 +98,10 @@ class PruneChannelsConfig(PassConfig):
                 raise ValueError(f"heads[{pattern!r}]: {count} heads; give at least 1")
         return heads
 
+    def data_needs(self) -> frozenset[DataNeed]:
+        needs = {DataNeed.CALIBRATION} if self.importance == "taylor" else set()
+        return frozenset(needs | ({DataNeed.TRAIN} if self.finetune else set()))
+
 
 @register_pass("prune_channels")
 class PruneChannels(Pass[PruneChannelsConfig]):
@@ -112,7 +111,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
     """
 
     config_cls = PruneChannelsConfig
-    stage = Stage.STRUCTURE
+    effects = Effects(float_only=True)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
@@ -170,8 +169,9 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         """Collect this step's statistics on ``model``; return a function that prunes a copy."""
         config = self.config
         if config.importance == "taylor":
-            batches = calibration_batches(ctx, config.calibration_batches)
-            accumulate_gradients(model, batches, reference_outputs(model, batches))
+            CalibrationSet.collect(model, ctx, config.calibration_batches).accumulate_gradients(
+                model
+            )
         ignored, ratios, heads = self._scope(model)
 
         def prune(amount: float) -> nn.Module:

@@ -20,7 +20,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
 from compresskit.pruning.attention import (
     EncoderLayer,
     choose,
@@ -31,11 +31,7 @@ from compresskit.pruning.attention import (
     keep_neurons,
     sync_config,
 )
-from compresskit.pruning.criteria import (
-    accumulate_gradients,
-    calibration_batches,
-    reference_outputs,
-)
+from compresskit.pruning.criteria import DATA_CRITERIA, CalibrationSet
 from compresskit.pruning.schedule import FinetuneConfig, prune_in_steps, scaled_ratio
 from compresskit.pruning.scope import match
 from compresskit.pruning.sizing import SizeTarget
@@ -68,6 +64,10 @@ class PruneTransformerConfig(PassConfig):
             raise ValueError("heads and ffn are both 0: give a fraction in (0, 1) for either")
         return self
 
+    def data_needs(self) -> frozenset[DataNeed]:
+        needs = {DataNeed.CALIBRATION} if self.importance in DATA_CRITERIA else set()
+        return frozenset(needs | ({DataNeed.TRAIN} if self.finetune else set()))
+
 
 @register_pass("prune_transformer")
 class PruneTransformer(Pass[PruneTransformerConfig]):
@@ -78,7 +78,7 @@ class PruneTransformer(Pass[PruneTransformerConfig]):
     """
 
     config_cls = PruneTransformerConfig
-    stage = Stage.STRUCTURE
+    effects = Effects(float_only=True)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
@@ -132,11 +132,10 @@ class PruneTransformer(Pass[PruneTransformerConfig]):
         """Score heads and neurons once on ``model``; return a function pruning a copy."""
         config = self.config
         layers = self._layers(model)
-        batches = calibration_batches(ctx, config.calibration_batches)
-        references = reference_outputs(model, batches)
+        calibration = CalibrationSet.collect(model, ctx, config.calibration_batches)
         if config.importance == "taylor":
-            accumulate_gradients(model, batches, references)
-        args = (model, layers, config.importance, batches, references, ctx.seed)
+            calibration.accumulate_gradients(model)
+        args = (model, layers, config.importance, calibration, ctx.seed)
         heads = head_scores(*args) if config.heads > 0 else None
         neurons = ffn_scores(*args) if config.ffn > 0 else None
         model.zero_grad(set_to_none=True)

@@ -13,16 +13,16 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn import functional as F
 
 from compresskit.context import Context
+from compresskit.distill.losses import label_kd_loss
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import DataNeed, Pass, Stage, register_pass
-from compresskit.passes.distill import kd_loss
+from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
-from compresskit.training.loop import Inputs, TrainConfig, evaluate_accuracy, train
+from compresskit.tasks.classification import evaluate_accuracy
+from compresskit.training.loop import Inputs, TrainConfig, train
 
 
 class QATConfig(StaticQuantConfig):
@@ -46,6 +46,9 @@ class QATConfig(StaticQuantConfig):
     temperature: float = Field(default=4.0, gt=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-4))
 
+    def data_needs(self) -> frozenset[DataNeed]:
+        return frozenset({DataNeed.CALIBRATION, DataNeed.TRAIN})
+
 
 @register_pass("qat")
 class QAT(Pass[QATConfig]):
@@ -55,17 +58,12 @@ class QAT(Pass[QATConfig]):
     """
 
     config_cls = QATConfig
-    stage = Stage.QUANTIZATION
-    needs = frozenset({DataNeed.CALIBRATION, DataNeed.TRAIN})
+    effects = Effects(quantizes=frozenset({"layers"}), refines=frozenset({"layers"}), trains=True)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
         teacher = ctx.teacher
-        if ctx.data.is_embedding:
-            raise CompressKitError(
-                f"qat: trains on class labels and logits but {ctx.data.name} is an embedding "
-                "task; use quantize followed by distill (losses: [{kind: output}])"
-            )
+        ctx.task.require_labels("qat")
         if config.alpha < 1 and teacher is None:
             raise CompressKitError(
                 "qat: alpha < 1 distils from the teacher but the context has none; "
@@ -83,19 +81,16 @@ class QAT(Pass[QATConfig]):
         freeze_step = int(config.freeze_at * steps)
         step = 0
 
+        label_kd = label_kd_loss(
+            ctx.task, teacher, alpha=config.alpha, temperature=config.temperature
+        )
+
         def loss_fn(student: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
             nonlocal step
             if step >= freeze_step:
                 freeze_qat(student)  # also puts unfolded BatchNorm back in eval each step
             step += 1
-            logits = student(*inputs)
-            loss = F.cross_entropy(logits, y) * config.alpha
-            if config.alpha < 1:
-                assert teacher is not None
-                with torch.no_grad():
-                    target = teacher(*inputs)
-                loss = loss + (1 - config.alpha) * kd_loss(logits, target, config.temperature)
-            return loss
+            return label_kd(student, inputs, y)
 
         torch.manual_seed(ctx.seed)
         history = train(model, ctx.data, config.train, loss_fn=loss_fn, description="qat")

@@ -14,13 +14,16 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import DataNeed, Pass, Stage, register_pass
+from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
 
 
 class QuantizeConfig(StaticQuantConfig):
     """Static PTQ settings (see :class:`StaticQuantConfig`)."""
+
+    def data_needs(self) -> frozenset[DataNeed]:
+        return frozenset({DataNeed.CALIBRATION})
 
 
 @register_pass("quantize")
@@ -33,19 +36,17 @@ class Quantize(Pass[QuantizeConfig]):
     """
 
     config_cls = QuantizeConfig
-    stage = Stage.QUANTIZATION
-    needs = frozenset({DataNeed.CALIBRATION})
+    effects = Effects(quantizes=frozenset({"layers"}))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if is_quantized(model):
             raise CompressKitError(
                 "quantize: the model is already quantized; remove one quantize node"
             )
-        if self.config.mixed_precision is not None and ctx.data.is_embedding:
-            raise CompressKitError(
-                "quantize: mixed_precision budgets a calibration accuracy drop, but "
-                f"{ctx.data.name} is an embedding task; remove mixed_precision and keep "
-                "sensitive layers float with exclude"
+        if self.config.mixed_precision is not None:
+            ctx.task.require_labels(
+                "quantize: mixed_precision (it budgets a calibration accuracy drop)",
+                "remove mixed_precision and keep sensitive layers float with exclude",
             )
         ctx.record(**quantize_static(model, ctx, self.config, what="quantize"))
         return model

@@ -16,7 +16,7 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
 from compresskit.quantization.dynamic import DynamicQuantLinear, dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded
@@ -83,7 +83,7 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     """
 
     config_cls = QuantizeDynamicConfig
-    stage = Stage.QUANTIZATION
+    effects = Effects(quantizes=frozenset({"layers"}))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if is_quantized(model) or dynamic_layers(model):

@@ -17,7 +17,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import state_bytes
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
 from compresskit.quantization.embedding import Int8Embedding, int8_embeddings
 from compresskit.quantization.prepare import excluded
 
@@ -52,7 +52,7 @@ class QuantizeEmbeddings(Pass[QuantizeEmbeddingsConfig]):
     """
 
     config_cls = QuantizeEmbeddingsConfig
-    stage = Stage.QUANTIZATION
+    effects = Effects(quantizes=frozenset({"embeddings"}))
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if int8_embeddings(model):

@@ -22,7 +22,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import state_bytes
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
 from compresskit.quantization.dynamic import dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded, set_submodule
@@ -84,7 +84,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
     """
 
     config_cls = WeightOnlyConfig
-    stage = Stage.QUANTIZATION
+    effects = Effects(quantizes=frozenset({"layers"}), packs=True)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         try:

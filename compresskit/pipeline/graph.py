@@ -1,23 +1,26 @@
 """A pipeline: a forest of nodes, each a pass with its config and the node it follows.
 
 A node with two children is a branch: each child gets its own copy of the model, and
-every leaf becomes a candidate. The graph is checked whole before anything runs.
+every leaf becomes a candidate. The graph is checked whole before anything runs, in time
+linear in its size: unique ids, known parents, no cycles, and along every chain what each
+pass does to the model's precision (:class:`~compresskit.passes.base.Effects`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
+from typing import Any
 
 import compresskit.passes  # noqa: F401  (registers the built-in passes)
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import Pass, get_pass
+from compresskit.passes.base import DataNeed, Pass
 
-if TYPE_CHECKING:
-    from compresskit.policies.schema import Policy
+RESERVED_IDS = frozenset({"baseline"})
+
+
+class GraphError(CompressKitError):
+    """The graph cannot run: names the node and what to change."""
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,20 @@ class Node:
     candidate: bool = False
 
 
+@dataclass(frozen=True)
+class _State:
+    """The model's precision after a node: which parts are quantized, and by whom."""
+
+    quantized: dict[str, str] = field(default_factory=dict)  # part -> node id
+    packed_by: str | None = None
+
+
 @dataclass
 class Pipeline:
     """A validated graph of passes.
 
     >>> pipeline = Pipeline()                                     # doctest: +SKIP
-    >>> pipeline.add("prune", ChannelPruning(PruneConfig(ratio=0.5)))
+    >>> pipeline.add("prune", PruneChannels(PruneChannelsConfig(ratio=0.5)))
     >>> pipeline.add("int8", Quantize(QuantizeConfig()), after="prune")
     >>> pipeline.add("int8-only", Quantize(QuantizeConfig()))      # a second branch
     """
@@ -63,87 +74,82 @@ class Pipeline:
             raise
         return self
 
-    @classmethod
-    def from_policy(cls, policy: Policy, *, where: str = "policy") -> Pipeline:
-        """Build the graph of a policy, validating each pass config against its pass."""
-        from compresskit.policies.loader import describe_error
-
-        nodes = []
-        for index, spec in enumerate(policy.nodes):
-            label = f"{where}: nodes[{index}] (id {spec.id!r})"
-            try:
-                pass_cls = get_pass(spec.pass_)
-            except KeyError as error:
-                raise CompressKitError(f"{label}.pass: {error.args[0]}") from None
-            try:
-                config = pass_cls.config_cls.model_validate(spec.config)
-            except ValidationError as error:
-                raise CompressKitError(f"{label}.config.{describe_error(error)}") from None
-            nodes.append(Node(spec.id, pass_cls(config), spec.after, spec.candidate))
-        pipeline = cls(nodes)
-        try:
-            pipeline.validate()
-        except CompressKitError as error:
-            raise CompressKitError(f"{where}: {error}") from None
-        return pipeline
-
-    def to_policy(self, name: str = "pipeline", **fields: Any) -> Policy:
-        """The policy that builds this pipeline (``fields``: targets, batch_sizes, budget...)."""
-        from compresskit.policies.loader import dump_config
-        from compresskit.policies.schema import NodeSpec, Policy
-
-        nodes = [
-            NodeSpec.model_validate(
-                {
-                    "id": n.id,
-                    "pass": n.pass_.name,
-                    "after": n.after,
-                    "config": dump_config(n.pass_.config),
-                    **({"candidate": True} if n.candidate else {}),
-                }
-            )
-            for n in self.nodes
-        ]
-        return Policy(version=1, name=name, nodes=nodes, **fields)
-
     # -- structure -------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check ids, references, cycles and pass order; raise with the first problem."""
+        """Check ids, references, cycles and what each chain does to the model; raise
+        :class:`GraphError` with the first problem."""
         by_id: dict[str, Node] = {}
         for node in self.nodes:
+            if node.id in RESERVED_IDS:
+                raise GraphError(f"node id {node.id!r} is reserved for the report; rename it")
             if node.id in by_id:
-                raise CompressKitError(f"node id {node.id!r} is used twice; ids must be unique")
+                raise GraphError(f"node id {node.id!r} is used twice; ids must be unique")
             by_id[node.id] = node
         for node in self.nodes:
             if node.after is not None and node.after not in by_id:
-                raise CompressKitError(
-                    f"node {node.id!r}: after: {node.after!r} is not a node id "
-                    f"(known: {', '.join(by_id)})"
+                known = ", ".join(list(by_id)[:10]) + (" ..." if len(by_id) > 10 else "")
+                raise GraphError(
+                    f"node {node.id!r}: after: {node.after!r} is not a node id (known: {known})"
                 )
-        for node in self.nodes:
-            seen = [node.id]
-            current = node
-            while current.after is not None:
-                if current.after in seen:
-                    cycle = " -> ".join([*seen[seen.index(current.after) :], current.after])
-                    raise CompressKitError(f"nodes form a cycle: {cycle}")
-                seen.append(current.after)
-                current = by_id[current.after]
-        for leaf in self.leaves():
-            self._check_order(self.path(leaf.id))
+        states: dict[str, _State] = {}
+        for node in self._topological(by_id):
+            parent = states[node.after] if node.after is not None else _State()
+            states[node.id] = self._effect(node, parent, by_id)
+
+    def _topological(self, by_id: dict[str, Node]) -> list[Node]:
+        """Nodes parents-first; a cycle is an error (each node is visited once)."""
+        order: list[Node] = []
+        done: set[str] = set()
+        for start in self.nodes:
+            chain: list[Node] = []
+            on_chain: set[str] = set()
+            current: Node | None = start
+            while current is not None and current.id not in done:
+                if current.id in on_chain:
+                    names = [n.id for n in chain]
+                    cycle = names[names.index(current.id) :] + [current.id]
+                    raise GraphError(f"nodes form a cycle: {' -> '.join(cycle)}")
+                chain.append(current)
+                on_chain.add(current.id)
+                current = by_id[current.after] if current.after is not None else None
+            for node in reversed(chain):
+                done.add(node.id)
+                order.append(node)
+        return order
 
     @staticmethod
-    def _check_order(path: list[Node]) -> None:
-        for earlier_index, earlier in enumerate(path):
-            for later in path[earlier_index + 1 :]:
-                stage, before = type(later.pass_).stage, type(earlier.pass_).stage
-                if before > stage and before not in type(later.pass_).may_follow:
-                    raise CompressKitError(
-                        f"node {later.id!r} ({later.pass_.name}, a {stage.name.lower()} pass) "
-                        f"cannot come after {earlier.id!r} ({earlier.pass_.name}, a "
-                        f"{before.name.lower()} pass); move it before {earlier.id!r}"
-                    )
+    def _effect(node: Node, state: _State, by_id: dict[str, Node]) -> _State:
+        effects = type(node.pass_).effects
+        name = f"{node.id!r} ({node.pass_.name})"
+
+        def by(node_id: str) -> str:
+            return f"{node_id!r} ({by_id[node_id].pass_.name})"
+
+        if effects.trains and state.packed_by is not None:
+            raise GraphError(
+                f"node {name} trains the model, but {by(state.packed_by)} made layers that "
+                f"cannot be trained; move {node.id!r} before {state.packed_by!r}"
+            )
+        for part in sorted(effects.quantizes - effects.refines):
+            if part in state.quantized:
+                earlier = state.quantized[part]
+                raise GraphError(
+                    f"node {name} quantizes {part} that {by(earlier)} already quantized; "
+                    "remove one of them or put them on separate branches"
+                )
+        if effects.float_only and state.quantized:
+            earlier = next(iter(state.quantized.values()))
+            raise GraphError(
+                f"node {name} needs a float model, but {by(earlier)} quantized it; move "
+                f"{node.id!r} before {earlier!r}"
+            )
+        quantized = dict(state.quantized) | {part: node.id for part in effects.quantizes}
+        return _State(quantized, node.id if effects.packs else state.packed_by)
+
+    def data_needs(self) -> dict[str, frozenset[DataNeed]]:
+        """The data splits each node reads, by node id."""
+        return {node.id: node.pass_.data_needs() for node in self.nodes}
 
     def node(self, node_id: str) -> Node:
         return next(n for n in self.nodes if n.id == node_id)

@@ -47,8 +47,9 @@ def check_data_needs(pipeline: Pipeline, ctx: Context) -> None:
         DataNeed.TRAIN: len(ctx.data.train),  # type: ignore[arg-type]
         DataNeed.EVAL: len(ctx.data.eval),  # type: ignore[arg-type]
     }
-    for node in pipeline:
-        for need in type(node.pass_).needs:
+    for node_id, needs in pipeline.data_needs().items():
+        node = pipeline.node(node_id)
+        for need in sorted(needs):
             if sizes[need] == 0:
                 raise CompressKitError(
                     f"node {node.id!r} ({node.pass_.name}) needs {need.value} data but the "

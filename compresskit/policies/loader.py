@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import reprlib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from compresskit.errors import CompressKitError
-from compresskit.policies.schema import Policy
-
-
-def builtin_policy_names() -> list[str]:
-    """Names of the policies shipped in ``policies/``."""
-    root = resources.files("compresskit") / "builtin" / "policies"
-    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def policy_text(name_or_path: str | Path) -> tuple[str, str]:
-    """(text, where) of a policy given by built-in name or file path."""
-    ref = str(name_or_path)
-    if ref in builtin_policy_names():
-        entry = resources.files("compresskit") / "builtin" / "policies" / f"{ref}.yaml"
-        return entry.read_text(encoding="utf-8"), f"policies/{ref}.yaml"
-    path = Path(ref)
-    if not path.is_file():
-        raise CompressKitError(
-            f"policy {ref!r}: no such file and not a built-in policy "
-            f"({', '.join(builtin_policy_names())}); see `compresskit policies list`"
-        )
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except (OSError, UnicodeDecodeError) as error:
-        raise CompressKitError(f"policy {path}: cannot read it ({error})") from None
+from compresskit.policies.files import policy_text
+from compresskit.policies.pipelines import pipeline_of
+from compresskit.policies.schema import Policy, typed_policy_model
+from compresskit.yaml_text import load_yaml
 
 
 def load_policy(name_or_path: str | Path) -> Policy:
-    """Load and fully validate a policy: the YAML, the graph, and every pass config.
+    """Load and fully validate a policy: the YAML, every pass config, and the graph.
 
     >>> policy = load_policy("default")                           # doctest: +SKIP
     """
@@ -47,57 +25,81 @@ def load_policy(name_or_path: str | Path) -> Policy:
 
 
 def parse_policy(text: str, *, where: str = "<policy>") -> Policy:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise CompressKitError(f"policy {where}: invalid YAML{at}: {problem}") from None
+    """Validate policy YAML ``text`` (``where`` names it in errors)."""
+    raw = load_yaml(text, where=f"policy {where}")
     if not isinstance(raw, dict):
         raise CompressKitError(
             f"policy {where}: expected a mapping at the top, got {type(raw).__name__}"
         )
     try:
-        policy = Policy.model_validate(raw)
+        policy = typed_policy_model().model_validate(raw)
     except ValidationError as error:
         raise CompressKitError(f"policy {where}: {describe_error(error, raw)}") from None
-    from compresskit.pipeline.graph import Pipeline
-
-    Pipeline.from_policy(policy, where=where)  # validates pass names, configs and the graph
+    pipeline_of(policy, where=f"policy {where}")  # the graph: ids, cycles, chains
     return policy
 
 
-def describe_error(error: ValidationError, raw: Any = None, *, prefix: str = "") -> str:
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxdict = _short.maxtuple = 4
+_short.maxlevel = 2
+
+
+def describe_error(error: ValidationError, raw: Any = None, *, prefix: str = "") -> str:  # noqa: ANN401
     """The first validation error as ``nodes[2] (id 'prune').config.ratio: message``."""
     first = error.errors()[0]
     parts: list[str] = []
-    for item in first["loc"]:
+    loc = list(first["loc"])
+    for position, item in enumerate(loc):
         if isinstance(item, int):
-            label = f"[{item}]"
             node_id = _node_id(raw, parts, item)
-            parts.append(label + (f" (id {node_id!r})" if node_id else ""))
-        else:
+            parts.append(f"[{item}]" + (f" (id {node_id!r})" if node_id else ""))
+            if node_id is not None and position + 1 < len(loc):
+                # The union's tag (the pass name) follows a node's index: not a field.
+                if loc[position + 1] == _node_pass(raw, item):
+                    loc[position + 1] = None  # type: ignore[call-overload]
+        elif item is not None:
             parts.append(("." if parts else "") + str(item))
     location = prefix + "".join(parts)
     message = first["msg"]
-    if first["type"] == "extra_forbidden":
+    kind = first["type"]
+    if kind == "extra_forbidden":
         message = "unknown field (check its spelling)"
-    elif first["type"] == "missing":
+    elif kind == "missing":
         message = "required field is missing"
-    value = first.get("input")
-    shown = f" (got {value!r})" if first["type"] not in ("missing", "extra_forbidden") else ""
+    elif kind == "union_tag_invalid":
+        from compresskit.passes import registered_passes
+
+        tag = first.get("ctx", {}).get("tag")
+        message = f"unknown pass {tag!r}; known passes: {', '.join(registered_passes())}"
+        location += ".pass"
+    elif kind == "union_tag_not_found":
+        message = "required field 'pass' is missing"
+    shown = ""
+    if kind not in ("missing", "extra_forbidden", "union_tag_invalid", "union_tag_not_found"):
+        shown = f" (got {_short.repr(first.get('input'))})"
     more = len(error.errors()) - 1
     return f"{location}: {message}{shown}" + (f" [+{more} more]" if more else "")
 
 
-def _node_id(raw: Any, parts: list[str], index: int) -> str | None:
-    if parts == ["nodes"] and isinstance(raw, dict):
-        nodes = raw.get("nodes")
-        if isinstance(nodes, list) and index < len(nodes) and isinstance(nodes[index], dict):
-            node_id = nodes[index].get("id")
-            return str(node_id) if node_id is not None else None
+def _node(raw: Any, index: int) -> dict[str, Any] | None:  # noqa: ANN401
+    nodes = raw.get("nodes") if isinstance(raw, dict) else None
+    if isinstance(nodes, list) and index < len(nodes) and isinstance(nodes[index], dict):
+        return nodes[index]
     return None
+
+
+def _node_id(raw: Any, parts: list[str], index: int) -> str | None:  # noqa: ANN401
+    node = _node(raw, index) if parts == ["nodes"] else None
+    if node is None:
+        return None
+    node_id = node.get("id")
+    return _short.repr(node_id).strip("'") if node_id is not None else ""
+
+
+def _node_pass(raw: Any, index: int) -> Any:  # noqa: ANN401
+    node = _node(raw, index)
+    return node.get("pass") if node else None
 
 
 def dump_config(config: BaseModel) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.pruning.criteria import task_loss
+from compresskit.pruning.criteria import CalibrationSet
 
 
 @dataclass
@@ -159,8 +159,7 @@ def head_scores(
     model: nn.Module,
     layers: list[EncoderLayer],
     criterion: str,
-    batches: list[list[torch.Tensor]],
-    references: list[Any],
+    calibration: CalibrationSet,
     seed: int,
 ) -> list[torch.Tensor]:
     """Importance of every head of every layer (higher is kept)."""
@@ -171,25 +170,18 @@ def head_scores(
         return [_head_view(layer, False, 1.0 if criterion == "l1" else 2.0) for layer in layers]
     if criterion == "taylor":
         return [_head_view(layer, True, 1.0) for layer in layers]
-    return _head_ablation(model, layers, batches, references)
+    return _head_ablation(model, layers, calibration)
 
 
 @torch.no_grad()
 def _head_ablation(
-    model: nn.Module,
-    layers: list[EncoderLayer],
-    batches: list[list[torch.Tensor]],
-    references: list[Any],
+    model: nn.Module, layers: list[EncoderLayer], calibration: CalibrationSet
 ) -> list[torch.Tensor]:
     """Loss increase on calibration data when each head alone is removed (its columns of
     the attention output projection zeroed): one forward pass per head."""
-    model.eval()
 
     def loss() -> float:
-        return sum(
-            float(task_loss(model(*inputs), y, ref))
-            for (*inputs, y), ref in zip(batches, references, strict=True)
-        ) / max(len(batches), 1)
+        return calibration.mean_loss(model)
 
     base = loss()
     scores = []
@@ -210,8 +202,7 @@ def ffn_scores(
     model: nn.Module,
     layers: list[EncoderLayer],
     criterion: str,
-    batches: list[list[torch.Tensor]],
-    references: list[Any],
+    calibration: CalibrationSet,
     seed: int,
 ) -> list[torch.Tensor]:
     """Importance of every FFN neuron of every layer (higher is kept). ``sensitivity`` is
@@ -224,14 +215,11 @@ def ffn_scores(
         return [_ffn_view(layer, False, 1.0 if criterion == "l1" else 2.0) for layer in layers]
     if criterion == "taylor":
         return [_ffn_view(layer, True, 1.0) for layer in layers]
-    return _ffn_activation_taylor(model, layers, batches, references)
+    return _ffn_activation_taylor(model, layers, calibration)
 
 
 def _ffn_activation_taylor(
-    model: nn.Module,
-    layers: list[EncoderLayer],
-    batches: list[list[torch.Tensor]],
-    references: list[Any],
+    model: nn.Module, layers: list[EncoderLayer], calibration: CalibrationSet
 ) -> list[torch.Tensor]:
     scores = [torch.zeros(layer.ffn_in.out_features) for layer in layers]
     captured: dict[int, torch.Tensor] = {}
@@ -249,9 +237,9 @@ def _ffn_activation_taylor(
     model.eval()
     try:
         with torch.enable_grad():
-            for (*inputs, y), ref in zip(batches, references, strict=True):
+            for index in range(len(calibration.batches)):
                 captured.clear()
-                task_loss(model(*inputs), y, ref).backward()
+                calibration.loss(model, index).backward()
                 for i, activation in captured.items():
                     if activation.grad is not None:
                         product = (activation * activation.grad).detach()

@@ -1,112 +1,93 @@
 """Ranking criteria and the calibration statistics they need.
 
 Magnitude (L1, L2) and BatchNorm scale read the weights; Taylor reads weights and the
-gradient of the task loss on calibration data (collected once per step, before any
-candidate is pruned); random is a control; sensitivity measures the loss change when a
-head or block is removed.
-
-Embedding tasks have no labels: their calibration batches carry an empty label tensor
-(``no_labels``) and the task loss is the cosine distance to the unpruned model's output.
+gradient of the task's sensitivity loss on calibration data (collected once per step,
+before any candidate is pruned); random is a control; sensitivity measures the loss
+change when a head or block is removed. The loss is the task's (cross-entropy on labels
+for classification; for tasks without labels, the distance to the unpruned model's
+output on the same batch): :class:`CalibrationSet` keeps the batches, the task and those
+reference outputs together.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from compresskit.context import Context
+from compresskit.tasks import Task
 
 Criterion = Literal["l1", "l2", "taylor", "bn_scale", "random", "sensitivity"]
 DATA_CRITERIA = frozenset({"taylor", "sensitivity"})
 
 
 def calibration_batches(ctx: Context, count: int, batch_size: int = 32) -> list[list[torch.Tensor]]:
-    """The first ``count`` ``(*inputs, label)`` batches of the calibration split (labels
-    replaced by ``no_labels`` for embedding tasks, whose labels are placeholders)."""
+    """The first ``count`` ``(*inputs, label)`` batches of the calibration split."""
     loader = ctx.data.loader("calibration", batch_size=batch_size)
-    batches = [list(batch) for batch in islice(iter(loader), count)]
-    if ctx.data.is_embedding:
-        batches = [[*inputs, no_labels(len(y))] for *inputs, y in batches]
-    return batches
+    return [list(batch) for batch in islice(iter(loader), count)]
 
 
-def no_labels(size: int) -> torch.Tensor:
-    """The label tensor of a batch without labels: shape ``(size, 0)``."""
-    return torch.zeros(size, 0)
+@dataclass
+class CalibrationSet:
+    """Calibration batches, the task that scores them, and the outputs of the model as it
+    was when they were collected (the reference a pruned model is compared with).
 
+    >>> calibration = CalibrationSet.collect(model, ctx, count=4)   # doctest: +SKIP
+    >>> calibration.mean_loss(pruned) - calibration.mean_loss(model)
+    """
 
-def _probe(outputs: torch.Tensor) -> torch.Tensor:
-    """0 in value, a fixed random direction per sample in gradient.
+    task: Task
+    batches: list[list[torch.Tensor]]
+    references: list[torch.Tensor]
 
-    The cosine distance to the model's own output is at its minimum, so its gradient is
-    zero and gradient (Taylor) importance would score nothing. Adding this term gives the
-    gradient of a random projection of the output instead: ``|activation x gradient|``
-    then estimates (up to a constant) how far removing a unit moves the output."""
-    generator = torch.Generator().manual_seed(0)
-    direction = torch.randn(outputs.shape, generator=generator).to(outputs)
-    return ((outputs - outputs.detach()) * direction).flatten(1).sum(1).mean()
+    @classmethod
+    @torch.no_grad()
+    def collect(
+        cls, model: nn.Module, ctx: Context, count: int, *, batch_size: int = 32
+    ) -> CalibrationSet:
+        batches = calibration_batches(ctx, count, batch_size)
+        model.eval()
+        references = [ctx.task.adapt(model(*inputs), tuple(inputs)) for *inputs, _ in batches]
+        return cls(ctx.task, batches, references)
 
+    def output(self, model: nn.Module, index: int) -> torch.Tensor:
+        """``model``'s task output on batch ``index``."""
+        *inputs, _ = self.batches[index]
+        return self.task.adapt(model(*inputs), tuple(inputs))
 
-def task_loss(outputs: Any, labels: torch.Tensor, reference: Any = None) -> torch.Tensor:
-    """Cross-entropy on logits; the output change (MSE) from ``reference`` for models whose
-    outputs are not logits over the labels; for batches without labels (``no_labels``,
-    embedding tasks) the cosine distance to ``reference``, plus a gradient probe."""
-    if labels.dim() == 2 and labels.shape[1] == 0:
-        if reference is None:
-            raise ValueError("a batch without labels needs the reference outputs")
-        out, ref = _first_tensor(outputs).flatten(1), _first_tensor(reference).flatten(1)
-        distance = 1 - F.cosine_similarity(out, ref.to(out.dtype), dim=1).mean()
-        return distance + _probe(out)
-    if (
-        isinstance(outputs, torch.Tensor)
-        and outputs.dim() == 2
-        and labels.dim() == 1
-        and int(labels.max()) < outputs.shape[1]
-    ):
-        return F.cross_entropy(outputs, labels)
-    if reference is None:
-        raise ValueError("outputs are not logits over the labels and no reference was given")
-    return F.mse_loss(_first_tensor(outputs), _first_tensor(reference))
+    def loss(self, model: nn.Module, index: int) -> torch.Tensor:
+        """The task's sensitivity loss of ``model`` on batch ``index``."""
+        labels = self.batches[index][-1]
+        return self.task.sensitivity_loss(self.output(model, index), labels, self.references[index])
 
+    @torch.no_grad()
+    def mean_loss(self, model: nn.Module) -> float:
+        """Mean sensitivity loss of ``model`` over the batches (in eval mode)."""
+        model.eval()
+        total = sum(float(self.loss(model, i)) for i in range(len(self.batches)))
+        return total / max(len(self.batches), 1)
 
-def _first_tensor(outputs: Any) -> torch.Tensor:
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, dict):
-        return next(v for v in outputs.values() if isinstance(v, torch.Tensor))
-    return next(v for v in outputs if isinstance(v, torch.Tensor))
+    @torch.no_grad()
+    def output_change(self, model: nn.Module) -> float:
+        """Mean squared change of ``model``'s outputs from the references."""
+        model.eval()
+        total = sum(
+            float((self.output(model, i) - self.references[i]).pow(2).mean())
+            for i in range(len(self.batches))
+        )
+        return total / max(len(self.batches), 1)
 
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, batches: list[list[torch.Tensor]], references: list[Any]) -> float:
-    """Mean task loss of ``model`` over ``batches`` (in eval mode)."""
-    model.eval()
-    total = 0.0
-    for (*inputs, y), ref in zip(batches, references, strict=True):
-        total += float(task_loss(model(*inputs), y, ref))
-    return total / max(len(batches), 1)
-
-
-@torch.no_grad()
-def reference_outputs(model: nn.Module, batches: list[list[torch.Tensor]]) -> list[Any]:
-    model.eval()
-    return [model(*inputs) for *inputs, _ in batches]
-
-
-def accumulate_gradients(
-    model: nn.Module, batches: list[list[torch.Tensor]], references: list[Any]
-) -> None:
-    """Leave in every parameter's ``.grad`` the gradient of the mean task loss."""
-    model.eval()  # keep BatchNorm statistics fixed: we measure, not train
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        for (*inputs, y), ref in zip(batches, references, strict=True):
-            loss = task_loss(model(*inputs), y, ref) / len(batches)
-            loss.backward()
+    def accumulate_gradients(self, model: nn.Module) -> None:
+        """Leave in every parameter's ``.grad`` the gradient of the mean sensitivity loss."""
+        model.eval()  # keep BatchNorm statistics fixed: we measure, not train
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for index in range(len(self.batches)):
+                (self.loss(model, index) / len(self.batches)).backward()
 
 
 def channel_importance(criterion: Criterion) -> Any:

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError
-from compresskit.pruning.attention import encoder_layers
-from compresskit.pruning.criteria import task_loss
+from compresskit.pruning.attention import encoder_layers, sync_config
+from compresskit.pruning.criteria import CalibrationSet
 from compresskit.pruning.scope import match
+from compresskit.tasks import first_tensor
 
 BlockCriterion = Literal["loss", "output"]
 
@@ -29,14 +30,6 @@ class Block:
     module: nn.Module
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, tuple | list) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return None
-
-
 @torch.no_grad()
 def _shape_preserving(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, bool]:
     """For every module: does its (first) output have its (first) input's shape?"""
@@ -44,8 +37,8 @@ def _shape_preserving(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dic
 
     def hook(name: str) -> Any:
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            x = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
-            y = _first_tensor(output)
+            x = first_tensor(args) if args else first_tensor(list(kwargs.values()))
+            y = first_tensor(output)
             result[name] = (
                 x is not None
                 and y is not None
@@ -110,7 +103,7 @@ class _Bypass:
 
     @staticmethod
     def _hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        x = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
+        x = first_tensor(args) if args else first_tensor(list(kwargs.values()))
         if isinstance(output, tuple):
             return (x, *output[1:])
         return x
@@ -123,30 +116,21 @@ class _Bypass:
 def block_sensitivity(
     model: nn.Module,
     blocks: list[Block],
-    batches: list[list[torch.Tensor]],
+    calibration: CalibrationSet,
     criterion: BlockCriterion,
 ) -> list[float]:
     """Per block: the calibration loss increase (``loss``) or the mean squared change of the
     model's output (``output``) when that block alone is bypassed."""
-    model.eval()
-    references = [model(*inputs) for *inputs, _ in batches]
-
-    def cost() -> float:
-        total = 0.0
-        for (*inputs, y), ref in zip(batches, references, strict=True):
-            out = model(*inputs)
-            if criterion == "loss":
-                total += float(task_loss(out, y, ref))
-            else:
-                total += float((_first_tensor(out) - _first_tensor(ref)).pow(2).mean())  # type: ignore[operator]
-        return total / max(len(batches), 1)
-
-    base = cost() if criterion == "loss" else 0.0
+    if criterion == "loss":
+        base = calibration.mean_loss(model)
+        cost = calibration.mean_loss
+    else:
+        base, cost = 0.0, calibration.output_change
     scores = []
     for block in blocks:
         bypass = _Bypass(block.module)
         try:
-            scores.append(cost() - base)
+            scores.append(cost(model) - base)
         finally:
             bypass.remove()
     return scores
@@ -178,7 +162,4 @@ def remove_blocks(model: nn.Module, names: list[str]) -> None:
         else:
             for child in children:
                 setattr(parent, child, nn.Identity())
-    layers = encoder_layers(model)
-    config = getattr(layers[0].attention, "config", None) if layers else None
-    if config is not None and hasattr(config, "num_hidden_layers"):
-        config.num_hidden_layers = len(layers)
+    sync_config(model)

@@ -10,19 +10,19 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn import functional as F
 
 from compresskit.context import Context
+from compresskit.distill.losses import label_kd_loss
 from compresskit.errors import CompressKitError
 from compresskit.pruning.sizing import Meter, SizeTarget, bisect_ratio, scan_ratio, step_goals
-from compresskit.training.loop import Inputs, TrainConfig, train
+from compresskit.training.loop import TrainConfig, train
 
 
 class FinetuneConfig(BaseModel):
     """Training after each pruning step. ``alpha`` weighs the label loss; below 1 the rest
     is distillation from the context's teacher (the unpruned model by default)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
     alpha: float = Field(default=1.0, ge=0, le=1, description="weight of the label loss")
@@ -45,15 +45,9 @@ def scaled_ratio(configured: float, base: float, amount: float) -> float:
 
 def finetune(model: nn.Module, ctx: Context, config: FinetuneConfig, *, what: str) -> dict:
     """Train ``model`` in place with labels and, when ``alpha < 1``, the teacher's logits."""
-    from compresskit.passes.distill import kd_loss
-
     if len(ctx.data.train) == 0:  # type: ignore[arg-type]
         raise CompressKitError(f"{what}: fine-tuning needs training data but the split is empty")
-    if ctx.data.is_embedding:
-        raise CompressKitError(
-            f"{what}: finetune trains on class labels but {ctx.data.name} is an embedding task; "
-            "remove finetune and add a distill node after it (losses: [{kind: output}])"
-        )
+    ctx.task.require_labels(f"{what}: finetune")
     teacher = ctx.teacher
     if config.alpha < 1 and teacher is None:
         raise CompressKitError(
@@ -61,16 +55,9 @@ def finetune(model: nn.Module, ctx: Context, config: FinetuneConfig, *, what: st
             "set finetune.alpha: 1"
         )
 
-    def loss_fn(student: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
-        logits = student(*inputs)
-        loss = config.alpha * F.cross_entropy(logits, y)
-        if config.alpha < 1:
-            assert teacher is not None
-            with torch.no_grad():
-                target = teacher(*inputs)
-            loss = loss + (1 - config.alpha) * kd_loss(logits, target, config.temperature)
-        return loss
-
+    loss_fn = label_kd_loss(
+        ctx.task, teacher, alpha=config.alpha, temperature=config.temperature
+    )
     torch.manual_seed(ctx.seed)
     history = train(model, ctx.data, config.train, loss_fn=loss_fn, description=f"{what} finetune")
     return history.as_dict()
@@ -97,7 +84,7 @@ def prune_in_steps(
     records: list[dict[str, Any]] = []
     meter = goals = None
     if target is not None:
-        meter = Meter(target, ctx.example_inputs, ctx.data.dynamic_sequence)
+        meter = Meter(target, ctx.example_inputs, ctx.data.dynamic_sequence, ctx.latency_probe)
         start = meter(model)
         goals = step_goals(start, meter.goal(start), steps)
         records.append({"step": 0, target.kind: start})

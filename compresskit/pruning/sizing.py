@@ -8,16 +8,15 @@ and timed on the named export target, never estimated from MACs.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from compresskit.context import LatencyProbe
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 
@@ -33,7 +32,7 @@ class SizeTarget(BaseModel):
     >>> SizeTarget(latency_ms=2.0, export_target="cpu-ort", batch=1)       # doctest: +SKIP
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     macs: float | None = Field(default=None, gt=0, lt=1, description="remaining MACs fraction")
     params: float | None = Field(default=None, gt=0, lt=1, description="remaining params fraction")
@@ -70,24 +69,20 @@ class SizeTarget(BaseModel):
 
 @dataclass
 class Meter:
-    """Measures the quantity a target is about (MACs, params or p50 ms) on a model."""
+    """Measures the quantity a target is about (MACs, params or p50 ms) on a model; latency
+    through the context's probe (export and time on the target)."""
 
     target: SizeTarget
     example_inputs: tuple[torch.Tensor, ...]
     dynamic_sequence: bool = False
+    probe: LatencyProbe | None = None
 
     def __post_init__(self) -> None:
-        if self.target.kind == "latency":
-            from compresskit.export.targets import load_target, target_available
-
-            spec = load_target(self.target.export_target)
-            reason = target_available(spec)
-            if reason:
-                raise CompressKitError(
-                    f"latency target on {self.target.export_target}: {reason}; "
-                    "choose another export target"
-                )
-            self._spec = spec.model_copy(update={"batch_sizes": [self.target.batch]})
+        if self.target.kind == "latency" and self.probe is None:
+            raise CompressKitError(
+                "a latency target needs a latency probe: run the pass through compresskit.run, "
+                "or give its Context latency_probe=compresskit.bench.probe.measure_p50"
+            )
 
     def __call__(self, model: nn.Module) -> float:
         if self.target.kind == "macs":
@@ -97,32 +92,16 @@ class Meter:
         return self.latency(model)
 
     def latency(self, model: nn.Module) -> float:
-        """p50 ms of ``model`` exported to ONNX (or eager, for a torch target)."""
-        from compresskit.bench.harness import BenchModel, measure_target
-        from compresskit.export.onnx import export_onnx
-
-        with tempfile.TemporaryDirectory(prefix="compresskit-prune-") as tmp:
-            path = None
-            if self._spec.runtime == "onnxruntime":
-                path = export_onnx(
-                    model,
-                    self.example_inputs,
-                    Path(tmp) / "candidate.onnx",
-                    dynamic_sequence=self.dynamic_sequence,
-                ).path
-            run = measure_target(
-                self._spec,
-                [BenchModel("candidate", onnx=path, module=model)],
-                [x.numpy() for x in self.example_inputs],
-                max_seconds=self.target.measure_seconds,
-                dynamic_sequence=self.dynamic_sequence,
-            )
-        latency = run.latency("candidate", self.target.batch)
-        if latency is None:
-            measured = run.model("candidate")
-            why = run.skipped or (measured.error if measured else None) or "no result"
-            raise CompressKitError(f"latency target: could not measure the candidate ({why})")
-        return latency.p50_ms
+        """p50 ms of ``model`` on the target (exported to ONNX for an ORT target)."""
+        assert self.probe is not None
+        return self.probe(
+            model,
+            self.example_inputs,
+            target=self.target.export_target,
+            batch=self.target.batch,
+            seconds=self.target.measure_seconds,
+            dynamic_sequence=self.dynamic_sequence,
+        )
 
     def goal(self, original: float) -> float:
         """The final value to reach, given the value at the start of the pass."""

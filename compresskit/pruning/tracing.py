@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit.errors import first_line
+
 # Layer types torch-pruning knows how to cut; a module with its own parameters outside
 # these is where tracing or pruning goes wrong.
 _KNOWN = (
@@ -78,5 +80,4 @@ def failing_module(model: nn.Module, inputs: tuple[Any, ...]) -> Failure | None:
 
 
 def describe(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:200]
+    return first_line(error)

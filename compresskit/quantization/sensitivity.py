@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from compresskit.passes.base import PassConfig
+from compresskit.configs import PassConfig
 from compresskit.quantization.modules import calibrate_, quant_layers, set_mode
 from compresskit.quantization.prepare import prepare
 

@@ -10,9 +10,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from compresskit.configs import PassConfig
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import PassConfig
 from compresskit.quantization.modules import CalibrationMethod, calibrate_, quant_layers
 from compresskit.quantization.prepare import prepare
 from compresskit.quantization.sensitivity import MixedPrecisionConfig, plan_mixed_precision

@@ -132,16 +132,17 @@ class Task(ABC):
     def validation(self, teacher: nn.Module | None) -> MetricFn:
         """Validation metrics of a model being trained (against ``teacher`` if given)."""
 
-    def needs_labels(self, what: str) -> str:
+    def needs_labels(self, what: str, fix: str | None = None) -> str:
         """The message of a pass that trains or judges on labels this task lacks."""
         return (
-            f"{what} trains on class labels but this is a {self.name} task (no labels); "
-            f"{self.unlabelled_recovery}"
+            f"{what} needs class labels, but the {self.name} task has none; "
+            f"{fix or self.unlabelled_recovery}"
         )
 
-    def require_labels(self, what: str) -> None:
+    def require_labels(self, what: str, fix: str | None = None) -> None:
+        """Raise :meth:`needs_labels` unless this task's batches carry real labels."""
         if not self.labelled:
-            raise CompressKitError(self.needs_labels(what))
+            raise CompressKitError(self.needs_labels(what, fix))
 
     def monitor(self, configured: str | None, *, what: str) -> str:
         """The validation metric training monitors: ``configured`` if it applies here."""
@@ -149,7 +150,7 @@ class Task(ABC):
             return self.monitors[0]
         if configured not in self.monitors:
             raise CompressKitError(
-                f"{what}: train.monitor is {configured!r} but a {self.name} task validates "
+                f"{what}: train.monitor is {configured!r} but the {self.name} task validates "
                 f"by {' or '.join(self.monitors)}; use monitor: {self.monitors[0]}"
             )
         return configured
@@ -175,6 +176,14 @@ class Task(ABC):
     def evaluation(self) -> Evaluation:
         """A fresh accumulator of this task's metrics."""
 
+    def score(
+        self, outputs: np.ndarray, labels: np.ndarray, baseline: np.ndarray
+    ) -> dict[str, float]:
+        """This task's metrics of whole-array ``outputs`` against ``baseline``'s."""
+        evaluation = self.evaluation()
+        evaluation.update(outputs, labels, self.reference(baseline))
+        return evaluation.result()
+
     @abstractmethod
     def judge(
         self, metrics: dict[str, float], baseline: dict[str, float], budget: Budget
@@ -184,7 +193,7 @@ class Task(ABC):
     def unused_budget(self, budget: Budget) -> list[str]:
         """Budget fields set in the policy that do not apply to this task."""
         return [
-            f"budget {name} does not apply to a {self.name} task; ignored"
+            f"budget {name} does not apply to the {self.name} task; ignored"
             for name in budget.model_fields_set
             if name in FOREIGN_BUDGETS and name not in self.budget_fields
         ]

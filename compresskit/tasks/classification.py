@@ -42,9 +42,19 @@ def logits_of(raw: Any) -> torch.Tensor | None:
     return None
 
 
+def _logits(raw: Any, inputs: Inputs) -> torch.Tensor:
+    logits = logits_of(raw)
+    if logits is None:
+        raise CompressKitError(f"the model returned {type(raw).__name__}, not class logits")
+    return logits
+
+
 @torch.no_grad()
-def accuracy(
-    model: nn.Module, batches: Batches, *, adapt: Callable[[Any, Inputs], torch.Tensor]
+def evaluate_accuracy(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    adapt: Callable[[Any, Inputs], torch.Tensor] = _logits,
 ) -> float:
     """Top-1 accuracy of ``model`` over ``(*inputs, label)`` batches."""
     was_training = model.training
@@ -135,7 +145,11 @@ class Classification(Task):
     def sensitivity_loss(
         self, outputs: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor
     ) -> torch.Tensor:
-        return F.cross_entropy(outputs, labels)
+        if outputs.dim() == 2 and labels.dim() == 1 and int(labels.max()) < outputs.shape[1]:
+            return F.cross_entropy(outputs, labels)
+        # A model whose outputs are not logits over these labels (a sub-network measured
+        # on its own): how far its output moved from the unpruned one's.
+        return F.mse_loss(outputs, reference.to(outputs.dtype))
 
     def validation(self, teacher: nn.Module | None) -> MetricFn:
         return _TeacherAgreement(teacher, self)
@@ -144,9 +158,10 @@ class Classification(Task):
         self, monitor: str, budget: Budget, teacher_metrics: Callable[[], dict[str, float]]
     ) -> float | None:
         if monitor == "accuracy":
-            if budget.max_accuracy_drop is None:
-                return None
-            return teacher_metrics()["accuracy"] - budget.max_accuracy_drop
+            teacher = teacher_metrics() if budget.max_accuracy_drop is not None else {}
+            if "accuracy" not in teacher or budget.max_accuracy_drop is None:
+                return None  # no budget, or no teacher to measure it against
+            return teacher["accuracy"] - budget.max_accuracy_drop
         return super().stop_value(monitor, budget, teacher_metrics)
 
     def evaluation(self) -> Evaluation:
@@ -181,7 +196,7 @@ class _TeacherAgreement(TeacherMatch):
 
     def __call__(self, model: nn.Module, batches: Batches) -> dict[str, float]:
         batches = list(batches)
-        metrics = {"accuracy": accuracy(model, batches, adapt=self.task.adapt)}
+        metrics = {"accuracy": evaluate_accuracy(model, batches, adapt=self.task.adapt)}
         if self.teacher is not None:
             metrics["agreement"] = self.mean_score(model, batches, _same_top1)
         return metrics

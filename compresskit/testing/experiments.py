@@ -21,7 +21,8 @@ from compresskit.distill.losses import KDLoss
 from compresskit.models.examples import DigitsCNN
 from compresskit.passes.distill import Distill, DistillConfig
 from compresskit.passes.prune_channels import PruneChannels, PruneChannelsConfig
-from compresskit.training.loop import TrainConfig, evaluate_accuracy, train
+from compresskit.tasks.classification import evaluate_accuracy
+from compresskit.training.loop import TrainConfig, train
 
 
 @torch.no_grad()

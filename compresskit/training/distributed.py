@@ -20,10 +20,7 @@ order, as one process (up to float rounding and BatchNorm statistics per rank).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
-import signal
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from compresskit.digest import state_dict_sha256
 from compresskit.errors import CompressKitError
 
 BackendChoice = Literal["auto", "gloo", "nccl"]
@@ -110,17 +108,14 @@ def timeout() -> dt.timedelta:
 
 def setup(backend: str | None = None, *, device: torch.device | None = None) -> World:
     """Join the process group torchrun described in the environment (idempotent); a
-    no-op in a single process. Other ranks go quiet, and SIGTERM (how torchrun stops the
-    survivors when a rank fails) unwinds Python so no half-written directory is left."""
+    no-op in a single process. Ranks other than 0 print no progress (``progress.quiet``);
+    the CLI makes SIGTERM (how torchrun stops the survivors when a rank fails) unwind
+    Python, so no half-written directory is left."""
     if dist.is_initialized() or not launched_by_torchrun():
         return current()
     chosen = choose_backend(backend, device or torch.device("cpu"))
     dist.init_process_group(backend=chosen, timeout=timeout())
-    world = current()
-    if not world.is_main:
-        os.environ["COMPRESSKIT_QUIET"] = "1"
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    return world
+    return current()
 
 
 @contextmanager
@@ -141,23 +136,13 @@ def session(backend: str | None = None) -> Iterator[World]:
 # --- training -------------------------------------------------------------------------
 
 
-def model_checksum(model: nn.Module) -> str:
-    """sha256 of every parameter and buffer: names, shapes, dtypes and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def check_same_model(model: nn.Module) -> None:
     """Fail on every rank, before training, if the ranks hold different models."""
     world = current()
     if not world.distributed:
         return
     sums: list[Any] = [None] * world.world_size
-    dist.all_gather_object(sums, model_checksum(model))
+    dist.all_gather_object(sums, state_dict_sha256(model))
     differ = [rank for rank, value in enumerate(sums) if value != sums[0]]
     if differ:
         raise CompressKitError(

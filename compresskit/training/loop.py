@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from compresskit.data.bundle import DataBundle
 from compresskit.errors import CompressKitError
 from compresskit.progress import progress_bar, status
+from compresskit.tasks import MetricFn, Task
+from compresskit.tasks.base import to_device
 from compresskit.training import distributed
 
 Inputs = tuple[torch.Tensor, ...]
@@ -33,29 +35,35 @@ Inputs = tuple[torch.Tensor, ...]
 LossValue = torch.Tensor | Mapping[str, torch.Tensor]
 # (model, inputs, labels) -> loss; the model is called as model(*inputs)
 LossFn = Callable[[nn.Module, Inputs, torch.Tensor], LossValue]
-# (model, val loader) -> named metrics, higher is better
-MetricFn = Callable[[nn.Module, Iterable[Sequence[torch.Tensor]]], dict[str, float]]
 
 
 class TrainConfig(BaseModel):
     """Optimisation settings shared by every training pass."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    epochs: int = Field(default=5, ge=1)
+    epochs: int = Field(default=5, ge=1, le=10_000)
     steps: int | None = Field(
-        default=None, ge=1, description="optimizer steps in all; overrides epochs when set"
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="optimizer steps in all; overrides epochs when set",
     )
     eval_every: int | None = Field(
-        default=None, ge=1, description="steps between validations; default one epoch"
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="steps between validations; default one epoch",
     )
-    lr: float = Field(default=1e-3, gt=0)
-    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
-    grad_clip: float | None = Field(default=1.0, gt=0)
+    warmup_steps: int = Field(
+        default=0, ge=0, le=100_000_000, description="linear warm-up before the schedule"
+    )
+    grad_clip: float | None = Field(default=1.0, gt=0, le=1e6)
     keep_best: bool = True
     monitor: Literal["accuracy", "agreement", "cosine"] | None = Field(
         default=None,
@@ -64,7 +72,10 @@ class TrainConfig(BaseModel):
         "the teacher's, for embedding tasks); default: accuracy, or cosine for embedding tasks",
     )
     patience: int | None = Field(
-        default=None, ge=1, description="stop after this many validations without improvement"
+        default=None,
+        ge=1,
+        le=10_000,
+        description="stop after this many validations without improvement",
     )
     stop_at_budget: bool = Field(
         default=False,
@@ -160,46 +171,13 @@ class Runtime:
         return distributed.current().is_main
 
 
-def resolve_monitor(config: TrainConfig, data: DataBundle, *, what: str) -> str:
-    """The validation metric ``config`` monitors on ``data``: its own, else accuracy
-    (cosine for embedding tasks, which have no classes to be accurate about)."""
-    if config.monitor is None:
-        return "cosine" if data.is_embedding else "accuracy"
-    if data.is_embedding and config.monitor != "cosine":
-        raise CompressKitError(
-            f"{what}: train.monitor is {config.monitor!r} but {data.name} is an embedding "
-            "task (no classes to predict); use monitor: cosine (to the teacher's embeddings)"
-        )
-    return config.monitor
+def task_loss(task: Task) -> LossFn:
+    """The task's own loss on labels (cross-entropy for classification), as a LossFn."""
 
+    def loss(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
+        return task.loss(task.adapt(model(*inputs), inputs), y)
 
-def cross_entropy(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(model(*inputs), y)
-
-
-def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    return [t.to(device, non_blocking=True) for t in batch]
-
-
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> float:
-    """Top-1 accuracy of ``model`` over ``(*inputs, label)`` batches."""
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    correct = total = 0
-    for batch in batches:
-        *inputs, y = to_device(batch, device)
-        correct += int((model(*inputs).argmax(dim=-1) == y).sum())
-        total += len(y)
-    model.train(was_training)
-    return correct / max(total, 1)
-
-
-def accuracy_metric(
-    model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]
-) -> dict[str, float]:
-    return {"accuracy": evaluate_accuracy(model, batches)}
+    return loss
 
 
 def _optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -238,7 +216,7 @@ def train(
     objective: Objective | None = None,
     loss_fn: LossFn | None = None,
     extra_parameters: Iterable[nn.Parameter] = (),
-    metric_fn: MetricFn = accuracy_metric,
+    metric_fn: MetricFn | None = None,
     stop_at: float | None = None,
     seed: int | None = None,
     runtime: Runtime | None = None,
@@ -247,25 +225,28 @@ def train(
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` and keep the
     best weights (``data.eval`` stays unseen for the report).
 
-    ``stop_at`` is the value of the monitored validation metric at which the policy
-    budget is met (used with ``config.stop_at_budget``). ``loss_fn`` and
-    ``extra_parameters`` are the short form of ``objective``.
+    The loss defaults to the task's loss on labels and ``metric_fn`` to the task's
+    validation metrics (both from ``data.contract``). ``stop_at`` is the value of the
+    monitored validation metric at which the policy budget is met (used with
+    ``config.stop_at_budget``). ``loss_fn`` and ``extra_parameters`` are the short form
+    of ``objective``.
     """
-    if objective is None:
-        objective = Objective(loss=loss_fn or cross_entropy)
-    elif loss_fn is not None:
+    task = data.contract
+    if objective is not None and loss_fn is not None:
         raise TypeError("train() takes objective or loss_fn, not both")
-    monitor = resolve_monitor(config, data, what=description)
-    if data.is_embedding and metric_fn is accuracy_metric:
-        raise CompressKitError(
-            f"{description}: validates by class accuracy, but {data.name} is an embedding "
-            "task; recover with a distill node (losses: [{kind: output, metric: cosine}])"
-        )
+    if objective is None or metric_fn is None:
+        # The defaults train and validate on labels.
+        task.require_labels(description)
+    if objective is None:
+        objective = Objective(loss=loss_fn or task_loss(task))
+    if metric_fn is None:
+        metric_fn = task.validation(None)
+    monitor = task.monitor(config.monitor, what=description)
     if config.stop_at_budget and stop_at is None:
-        budget = "min_cosine" if monitor == "cosine" else "max_accuracy_drop"
         raise CompressKitError(
-            f"{description}: train.stop_at_budget needs a budget "
-            f"(budget.{budget} in the policy); remove stop_at_budget or set one"
+            f"{description}: train.stop_at_budget needs a budget for val {monitor} in the "
+            "policy (budget.max_accuracy_drop, min_agreement, min_cosine...); remove "
+            "stop_at_budget or set one"
         )
     runtime = runtime or Runtime()
     if seed is not None:

@@ -11,7 +11,8 @@ import pytest
 
 from compresskit import __version__
 from compresskit.context import Context
-from compresskit.export.onnx import export_onnx, onnx_metadata, state_dict_sha256
+from compresskit.digest import state_dict_sha256
+from compresskit.export.onnx import export_onnx, onnx_metadata
 from compresskit.export.verify import (
     PARITY_TOLERANCES,
     compare,

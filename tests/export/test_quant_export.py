@@ -11,6 +11,7 @@ import compresskit
 from compresskit.passes.quantize import Quantize, QuantizeConfig
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
 from compresskit.passes.weight_only import WeightOnly, WeightOnlyConfig
+from compresskit.policies import policy_of
 
 pytest.importorskip("bitsandbytes")
 
@@ -24,7 +25,8 @@ def test_run_reports_each_int8_kind_honestly(
         .add("dynamic", QuantizeDynamic(QuantizeDynamicConfig()))
         .add("bnb", WeightOnly(WeightOnlyConfig(dtype="int8")))
     )
-    policy = pipeline.to_policy(
+    policy = policy_of(
+        pipeline,
         "quant-kinds",
         targets=["cpu-ort", "torch-cpu"],
         batch_sizes=[2],

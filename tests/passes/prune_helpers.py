@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compresskit.bench.probe import measure_p50
 from compresskit.context import Context
 from compresskit.data.bundle import DataBundle
 from compresskit.export.onnx import export_onnx
@@ -26,7 +27,12 @@ from compresskit.models.loading import load_model
 
 def context(data: DataBundle, model: nn.Module | None = None) -> Context:
     teacher = copy.deepcopy(model).eval() if model is not None else None
-    return Context(data=data, teacher=teacher, example_inputs=data.example_inputs(2))
+    return Context(
+        data=data,
+        teacher=teacher,
+        example_inputs=data.example_inputs(2),
+        latency_probe=measure_p50,
+    )
 
 
 def assert_exports(model: nn.Module, data: DataBundle, tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from compresskit.passes.prune_transformer import PruneTransformer, PruneTransfor
 from compresskit.passes.qat import QAT, QATConfig
 from compresskit.passes.quantize import Quantize, QuantizeConfig
 from compresskit.policies.schema import Budget
-from compresskit.pruning.criteria import calibration_batches, no_labels, task_loss
-from compresskit.training.loop import TrainConfig, resolve_monitor, train
+from compresskit.pruning.criteria import CalibrationSet
+from compresskit.tasks import get_task
+from compresskit.training.loop import TrainConfig, train
 
 pytest.importorskip("transformers")
 
@@ -45,24 +46,31 @@ def _cosine(model, reference, data) -> float:
     return float(torch.cat(cosines).mean())
 
 
-def test_calibration_batches_of_an_embedding_task_carry_no_labels(data, embedder) -> None:
-    batches = calibration_batches(context(data, embedder), 2, batch_size=8)
-    assert [tuple(b[-1].shape) for b in batches] == [(8, 0), (8, 0)]
-    classification = dataclasses.replace(data, task="classification")
-    assert calibration_batches(context(classification, embedder), 1, batch_size=8)[0][-1].dim() == 1
+def test_calibration_of_an_embedding_task_scores_against_the_unpruned_outputs(
+    data, embedder
+) -> None:
+    calibration = CalibrationSet.collect(embedder, context(data, embedder), 2, batch_size=8)
+    assert calibration.task.name == "embedding"
+    assert [tuple(r.shape) for r in calibration.references] == [(8, 32), (8, 32)]
+    assert calibration.mean_loss(embedder) == pytest.approx(0.0, abs=1e-6)
+    other = copy.deepcopy(embedder)
+    torch.nn.init.normal_(other.bert.encoder.layer[0].output.dense.weight)
+    assert calibration.mean_loss(other) > 0.01
 
 
-def test_label_free_task_loss_is_cosine_distance_with_a_gradient_probe() -> None:
+def test_label_free_sensitivity_loss_is_cosine_distance_with_a_gradient_probe() -> None:
+    task = get_task("embedding")
     torch.manual_seed(0)
     weight = torch.randn(6, 5, requires_grad=True)
     x = torch.randn(4, 6)
     out = x @ weight
     reference = out.detach().clone()
-    loss = task_loss(out, no_labels(4), reference)
+    placeholders = torch.zeros(4, dtype=torch.long)  # an embedding task's labels: never read
+    loss = task.sensitivity_loss(out, placeholders, reference)
     assert abs(float(loss.detach())) < 1e-6  # at the reference: nothing lost...
     loss.backward()
     assert weight.grad is not None and float(weight.grad.abs().sum()) > 0.1  # ...a gradient
-    moved = task_loss(-reference, no_labels(4), reference)
+    moved = task.sensitivity_loss(-reference, placeholders, reference)
     assert float(moved) == pytest.approx(2.0)  # opposite embeddings: cosine -1
 
 
@@ -97,11 +105,11 @@ def test_distill_validates_by_cosine_and_stops_at_the_cosine_budget(data, embedd
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({}, "embedding task and alpha/temperature distil class logits"),
+        ({}, "alpha/temperature distil class logits, but the embedding task"),
         ({"losses": [OUTPUT_LOSS, {"kind": "kd"}]}, "losses kd need classes"),
         (
             {"losses": [OUTPUT_LOSS], "train": {"monitor": "accuracy"}},
-            "train.monitor is 'accuracy' but tiny-text is an embedding task",
+            "train.monitor is 'accuracy' but the embedding task validates by cosine",
         ),
     ],
 )
@@ -112,24 +120,22 @@ def test_distill_refuses_class_settings_on_embeddings(data, embedder, config, me
 
 def test_label_trained_passes_refuse_embeddings_naming_what_to_use(data, embedder) -> None:
     ctx = context(data, embedder)
-    with pytest.raises(CompressKitError, match=r"finetune trains on class labels.*distill"):
+    with pytest.raises(CompressKitError, match=r"finetune needs class labels.*distill"):
         PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.0, finetune={})).apply(
             copy.deepcopy(embedder), ctx
         )
-    with pytest.raises(CompressKitError, match=r"qat: .*embedding task; use quantize"):
+    with pytest.raises(CompressKitError, match=r"qat needs class labels, but the embedding task"):
         QAT(QATConfig()).apply(copy.deepcopy(embedder), ctx)
     with pytest.raises(CompressKitError, match="remove mixed_precision"):
         Quantize(QuantizeConfig(mixed_precision={})).apply(copy.deepcopy(embedder), ctx)
-    with pytest.raises(CompressKitError, match="validates by class accuracy"):
+    with pytest.raises(CompressKitError, match="training needs class labels.*distill"):
         train(copy.deepcopy(embedder), data, TrainConfig(epochs=1))
 
 
-def test_monitor_defaults_by_task(data) -> None:
-    classification = dataclasses.replace(data, task="classification")
-    assert resolve_monitor(TrainConfig(), data, what="x") == "cosine"
-    assert resolve_monitor(TrainConfig(), classification, what="x") == "accuracy"
-    assert resolve_monitor(TrainConfig(monitor="agreement"), classification, what="x") == (
-        "agreement"
-    )
+def test_monitor_defaults_by_task() -> None:
+    embedding, classification = get_task("embedding"), get_task("classification")
+    assert embedding.monitor(None, what="x") == "cosine"
+    assert classification.monitor(None, what="x") == "accuracy"
+    assert classification.monitor("agreement", what="x") == "agreement"
     with pytest.raises(CompressKitError, match="use monitor: cosine"):
-        resolve_monitor(TrainConfig(monitor="agreement"), data, what="x")
+        embedding.monitor("agreement", what="x")

@@ -11,8 +11,9 @@ from compresskit.passes.distill import Distill, DistillConfig, kd_loss
 from compresskit.passes.prune_channels import PruneChannels, PruneChannelsConfig, prunable_widths
 from compresskit.passes.quantize import Quantize, QuantizeConfig
 from compresskit.quantization.modules import QuantConv2d, QuantLinear
+from compresskit.tasks.classification import evaluate_accuracy
 from compresskit.testing import TinyCNN, TinyResidualCNN
-from compresskit.training.loop import TrainConfig, evaluate_accuracy
+from compresskit.training.loop import TrainConfig
 
 
 def context(tiny, model=None) -> Context:

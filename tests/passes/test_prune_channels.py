@@ -13,8 +13,8 @@ from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.prune_channels import PruneChannels, PruneChannelsConfig, prunable_widths
 from compresskit.pruning.sizing import Meter
+from compresskit.tasks.classification import evaluate_accuracy
 from compresskit.testing import TinyBranchyCNN, TinyCNN, TinyTransformer
-from compresskit.training.loop import evaluate_accuracy
 
 
 def prune(model: nn.Module, data, **config) -> tuple[nn.Module, dict]:

@@ -22,8 +22,9 @@ from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamic
 from compresskit.quantization.calibration import choose_range
 from compresskit.quantization.dynamic import DynamicQuantLinear
 from compresskit.quantization.modules import ActQuant
+from compresskit.tasks.classification import evaluate_accuracy
 from compresskit.testing import tiny_data
-from compresskit.training.loop import TrainConfig, evaluate_accuracy, train
+from compresskit.training.loop import TrainConfig, train
 
 
 def context(data, teacher=None) -> Context:

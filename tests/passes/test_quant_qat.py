@@ -17,8 +17,9 @@ from compresskit.passes.qat import QAT, QATConfig
 from compresskit.quantization.modules import ActQuant
 from compresskit.quantization.qat import convert_qat, is_frozen, prepare_qat
 from compresskit.quantization.static import quantize_static
+from compresskit.tasks.classification import evaluate_accuracy
 from compresskit.testing import TinyCNN
-from compresskit.training.loop import TrainConfig, evaluate_accuracy
+from compresskit.training.loop import TrainConfig
 
 QUICK = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
 

@@ -13,7 +13,7 @@ from compresskit.errors import CompressKitError
 from compresskit.export.onnx import export_onnx
 from compresskit.export.qdq import NotExportableError
 from compresskit.passes.weight_only import WeightOnly, WeightOnlyConfig
-from compresskit.training.loop import evaluate_accuracy
+from compresskit.tasks.classification import evaluate_accuracy
 
 bnb = pytest.importorskip("bitsandbytes")
 

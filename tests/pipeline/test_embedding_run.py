@@ -16,7 +16,7 @@ from compresskit.errors import CompressKitError
 from compresskit.passes.distill import Distill, DistillConfig
 from compresskit.passes.prune_transformer import PruneTransformer, PruneTransformerConfig
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
-from compresskit.policies.schema import Budget
+from compresskit.policies import Budget, policy_of
 from compresskit.training.loop import TrainConfig
 
 pytest.importorskip("transformers")
@@ -59,7 +59,8 @@ def _pipeline() -> compresskit.Pipeline:
 def test_embedding_run_scores_cosine_to_the_baseline(embedding_data, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyBertEmbedder().eval()
-    policy = _pipeline().to_policy(
+    policy = policy_of(
+        _pipeline(),
         "embed",
         batch_sizes=[2],
         sequence_length=12,
@@ -113,26 +114,44 @@ def test_embedding_run_scores_cosine_to_the_baseline(embedding_data, tmp_path: P
     assert any("BELOW budget" in line for line in _verdict(entry, report.baseline, strict))
 
 
-def test_wrong_embedding_width_is_one_clear_error(embedding_data, tmp_path: Path) -> None:
-    data = dataclasses.replace(embedding_data, num_classes=384)
+class _PerToken(torch.nn.Module):
+    """An encoder that returns one vector per token, not per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TinyBertEmbedder()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(ids, mask).unsqueeze(1).expand(-1, ids.shape[1], -1)
+
+
+def test_embeddings_that_are_not_one_vector_per_sample_are_one_clear_error(
+    embedding_data, tmp_path: Path
+) -> None:
     with pytest.raises(CompressKitError) as error:
-        compresskit.run("int8-dynamic", model=TinyBertEmbedder(), data=data, out=tmp_path / "r")
+        compresskit.run("int8-dynamic", model=_PerToken(), data=embedding_data, out=tmp_path / "r")
     message = str(error.value)
-    assert "outputs (2, 32)" in message and "expects embeddings of width 384" in message
+    assert "outputs (2, 12, 32)" in message and "shape (batch, width)" in message
     assert "\n" not in message
     assert not (tmp_path / "r").exists()
 
 
-def test_classifier_on_classification_data_hints_at_the_embedding_task(
+def test_fewer_outputs_than_the_labels_imply_is_one_clear_error(
+    embedding_data, tmp_path: Path
+) -> None:
+    data = dataclasses.replace(embedding_data, task="classification", num_classes=40)
+    with pytest.raises(
+        CompressKitError, match=r"outputs 32 classes but the labels of tiny-text go up to 39"
+    ):
+        compresskit.run("int8-dynamic", model=TinyBertEmbedder(), data=data, out=tmp_path / "r")
+
+
+def test_per_token_outputs_on_classification_data_hint_at_the_embedding_task(
     embedding_data, tmp_path: Path
 ) -> None:
     data = dataclasses.replace(embedding_data, task="classification", num_classes=4)
-    with pytest.raises(
-        CompressKitError,
-        match=r"outputs \(2, 32\) but tiny-text has 4 classes.*"
-        r'task="embedding"',
-    ):
-        compresskit.run("int8-dynamic", model=TinyBertEmbedder(), data=data, out=tmp_path / "r")
+    with pytest.raises(CompressKitError, match=r"outputs \(2, 12, 32\).*task=\"embedding\""):
+        compresskit.run("int8-dynamic", model=_PerToken(), data=data, out=tmp_path / "r")
 
 
 def test_data_task_is_checked() -> None:

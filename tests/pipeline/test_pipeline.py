@@ -6,8 +6,9 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.base import Pass, PassConfig, register_pass
 from compresskit.pipeline import Pipeline, run_pipeline
+from compresskit.policies import pipeline_of, policy_of
 from compresskit.testing import TinyCNN
 
 
@@ -20,7 +21,6 @@ class ScaleHead(Pass[ScaleConfig]):
     """Multiplies the classifier weights in place: a leak across branches would show."""
 
     config_cls = ScaleConfig
-    stage = Stage.TRAINING
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         with torch.no_grad():
@@ -66,9 +66,9 @@ def test_an_inner_node_marked_candidate_is_reported_as_it_was(ctx: Context) -> N
     # The child changed its model in place; the candidate kept its own copy.
     torch.testing.assert_close(candidates["double"].model.head.weight, original * 2)
     torch.testing.assert_close(candidates["then-triple"].model.head.weight, original * 6)
-    policy = pipeline.to_policy("p")
+    policy = policy_of(pipeline, "p")
     assert [n.candidate for n in policy.nodes] == [True, False]
-    assert [n.id for n in Pipeline.from_policy(policy).candidates()] == ["double", "then-triple"]
+    assert [n.id for n in pipeline_of(policy).candidates()] == ["double", "then-triple"]
 
 
 def test_add_rejects_a_bad_node_and_keeps_the_graph() -> None:

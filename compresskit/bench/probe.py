@@ -1,0 +1,57 @@
+"""The latency probe the run hands to passes: export a model, time it on a target.
+
+>>> ctx = Context(data, teacher, example, latency_probe=measure_p50)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compresskit.bench.harness import BenchModel, measure_target
+from compresskit.errors import CompressKitError
+from compresskit.export.onnx import export_onnx
+from compresskit.export.targets import load_target, target_available
+
+
+def measure_p50(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    target: str,
+    batch: int,
+    seconds: float,
+    dynamic_sequence: bool,
+) -> float:
+    """p50 ms of ``model`` at ``batch`` on ``target`` (exported to ONNX for an ORT target,
+    eager for a torch one), measured in the benchmark worker."""
+    spec = load_target(target)
+    reason = target_available(spec)
+    if reason:
+        raise CompressKitError(f"latency target on {target}: {reason}; choose another target")
+    spec = spec.model_copy(update={"batch_sizes": [batch]})
+    with tempfile.TemporaryDirectory(prefix="compresskit-probe-") as tmp:
+        path = None
+        if spec.runtime == "onnxruntime":
+            path = export_onnx(
+                model,
+                example_inputs,
+                Path(tmp) / "candidate.onnx",
+                dynamic_sequence=dynamic_sequence,
+            ).path
+        run = measure_target(
+            spec,
+            [BenchModel("candidate", onnx=path, module=model)],
+            [x.numpy() for x in example_inputs],
+            max_seconds=seconds,
+            dynamic_sequence=dynamic_sequence,
+        )
+    latency = run.latency("candidate", batch)
+    if latency is None:
+        measured = run.model("candidate")
+        why = run.skipped or (measured.error if measured else None) or "no result"
+        raise CompressKitError(f"latency target: could not measure the candidate ({why})")
+    return latency.p50_ms
