@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from compresskit.records import PassRecord
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -65,6 +67,8 @@ class Pass(ABC, Generic[ConfigT]):
     config_cls: ClassVar[type[PassConfig]]
     stage: ClassVar[Stage]
     needs: ClassVar[frozenset[DataNeed]] = frozenset()
+    # The facts ``ctx.record`` leaves, validated when the node finishes (compresskit.records).
+    record_cls: ClassVar[type[PassRecord]] = PassRecord
     # Stages this pass may follow even though they come later (e.g. QAT fine-tuning).
     may_follow: ClassVar[frozenset[Stage]] = frozenset()
 

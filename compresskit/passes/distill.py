@@ -30,6 +30,7 @@ from compresskit.distill.losses import KDLoss, LossSpec, TaskLoss, kd_loss
 from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
+from compresskit.passes.records import DistillRecord
 from compresskit.progress import status
 from compresskit.training.loop import (
     Runtime,
@@ -186,6 +187,7 @@ class Distill(Pass[DistillConfig]):
     """
 
     config_cls = DistillConfig
+    record_cls = DistillRecord
     stage = Stage.TRAINING
     needs = frozenset({DataNeed.TRAIN})
     may_follow = frozenset({Stage.QUANTIZATION})  # fine-tuning a fake-quant model is QAT

@@ -13,6 +13,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.records import PruneBlocksRecord
 from compresskit.pruning.criteria import calibration_batches
 from compresskit.pruning.depth import Block, block_sensitivity, find_blocks, remove_blocks
 from compresskit.pruning.schedule import FinetuneConfig, finetune
@@ -61,6 +62,7 @@ class PruneBlocks(Pass[PruneBlocksConfig]):
     """
 
     config_cls = PruneBlocksConfig
+    record_cls = PruneBlocksRecord
     stage = Stage.STRUCTURE
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

@@ -20,6 +20,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.records import PruneChannelsRecord
 from compresskit.pruning.criteria import (
     accumulate_gradients,
     calibration_batches,
@@ -112,6 +113,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
     """
 
     config_cls = PruneChannelsConfig
+    record_cls = PruneChannelsRecord
     stage = Stage.STRUCTURE
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

@@ -21,6 +21,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.records import PruneRecord
 from compresskit.pruning.attention import (
     EncoderLayer,
     choose,
@@ -78,6 +79,7 @@ class PruneTransformer(Pass[PruneTransformerConfig]):
     """
 
     config_cls = PruneTransformerConfig
+    record_cls = PruneRecord
     stage = Stage.STRUCTURE
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

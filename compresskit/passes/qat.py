@@ -19,6 +19,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, Stage, register_pass
 from compresskit.passes.distill import kd_loss
+from compresskit.passes.records import QATRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
@@ -55,6 +56,7 @@ class QAT(Pass[QATConfig]):
     """
 
     config_cls = QATConfig
+    record_cls = QATRecord
     stage = Stage.QUANTIZATION
     needs = frozenset({DataNeed.CALIBRATION, DataNeed.TRAIN})
 

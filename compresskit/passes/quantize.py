@@ -15,6 +15,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, Stage, register_pass
+from compresskit.passes.records import StaticQuantRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
 
@@ -33,6 +34,7 @@ class Quantize(Pass[QuantizeConfig]):
     """
 
     config_cls = QuantizeConfig
+    record_cls = StaticQuantRecord
     stage = Stage.QUANTIZATION
     needs = frozenset({DataNeed.CALIBRATION})
 

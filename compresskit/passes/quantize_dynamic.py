@@ -17,6 +17,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.records import QuantizeDynamicRecord
 from compresskit.quantization.dynamic import DynamicQuantLinear, dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded
@@ -83,6 +84,7 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     """
 
     config_cls = QuantizeDynamicConfig
+    record_cls = QuantizeDynamicRecord
     stage = Stage.QUANTIZATION
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

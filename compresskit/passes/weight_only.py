@@ -23,6 +23,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import state_bytes
 from compresskit.passes.base import Pass, PassConfig, Stage, register_pass
+from compresskit.passes.records import WeightOnlyRecord
 from compresskit.quantization.dynamic import dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded, set_submodule
@@ -84,6 +85,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
     """
 
     config_cls = WeightOnlyConfig
+    record_cls = WeightOnlyRecord
     stage = Stage.QUANTIZATION
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
