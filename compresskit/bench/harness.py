@@ -42,9 +42,10 @@ class BenchModel:
     """A model to measure: an ONNX file for ORT targets; for torch targets a module
     (``module``, saved for the worker) or a checkpoint that ``load_model`` reads.
 
-    ``factory`` (``module:function``, importable from ``sys_path``) opens a model whose
-    inputs need adapting on ORT targets: ``function(open_session, **factory_args)``
-    returns the runner (see :mod:`compresskit.bench.worker`)."""
+    ``factory`` (``module:function``) opens a model whose inputs need adapting on ORT
+    targets: ``function(open_session, **factory_args)`` returns the runner (see
+    :mod:`compresskit.bench.worker`). ``sys_path``: folders the worker imports from (the
+    factory's module, the classes of a pickled ``module``)."""
 
     name: str
     onnx: Path | None = None
@@ -71,21 +72,27 @@ def _spec(model: BenchModel, target: Target, workdir: Path) -> dict[str, Any] | 
         if model.onnx is None:
             return "no ONNX file for an onnxruntime target"
         return {"name": model.name, "kind": "onnx", "path": str(model.onnx)}
+    if model.module is None and model.checkpoint is None:
+        return "torch targets measure a torch model; only an ONNX file was given"
+    spec = _torch_spec(model, workdir)
+    spec["sys_path"] = list(model.sys_path)
+    return spec
+
+
+def _torch_spec(model: BenchModel, workdir: Path) -> dict[str, Any]:
     if model.module is not None:
         import torch
 
         path = workdir / f"{len(list(workdir.iterdir()))}.pt"
         torch.save(model.module, path)  # read back only by our own worker
         return {"name": model.name, "kind": "module", "path": str(path)}
-    if model.checkpoint is not None:
-        return {
-            "name": model.name,
-            "kind": "checkpoint",
-            "path": str(model.checkpoint),
-            "arch": model.arch,
-            "trust_pickle": model.trust_pickle,
-        }
-    return "torch targets measure a torch model; only an ONNX file was given"
+    return {
+        "name": model.name,
+        "kind": "checkpoint",
+        "path": str(model.checkpoint),
+        "arch": model.arch,
+        "trust_pickle": model.trust_pickle,
+    }
 
 
 def measure_target(

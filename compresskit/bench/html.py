@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from compresskit.bench.plots import pareto_png, size_png
+from compresskit.bench.plots import DPI, pareto_png, size_png
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     budget_line,
@@ -39,10 +39,13 @@ img { max-width: 100%; height: auto; }
 
 
 def _img(png: bytes | None, alt: str) -> str:
+    """Inline, at its size in inches (CSS pixels are 1/96 in): sharp on dense screens,
+    and its text the size of the page's."""
     if png is None:
         return f"<p class='note'>{escape(alt)}: nothing measured.</p>"
     data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+    width = round(int.from_bytes(png[16:20], "big") * 96 / DPI)  # PNG IHDR width
+    return f'<img alt="{escape(alt)}" width="{width}" src="data:image/png;base64,{data}">'
 
 
 def inline_markdown(text: str) -> str:

@@ -88,8 +88,8 @@ def _ort_loader(
         return _ort_session(ort, target, spinning, threads, model, cache_dir)
 
     def load(spec: dict) -> Runner:
+        sys.path[:0] = spec.get("sys_path", [])
         if spec["kind"] == "factory":  # a model that needs its own feeding (benchmarks)
-            sys.path[:0] = spec.get("sys_path", [])
             module, _, name = spec["factory"].partition(":")
             factory = getattr(importlib.import_module(module), name)
             return factory(open_session, **spec.get("args", {}))
@@ -173,6 +173,7 @@ def _torch_loader(target: Target, threads: int) -> Callable[[dict], Any]:
         (torch.ones(64, 64, device=device) @ torch.ones(64, 64, device=device)).sum().item()
 
     def load(spec: dict) -> Runner:
+        sys.path[:0] = spec.get("sys_path", [])  # the classes of a pickled module
         if spec["kind"] == "module":  # our own file, written by the parent for this job
             model = torch.load(spec["path"], map_location="cpu", weights_only=False)
         else:

@@ -119,3 +119,41 @@ def test_gpu_targets_measure_on_a_gpu(name: str, models: list[BenchModel]) -> No
     run = measure_targets([name], models, SAMPLE, batch_sizes=[1, 8], max_seconds=0.2)[0]
     assert run.skipped is None, run.skipped
     assert all(len(m.latency) == 2 and m.latency[0].p50_ms > 0 for m in run.models)
+
+
+FACTORY = '''
+import numpy as np
+
+
+def doubled(open_session, *, path, scale):
+    """The graph's output times ``scale``, computed after it (in the timed call)."""
+    session = open_session(path)
+    name = session.get_inputs()[0].name
+
+    def runner(inputs):
+        feed = {name: inputs[0]}
+        return lambda: session.run(None, feed)[0] * scale
+
+    return runner
+'''
+
+
+def test_a_factory_opens_a_model_that_needs_adapting(models: list[BenchModel], tmp_path) -> None:
+    (tmp_path / "my_runners.py").write_text(FACTORY)
+    adapted = BenchModel(
+        "adapted",
+        factory="my_runners:doubled",
+        factory_args={"path": str(models[0].onnx), "scale": 2.0},
+        sys_path=(str(tmp_path),),
+    )
+    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [2], "threads": 1})
+    run = measure_target(target, [models[0], adapted], SAMPLE, max_seconds=0.05, min_repeats=3)
+    assert [m.name for m in run.models] == ["big", "adapted"]
+    assert all(m.error is None and m.latency[0].p50_ms > 0 for m in run.models)
+    torch_run = measure_target(
+        load_target("torch-cpu").model_copy(update={"batch_sizes": [2]}),
+        [adapted],
+        SAMPLE,
+        max_seconds=0.05,
+    )
+    assert torch_run.skipped and "torch model" in torch_run.skipped
