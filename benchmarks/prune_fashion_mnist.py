@@ -304,7 +304,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         f"{meta['created']}, {meta['seconds']} s, {meta['threads']} threads, {meta['machine']}. "
         f"Accuracy: ONNX Runtime on {meta['eval_samples']} test images. Latency: p50 on cpu-ort, "
-        "all rows interleaved in one worker; speedup = baseline p50 / row p50 there. Fine-tuning and distillation: "
+        "all rows interleaved in one worker; speedup = baseline p50 / row p50 there. "
+        "Fine-tuning and distillation: "
         f"{meta['finetune']['epochs']} epoch on {meta['finetune_train_samples']} training images.",
         "",
         "| row | ratio | criterion | recovery | acc | params | MACs | b1 ms | b1 x | b32 ms "
