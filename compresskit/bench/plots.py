@@ -182,7 +182,7 @@ def pareto_png(report: Report) -> bytes | None:
         low, high = axes.get_ylim()
         if metric.key in ("accuracy", "cosine", "agreement") and high > 1.0:
             axes.set_ylim(low, 1.0)  # a share: nothing lies above 1
-        axes.set_title(f"{target}, batch {batch}", fontsize=10)
+        axes.set_title(f"{target}, batch {batch}", fontsize=10, pad=9)
         axes.set_xlabel("p50 latency (ms), lower is better")
         axes.set_ylabel(f"{metric.title}, higher is better")
         axes.grid(alpha=0.3)

@@ -15,7 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from compresskit.bench.measurement import TargetRun
+from compresskit.bench.measurement import Latency, TargetRun
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     NOISY_NOTE,
@@ -140,6 +140,21 @@ def print_runs(runs: Sequence[TargetRun], console: Console | None = None) -> Non
                 _say(console, f"{model.name}: not measured: {model.error}", "red")
         noisy = [x for m in run.models for x in m.latency if x.noisy]
         if noisy:
-            _say(console, "* " + "; ".join(sorted({x.noise_reason or "noisy" for x in noisy})))
+            _say(console, "* noisy: " + _noise_summary(noisy))
         if run.noisy:
             _say(console, f"noisy machine: {'; '.join(run.noise_reasons)}", "yellow")
+
+
+def _noise_summary(noisy: list[Latency]) -> str:
+    """The distinct reasons of noisy timings, the spread of timings as its largest CV."""
+    reasons: list[str] = []
+    for x in noisy:
+        for part in (x.noise_reason or "").split("; "):
+            if part.startswith("median not stable"):
+                part = "medians not stable within the time cap"
+            if part and not part.startswith("timings vary") and part not in reasons:
+                reasons.append(part)
+    cvs = [x.cv for x in noisy if x.cv is not None and x.noise_reason and "vary" in x.noise_reason]
+    if cvs:
+        reasons.append(f"timings vary (robust CV up to {max(cvs):.0%})")
+    return "; ".join(reasons) or "see the noisy flags"
