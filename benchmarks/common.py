@@ -419,7 +419,7 @@ def timing_note(runs: Sequence[TargetRun]) -> str:
     return (
         "Latency: every row timed together, interleaved in one worker per target, "
         + ", ".join(parts)
-        + "; * marks a noisy timing. Speedup: fp32-ort p50 / row p50 in the same worker."
+        + "; * marks a noisy timing."
     )
 
 
