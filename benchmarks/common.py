@@ -1,13 +1,20 @@
-"""Shared harness of the real-model benchmarks: candidates, rows, latency, ORT quantization.
+"""Shared harness of the real-model benchmarks: candidates, rows, scoring, ORT quantization.
 
 A case (Fashion-MNIST, MiniLM sentiment, MiniLM embedding) supplies its data, how to score
-a runner, and the inputs latency is measured on. A *row producer* builds one candidate
-(a model as an ONNX file or a torch module); :func:`run_rows` measures every candidate in
-the same process, one at a time, and computes speedups against the fp32 ORT row of the
-same run. Adding compresskit's policies later means appending producers to a case's list.
+a runner, and the inputs latency is measured on. A *row producer* builds one candidate (a
+model as an ONNX file, a torch module, or a ``runners`` factory for a model whose inputs
+need adapting); :func:`run_rows` builds and scores every candidate, one live at a time,
+then times ALL of them together through compresskit's harness: one worker per target,
+every row interleaved round-robin on each of the case's input sets, the noisy-machine
+check on. Speedups are ratios to the fp32 ORT row taken in that same worker, so they are
+quotable as they come (no separate re-timing pass).
 
->>> rows = run_rows(case, [fp32_torch, fp32_ort, ort_dynamic])   # doctest: +SKIP
->>> write_results(case.name, rows, meta, RESULTS)                # doctest: +SKIP
+>>> rows, runs = run_rows(case, [fp32_torch, fp32_ort, ort_dynamic])   # doctest: +SKIP
+>>> write_results(case.name, rows, runs, meta, RESULTS, table=...)     # doctest: +SKIP
+
+Results are JSON in compresskit's measurement schema: each :class:`Row` has its
+``latency`` (a :class:`~compresskit.bench.measurement.Latency` per input set, ``workload``
+naming it) and ``session``; ``targets`` says how each worker ran (threads, noise).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import gc
+import importlib
 import json
 import platform
 import time
@@ -32,6 +40,11 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from compresskit.bench.harness import BenchModel, Workload, measure_targets
+from compresskit.bench.measurement import Latency, Session, TargetRun
+from compresskit.export.targets import load_target
 
 BENCH_DIR = Path(__file__).resolve().parent
 ARTIFACTS = BENCH_DIR / "artifacts"
@@ -39,6 +52,7 @@ RESULTS = BENCH_DIR / "results"
 THREADS = 2
 BASELINE_ROW = "fp32-ort"
 NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
+RESULTS_FORMAT = 2  # 1: flat p50_ms_<label> keys, each row timed alone right after it was built
 
 Kind = Literal["baseline", "peer", "compresskit"]
 Feed = dict[str, np.ndarray]
@@ -48,20 +62,54 @@ Runner = Callable[[Feed], np.ndarray]
 
 @dataclass
 class Candidate:
-    """A model to measure: an ONNX file (run by ORT) or a torch module (run eagerly).
-
-    ``open`` overrides how the model is run (e.g. a foreign ONNX file whose inputs need
-    adapting); ``notes`` go into the row verbatim.
-    """
+    """A model to score and time: an ONNX file (run by ORT), a torch module (run eagerly),
+    or ``factory`` (``runners:function``, see ``runners.py``) for a model whose inputs or
+    outputs need adapting; the same factory runs it for scoring and in the timing worker.
+    ``notes`` go into the row verbatim; ``extra`` are extra row facts (``compress_s``)."""
 
     name: str
     kind: Kind
     onnx_path: Path | None = None
     module: torch.nn.Module | None = None
-    open: Callable[[], Runner] | None = None
+    factory: str | None = None
+    factory_args: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
-    # Extra row columns (e.g. ``compress_s``, the wall time of a compresskit run).
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def bench_model(self) -> BenchModel:
+        # The worker imports this directory's modules: runners, and the classes of
+        # pickled torch rows (models.py, minilm.py).
+        return BenchModel(
+            self.name,
+            onnx=self.onnx_path,
+            module=self.module,
+            factory=self.factory,
+            factory_args=self.factory_args,
+            sys_path=(str(BENCH_DIR),),
+        )
+
+
+class Row(BaseModel):
+    """One row of a case: the case's scores, size, int8 share, and its measurements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Kind
+    metrics: dict[str, float] = Field(default_factory=dict, description="the case's scores")
+    onnx_bytes: int | None = None
+    int8_coverage: float | None = None
+    latency: list[Latency] = Field(
+        default_factory=list, description="per input set (workload b1, b32, ...)"
+    )
+    session: Session | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="e.g. compress_s, run_s")
+    notes: dict[str, Any] = Field(default_factory=dict)
+    seconds: dict[str, float] = Field(default_factory=dict, description="build, score, row")
+    error: str | None = None
+
+    def at(self, workload: str) -> Latency | None:
+        return next((x for x in self.latency if x.workload == workload), None)
 
 
 class Case(Protocol):
@@ -116,16 +164,6 @@ def ort_session(path: Path | str, *, threads: int = THREADS):  # -> ort.Inferenc
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def ort_runner(path: Path | str) -> Runner:
-    session = ort_session(path)
-    output = session.get_outputs()[0].name
-
-    def run(feed: Feed) -> np.ndarray:
-        return session.run([output], feed)[0]
-
-    return run
-
-
 def torch_runner(module: torch.nn.Module) -> Runner:
     """Feeds are passed positionally in their dict order (the ONNX input order)."""
     module = module.eval()
@@ -140,7 +178,7 @@ def torch_runner(module: torch.nn.Module) -> Runner:
 
 def positional_ort_runner(path: Path | str) -> Runner:
     """Feeds passed to the graph's inputs in order, whatever their names (compresskit's
-    exports name them ``input``, ``input_1``, ...)."""
+    exports name them ``input``, ``input_1``, ...), as the timing worker feeds them."""
     session = ort_session(path)
     names = [i.name for i in session.get_inputs()]
     output = session.get_outputs()[0].name
@@ -151,35 +189,25 @@ def positional_ort_runner(path: Path | str) -> Runner:
     return run
 
 
+def factory_runner(factory: str, args: dict[str, Any]) -> Runner:
+    """A ``runners`` factory opened in this process (for scoring), as the worker opens it."""
+    module, _, name = factory.partition(":")
+    make = getattr(importlib.import_module(module), name)(ort_session, **args)
+
+    def run(feed: Feed) -> np.ndarray:
+        return np.asarray(make(tuple(feed.values()))())
+
+    return run
+
+
 def open_runner(candidate: Candidate) -> Runner:
-    if candidate.open is not None:
-        return candidate.open()
+    if candidate.factory is not None:
+        return factory_runner(candidate.factory, candidate.factory_args)
     if candidate.onnx_path is not None:
-        return ort_runner(candidate.onnx_path)
+        return positional_ort_runner(candidate.onnx_path)
     if candidate.module is not None:
         return torch_runner(candidate.module)
     raise ValueError(f"candidate {candidate.name} has neither an ONNX file nor a module")
-
-
-def p50_ms(
-    runner: Runner, feeds: Sequence[Feed], *, max_seconds: float, min_repeats: int
-) -> dict[str, float]:
-    """p50/p90 ms per call, cycling through ``feeds`` (real inputs of varying length)."""
-    from compresskit.bench.latency import time_calls
-
-    index = [0]
-
-    def call() -> object:
-        feed = feeds[index[0] % len(feeds)]
-        index[0] += 1
-        return runner(feed)
-
-    times = time_calls(call, warmup=3, min_repeats=min_repeats, max_seconds=max_seconds) * 1e3
-    return {
-        "p50": float(np.percentile(times, 50)),
-        "p90": float(np.percentile(times, 90)),
-        "n": len(times),
-    }
 
 
 def onnx_bytes(path: Path) -> int:
@@ -205,7 +233,8 @@ def int8_coverage(path: Path) -> float:
 
 @dataclass
 class TimingBudget:
-    """How long latency is measured: the full run and --quick differ only here."""
+    """How long latency is measured: the full run and --quick differ only here (seconds
+    per model and input set, and the fewest timed calls)."""
 
     max_seconds: float = 1.5
     min_repeats: int = 7
@@ -216,87 +245,104 @@ def run_rows(
     producers: Iterable[RowProducer],
     *,
     budget: TimingBudget | None = None,
-) -> list[dict[str, Any]]:
-    """Build, score and time each candidate in turn (one live model at a time).
+) -> tuple[list[Row], list[TargetRun]]:
+    """Build and score each candidate in turn (one live model at a time), then time every
+    row together (:func:`time_rows`).
 
     A producer that raises gives a row with ``error`` (and the row is kept): a peer
     that cannot do the job is a result, not a reason to lose the others.
     """
-    budget = budget or TimingBudget()
-    rows = []
-    for producer in producers:
+    rows: list[Row] = []
+    candidates: list[Candidate] = []
+    for make in producers:
         start = time.perf_counter()
-        load_before = os.getloadavg()[0]
-        name = getattr(producer, "row_name", producer.__name__)
+        name = getattr(make, "row_name", make.__name__)
         try:
-            candidate = producer(case)
-            name = candidate.name
+            candidate = make(case)
             built = time.perf_counter()
             runner = open_runner(candidate)
-            row: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind}
-            row.update(candidate.extra)
-            row.update(case.evaluate(runner))
-            scored = time.perf_counter()
-            for label, feeds in case.latency_feeds().items():
-                timing = p50_ms(
-                    runner, feeds, max_seconds=budget.max_seconds, min_repeats=budget.min_repeats
-                )
-                row[f"p50_ms_{label}"] = timing["p50"]
-                row[f"p90_ms_{label}"] = timing["p90"]
-                row[f"repeats_{label}"] = timing["n"]
-            timed = time.perf_counter()
+            metrics = case.evaluate(runner)
             del runner
             gc.collect()
-            if candidate.onnx_path is not None:
-                row["onnx_bytes"] = onnx_bytes(candidate.onnx_path)
-                row["int8_coverage"] = int8_coverage(candidate.onnx_path)
-            else:
-                row["onnx_bytes"] = None
-                row["int8_coverage"] = None
-            row.update(
-                build_s=built - start,
-                eval_s=scored - built,
-                latency_s=timed - scored,
-                row_s=time.perf_counter() - start,
+            path = candidate.onnx_path
+            row = Row(
+                name=candidate.name,
+                kind=candidate.kind,
+                metrics=metrics,
+                onnx_bytes=onnx_bytes(path) if path is not None else None,
+                int8_coverage=int8_coverage(path) if path is not None else None,
+                extra=candidate.extra,
                 notes=candidate.notes,
             )
+            row.seconds = {"build": built - start, "score": time.perf_counter() - built}
+            candidates.append(candidate)
         except Exception as error:  # noqa: BLE001 - recorded in the row, printed in full
             traceback.print_exc()
-            row = {
-                "name": name,
-                "kind": getattr(producer, "row_kind", "peer"),
-                "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}",
-                "row_s": time.perf_counter() - start,
-            }
-        row["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            row = Row(
+                name=name,
+                kind=getattr(make, "row_kind", "peer"),
+                error=f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}",
+            )
+        row.seconds["row"] = time.perf_counter() - start
         rows.append(row)
         print(format_row(row, case.metric), flush=True)
         gc.collect()
-    add_speedups(rows)
-    return rows
+    runs = time_rows(case, candidates, rows, budget or TimingBudget())
+    return rows, runs
 
 
-def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """speedup_<label> = fp32 ORT p50 / this row's p50, for every latency label."""
-    base = next((r for r in rows if r["name"] == BASELINE_ROW and "error" not in r), None)
-    if base is None:
-        return
-    for row in rows:
-        for key in list(row):
-            if key.startswith("p50_ms_") and row[key]:
-                row["speedup_" + key.removeprefix("p50_ms_")] = base[key] / row[key]
-
-
-def format_row(row: dict[str, Any], metric: str) -> str:
-    if "error" in row:
-        return f"{row['name']:<28} ERROR {row['error']}"
-    lat = " ".join(
-        f"{k.removeprefix('p50_ms_')}={v:.2f}ms" for k, v in row.items() if k.startswith("p50_ms_")
+def time_rows(
+    case: Any, candidates: list[Candidate], rows: list[Row], budget: TimingBudget
+) -> list[TargetRun]:
+    """Time every candidate on each of the case's input sets, interleaved in ONE worker
+    per target: ONNX rows on cpu-ort (the fp32 ORT row first: the speedups' baseline),
+    torch rows on torch-cpu (their own worker: no speedup against the ORT rows)."""
+    workloads = [
+        Workload(label, [tuple(feed.values()) for feed in feeds])
+        for label, feeds in case.latency_feeds().items()
+    ]
+    ort = sorted(
+        (c for c in candidates if c.module is None),
+        key=lambda c: c.name != BASELINE_ROW,  # stable: the baseline first, then as built
     )
+    eager = [c for c in candidates if c.module is not None]
+    settings = {"threads": THREADS, "allow_spinning": False}
+    plans = [("cpu-ort", ort), ("torch-cpu", eager)]
+    runs = []
+    for target_name, group in plans:
+        if not group:
+            continue
+        target = load_target(target_name).model_copy(update=settings)
+        (run,) = measure_targets(
+            [target],
+            [c.bench_model() for c in group],
+            [],
+            batch_sizes=[],
+            max_seconds=budget.max_seconds,
+            min_repeats=budget.min_repeats,
+            workloads=workloads,
+        )
+        if target_name == "torch-cpu":
+            for model in run.models:  # not interleaved with the ORT baseline
+                for latency in model.latency:
+                    latency.speedup = None
+        runs.append(run)
+        by_name = {row.name: row for row in rows}
+        for model in run.models:
+            row = by_name[model.name]
+            row.session, row.latency = model.session, model.latency
+            if model.error and row.error is None:
+                row.error = f"not timed: {model.error}"
+    return runs
+
+
+def format_row(row: Row, metric: str) -> str:
+    if row.error:
+        return f"{row.name:<28} ERROR {row.error}"
     return (
-        f"{row['name']:<28} {metric}={row.get(metric, float('nan')):.4f} "
-        f"{lat} {row['onnx_bytes'] or 0:,}B int8={row['int8_coverage'] or 0:.2f} "
-        f"({row['row_s']:.1f}s)"
+        f"{row.name:<28} {metric}={row.metrics.get(metric, float('nan')):.4f} "
+        f"{row.onnx_bytes or 0:,}B int8={row.int8_coverage or 0:.2f} "
+        f"({row.seconds.get('row', 0.0):.1f}s)"
     )
 
 
@@ -321,7 +367,7 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def markdown_table(
-    rows: list[dict[str, Any]],
+    rows: list[Row],
     *,
     metric: str,
     latency_labels: Sequence[str],
@@ -334,33 +380,53 @@ def markdown_table(
     head += ["compress s", "row s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        if "error" in row:
-            cells = [row["name"], row["kind"], f"error: {row['error']}"] + [""] * (len(head) - 3)
+        if row.error and not row.metrics:
+            cells = [row.name, row.kind, f"error: {row.error}"] + [""] * (len(head) - 3)
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        size = row["onnx_bytes"]
+        size = row.onnx_bytes
         cells = [
-            row["name"],
-            row["kind"],
-            _cell(row.get(metric), ".4f"),
-            _cell(row.get(agreement_key), ".4f"),
+            row.name,
+            row.kind,
+            _cell(row.metrics.get(metric), ".4f"),
+            _cell(row.metrics.get(agreement_key), ".4f"),
             "–" if size is None else f"{size / 1e6:.2f} MB",
-            _cell(row["int8_coverage"], ".2f"),
+            _cell(row.int8_coverage, ".2f"),
         ]
         for label in latency_labels:
+            point = row.at(label)
+            if point is None:
+                cells += ["–", "–"]
+                continue
             cells += [
-                _cell(row.get(f"p50_ms_{label}"), ".2f"),
-                _cell(row.get(f"speedup_{label}"), ".2f") + "x",
+                f"{point.p50_ms:.2f}{'*' if point.noisy else ''}",
+                _cell(point.speedup, ".2f") + ("x" if point.speedup is not None else ""),
             ]
-        cells.append(_cell(row.get("compress_s"), ".0f"))
-        cells.append(f"{row['row_s']:.0f}")
+        cells.append(_cell(row.extra.get("compress_s"), ".0f"))
+        cells.append(f"{row.seconds.get('row', 0.0):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def timing_note(runs: Sequence[TargetRun]) -> str:
+    """How the rows were timed, for the results' preface."""
+    parts = []
+    for run in runs:
+        noisy = f"noisy: {'; '.join(run.noise_reasons)}" if run.noisy else "quiet machine"
+        parts.append(
+            f"{run.target} ({run.threads} threads, {len(run.models)} rows interleaved; {noisy})"
+        )
+    return (
+        "Latency: every row timed together, interleaved in one worker per target, "
+        + ", ".join(parts)
+        + "; * marks a noisy timing."
+    )
+
+
 def write_results(
     case: str,
-    rows: list[dict[str, Any]],
+    rows: list[Row],
+    runs: Sequence[TargetRun],
     meta: dict[str, Any],
     out_dir: Path,
     *,
@@ -368,7 +434,14 @@ def write_results(
     preface: str = "",
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"case": case, **meta, "environment": environment(), "rows": rows}
+    payload = {
+        "case": case,
+        "format": RESULTS_FORMAT,
+        **meta,
+        "environment": environment(),
+        "targets": [run.info().model_dump(mode="json") for run in runs],
+        "rows": [row.model_dump(mode="json") for row in rows],
+    }
     path = out_dir / f"{case}.json"
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     md = out_dir / f"{case}.md"
@@ -378,6 +451,15 @@ def write_results(
         notes = "\n" + md.read_text()[md.read_text().index(NOTES_MARKER) :]
     md.write_text(f"# {case}\n\n{preface}\n{table}{notes}")
     return path
+
+
+def load_rows(path: Path) -> list[Row]:
+    """The rows of a results JSON of this format (older files: an empty list, read them
+    as plain JSON)."""
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != RESULTS_FORMAT:
+        return []
+    return [Row.model_validate(row) for row in data["rows"]]
 
 
 @dataclass
@@ -393,17 +475,21 @@ class CaseScript:
     load_case: Callable[[bool], Any]
     producers: Sequence[RowProducer]
     min_repeats: int
-    describe: Callable[[Any, list[dict[str, Any]], dict[str, Any]], tuple[str, str]]
+    describe: Callable[[Any, list[Row], dict[str, Any]], tuple[str, str]]
 
 
 def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
     """The command line of a case script: ``--quick``, ``--out``, ``--rows``; every row
-    measured in this process, results written to ``results/[quick/]<case>.{json,md}``."""
+    built and scored in this process, then timed together; results written to
+    ``results/[quick/]<case>.{json,md}``."""
     parser = argparse.ArgumentParser(description=script.doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=script.quick_help)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--rows", default=None, help="comma-separated row-name prefixes (fp32-ort always runs)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="time cap per row and input set"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
@@ -412,15 +498,17 @@ def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
     budget = (
         TimingBudget(max_seconds=0.2, min_repeats=3)
         if args.quick
-        else TimingBudget(max_seconds=1.5, min_repeats=script.min_repeats)
+        else TimingBudget(max_seconds=3.0, min_repeats=script.min_repeats)
     )
-    rows = run_rows(case, select_rows(script.producers, args.rows), budget=budget)
+    if args.seconds is not None:
+        budget.max_seconds = args.seconds
+    rows, runs = run_rows(case, select_rows(script.producers, args.rows), budget=budget)
     meta: dict[str, Any] = {"quick": args.quick}
     table, preface = script.describe(case, rows, meta)
     meta["wall_s"] = time.perf_counter() - start
-    preface += f" Wall time {meta['wall_s']:.0f}s.\n"
+    preface += f" {timing_note(runs)} Wall time {meta['wall_s']:.0f}s.\n"
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    path = write_results(script.name, rows, meta, out, table=table, preface=preface)
+    path = write_results(script.name, rows, runs, meta, out, table=table, preface=preface)
     print(table)
     print(f"wrote {path} in {meta['wall_s']:.0f}s")
     return path
@@ -515,7 +603,6 @@ def compresskit_candidate(
         name,
         "compresskit",
         onnx_path=path,
-        open=lambda: positional_ort_runner(path),
         notes=notes,
         extra={
             "compress_s": sum(step.seconds for step in entry.steps),

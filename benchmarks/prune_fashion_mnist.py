@@ -2,9 +2,9 @@
 small ResNet pruned at 0.3 / 0.5 / 0.7, without fine-tuning, with fine-tuning on labels,
 and with distillation from the unpruned model; criteria side by side; and depth pruning.
 
-Every row is exported to ONNX, checked against torch, scored with ONNX Runtime on the
-10k test images, and timed on ``cpu-ort`` (batch 1 and 32) in the same process as the
-baseline, so speedups are ratios within one run.
+Every row is exported to ONNX, checked against torch and scored with ONNX Runtime on the
+10k test images; then all rows are timed together on ``cpu-ort`` (batch 1 and 32),
+interleaved in one worker, so speedups are ratios taken at the same moment.
 
     python benchmarks/prune_fashion_mnist.py            # full: ~10 min on 2 quiet cores
     python benchmarks/prune_fashion_mnist.py --quick    # proof it runs: ~1-2 min, writes to --out
@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from compresskit.bench.harness import BenchModel, measure_target
+from compresskit.bench.measurement import TargetRun
 from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
 from compresskit.errors import CompressKitError
@@ -100,22 +101,15 @@ def subset(data: DataBundle, train: int, eval_: int) -> DataBundle:
 
 
 def row(
-    name: str, model: nn.Module, data: DataBundle, work: Path, extra: dict[str, Any], seconds: float
+    name: str, model: nn.Module, data: DataBundle, work: Path, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Export, check ORT against torch, score with ORT, time on cpu-ort."""
+    """Export, check ORT against torch, score with ORT (timed later, with all rows)."""
     example = data.example_inputs(2)
     path = export_onnx(model, example, work / f"{name}.onnx").path
     loader = data.loader("eval", batch_size=256)
     labels = torch.cat([y for _, y in loader]).numpy()
     ort_out = onnx_outputs(path, loader)
     parity = float(np.abs(ort_out - torch_outputs(model, loader)).max())
-    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [1, 32]})
-    run = measure_target(
-        target, [BenchModel(name, onnx=path)], [x.numpy() for x in example], max_seconds=seconds
-    )
-    measured = run.model(name)
-    latency = {f"b{x.batch}_p50_ms": x.p50_ms for x in (measured.latency if measured else [])}
-    latency["noisy"] = run.noisy
     return {
         "name": name,
         **extra,
@@ -123,8 +117,37 @@ def row(
         "params": count_params(model),
         "macs": count_macs(model, example),
         "ort_max_abs_error": parity,
-        **latency,
+        "onnx": path,
     }
+
+
+def time_rows(rows: list[dict[str, Any]], data: DataBundle, seconds: float) -> TargetRun:
+    """Every row on cpu-ort at batch 1 and 32, interleaved in one worker (the first row
+    is the speedups' baseline); each row gets its latency in the measurement schema."""
+    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [1, 32]})
+    models = [BenchModel(r["name"], onnx=r.pop("onnx")) for r in rows]
+    sample = [x.numpy() for x in data.example_inputs(2)]
+    run = measure_target(target, models, sample, max_seconds=seconds)
+    for r in rows:
+        measured = run.model(r["name"])
+        latency = measured.latency if measured else []
+        r["latency"] = [x.model_dump(mode="json") for x in latency]
+        for x in latency:
+            r[f"b{x.batch}_p50_ms"] = x.p50_ms
+            r[f"b{x.batch}_speedup"] = x.speedup
+        r["noisy"] = any(x.noisy for x in latency)
+    return run
+
+
+def baseline_p50(path: Path, data: DataBundle, seconds: float) -> float:
+    """The baseline's batch-1 p50 alone: the goal of the latency-target row."""
+    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [1]})
+    sample = [x.numpy() for x in data.example_inputs(2)]
+    run = measure_target(target, [BenchModel("baseline", onnx=path)], sample, max_seconds=seconds)
+    latency = run.latency("baseline", 1)
+    if latency is None:
+        raise CompressKitError(f"the baseline could not be timed: {run.skipped}")
+    return latency.p50_ms
 
 
 def main() -> None:
@@ -161,7 +184,7 @@ def main() -> None:
         print(f"baseline trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         teacher.eval()
         frozen = copy.deepcopy(teacher).requires_grad_(False)
-        rows.append(row("baseline", teacher, data, work, {"ratio": 0.0}, seconds))
+        rows.append(row("baseline", teacher, data, work, {"ratio": 0.0}))
 
         def context(bundle: DataBundle) -> Context:
             return Context(data=bundle, teacher=frozen, example_inputs=bundle.example_inputs(2))
@@ -177,7 +200,6 @@ def main() -> None:
                         data,
                         work,
                         {"ratio": ratio, "criterion": criterion, "recovery": "none"},
-                        seconds,
                     )
                 )
             for recovery, alpha in (("finetune", 1.0), ("distill", 0.3)):
@@ -195,12 +217,11 @@ def main() -> None:
                         data,
                         work,
                         {"ratio": ratio, "criterion": RECOVERY_CRITERION, "recovery": recovery},
-                        seconds,
                     )
                 )
             print(f"ratio {ratio} done at {time.perf_counter() - started:.0f} s", file=sys.stderr)
         # Latency target: prune until the exported model measures 0.7x the baseline's b1 p50.
-        goal = 0.7 * rows[0]["b1_p50_ms"]
+        goal = 0.7 * baseline_p50(rows[0]["onnx"], data, seconds)
         config = PruneChannelsConfig(
             importance=RECOVERY_CRITERION,
             round_to=4,
@@ -223,7 +244,6 @@ def main() -> None:
                         "latency_goal_ms": goal,
                         "search": ctx.records["steps"],
                     },
-                    seconds,
                 )
             )
         except CompressKitError as error:  # noisy machine: say so instead of a row
@@ -249,14 +269,10 @@ def main() -> None:
                         "recovery": "distill",
                         "removed": ctx.records["removed"],
                     },
-                    seconds,
                 )
             )
 
-    base = rows[0]
-    for r in rows:
-        for batch in (1, 32):
-            r[f"b{batch}_speedup"] = base[f"b{batch}_p50_ms"] / r[f"b{batch}_p50_ms"]
+        run = time_rows(rows, data, seconds)
     meta = {
         "benchmark": "prune_fashion_mnist",
         "quick": quick,
@@ -270,6 +286,7 @@ def main() -> None:
         "finetune": tune.model_dump(),
         "finetune_train_samples": len(tune_data.train),  # type: ignore[arg-type]
         "eval_samples": len(data.eval),  # type: ignore[arg-type]
+        "target": run.info().model_dump(mode="json"),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "prune_fashion_mnist.json").write_text(
@@ -287,7 +304,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         f"{meta['created']}, {meta['seconds']} s, {meta['threads']} threads, {meta['machine']}. "
         f"Accuracy: ONNX Runtime on {meta['eval_samples']} test images. Latency: p50 on cpu-ort, "
-        "speedup = baseline p50 / row p50 in this run. Fine-tuning and distillation: "
+        "all rows interleaved in one worker; speedup = baseline p50 / row p50 there. "
+        "Fine-tuning and distillation: "
         f"{meta['finetune']['epochs']} epoch on {meta['finetune_train_samples']} training images.",
         "",
         "| row | ratio | criterion | recovery | acc | params | MACs | b1 ms | b1 x | b32 ms "

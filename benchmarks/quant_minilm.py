@@ -34,8 +34,8 @@ import compresskit  # noqa: E402
 from compresskit.data.bundle import DataBundle  # noqa: E402
 from compresskit.passes.qat import QAT, QATConfig  # noqa: E402
 from compresskit.passes.quantize import Quantize, QuantizeConfig  # noqa: E402
-from compresskit.policies import policy_of  # noqa: E402
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig  # noqa: E402
+from compresskit.policies import policy_of  # noqa: E402
 from compresskit.training.loop import TrainConfig  # noqa: E402
 
 MAX_LENGTH = 64

@@ -261,14 +261,15 @@ def load_case(*, quick: bool) -> FashionCase:
     return case
 
 
-def describe(case: FashionCase, rows: list[dict[str, Any]], meta: dict[str, Any]):
+def describe(case: FashionCase, rows: list[common.Row], meta: dict[str, Any]):
     meta.update(
         teacher=case.teacher_info,
         eval=f"Fashion-MNIST official test set, first {len(case.y_eval)} images",
         calibration=f"{len(case.x_calibration)} training images (compresskit bundle "
         "'calibration' split, seed 0)",
-        latency="ORT 2 intra-op threads, allow_spinning=0; torch 2 threads; p50 over "
-        ">= warm-up 3 + repeats; b1 cycles 32 test images, b32 cycles 8 batches",
+        latency="every row timed together through compresskit's harness, interleaved in "
+        "one worker per target (cpu-ort 2 threads, spinning off; torch-cpu 2 threads); b1 "
+        "cycles 32 test images, b32 cycles 8 batches",
     )
     table = common.markdown_table(
         rows,

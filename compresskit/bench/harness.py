@@ -5,6 +5,8 @@
 ...     sample, batch_sizes=[1, 32])
 >>> runs[0].latency("int8", 32).speedup      # baseline p50 / int8 p50, same run
 
+Results are in the measurement schema (:mod:`compresskit.bench.measurement`).
+
 The first model is the baseline: every other model's speedup is the baseline's p50 over
 its own p50 at the same batch, measured interleaved in the same process.
 """
@@ -24,18 +26,26 @@ from typing import Any, Literal
 import numpy as np
 from rich.progress import TaskID
 
-from compresskit.bench.latency import Latency
+from compresskit.bench.measurement import ModelRun, Session, TargetRun
+from compresskit.bench.worker import Workload
 from compresskit.errors import CompressKitError
 from compresskit.export.targets import Target, load_target, target_available
 from compresskit.progress import progress_bar, status
 
-ModelKind = Literal["onnx", "module", "checkpoint"]
+ModelKind = Literal["onnx", "module", "checkpoint", "factory"]
+
+__all__ = ["BenchModel", "ModelRun", "TargetRun", "Workload", "measure_target", "measure_targets"]
 
 
 @dataclass(frozen=True)
 class BenchModel:
     """A model to measure: an ONNX file for ORT targets; for torch targets a module
-    (``module``, saved for the worker) or a checkpoint that ``load_model`` reads."""
+    (``module``, saved for the worker) or a checkpoint that ``load_model`` reads.
+
+    ``factory`` (``module:function``) opens a model whose inputs need adapting on ORT
+    targets: ``function(open_session, **factory_args)`` returns the runner (see
+    :mod:`compresskit.bench.worker`). ``sys_path``: folders the worker imports from (the
+    factory's module, the classes of a pickled ``module``)."""
 
     name: str
     onnx: Path | None = None
@@ -43,67 +53,46 @@ class BenchModel:
     checkpoint: Path | None = None
     arch: str | None = None
     trust_pickle: bool = False
-
-
-@dataclass
-class ModelRun:
-    """One model on one target: latency per batch, load time and memory."""
-
-    name: str
-    latency: list[Latency] = field(default_factory=list)
-    speedup: dict[int, float] = field(default_factory=dict)
-    load_ms: float | None = None
-    rss_delta_mb: float | None = None
-    peak_rss_delta_mb: float | None = None
-    error: str | None = None  # why this model could not be measured here
-
-
-@dataclass
-class TargetRun:
-    """Everything measured on one target, with its thread settings and noise verdict."""
-
-    target: str
-    runtime: str
-    provider: str
-    precision: str
-    skipped: str | None = None
-    threads: int | None = None
-    inter_op_threads: int | None = None
-    allow_spinning: bool | None = None
-    noisy: bool = False
-    noise_reasons: list[str] = field(default_factory=list)
-    models: list[ModelRun] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def model(self, name: str) -> ModelRun | None:
-        return next((m for m in self.models if m.name == name), None)
-
-    def latency(self, name: str, batch: int) -> Latency | None:
-        model = self.model(name)
-        return next((x for x in model.latency if x.batch == batch), None) if model else None
+    factory: str | None = None
+    factory_args: dict[str, Any] = field(default_factory=dict)
+    sys_path: tuple[str, ...] = ()
 
 
 def _spec(model: BenchModel, target: Target, workdir: Path) -> dict[str, Any] | str:
     """The worker's description of ``model`` for ``target``, or why it cannot run there."""
     if target.runtime == "onnxruntime":
+        if model.factory is not None:
+            return {
+                "name": model.name,
+                "kind": "factory",
+                "factory": model.factory,
+                "args": model.factory_args,
+                "sys_path": list(model.sys_path),
+            }
         if model.onnx is None:
             return "no ONNX file for an onnxruntime target"
         return {"name": model.name, "kind": "onnx", "path": str(model.onnx)}
+    if model.module is None and model.checkpoint is None:
+        return "torch targets measure a torch model; only an ONNX file was given"
+    spec = _torch_spec(model, workdir)
+    spec["sys_path"] = list(model.sys_path)
+    return spec
+
+
+def _torch_spec(model: BenchModel, workdir: Path) -> dict[str, Any]:
     if model.module is not None:
         import torch
 
         path = workdir / f"{len(list(workdir.iterdir()))}.pt"
         torch.save(model.module, path)  # read back only by our own worker
         return {"name": model.name, "kind": "module", "path": str(path)}
-    if model.checkpoint is not None:
-        return {
-            "name": model.name,
-            "kind": "checkpoint",
-            "path": str(model.checkpoint),
-            "arch": model.arch,
-            "trust_pickle": model.trust_pickle,
-        }
-    return "torch targets measure a torch model; only an ONNX file was given"
+    return {
+        "name": model.name,
+        "kind": "checkpoint",
+        "path": str(model.checkpoint),
+        "arch": model.arch,
+        "trust_pickle": model.trust_pickle,
+    }
 
 
 def measure_target(
@@ -114,10 +103,12 @@ def measure_target(
     max_seconds: float = 1.0,
     dynamic_sequence: bool = False,
     min_repeats: int = 20,
+    workloads: Sequence[Workload] = (),
 ) -> TargetRun:
-    """Measure ``models`` (the first is the baseline) on ``target`` in one subprocess."""
+    """Measure ``models`` (the first is the baseline) on ``target`` in one subprocess:
+    at each of the target's batch sizes on ``sample``, then on each workload."""
     started = time.perf_counter()
-    run = TargetRun(target.name, target.runtime, target.provider, target.precision)
+    run = _unmeasured(target)
     reason = target_available(target)
     if reason:
         run.skipped = reason
@@ -135,26 +126,49 @@ def measure_target(
         if not specs:
             run.skipped = next(iter(unusable.values()))
             return run
-        np.savez(workdir / "inputs.npz", *sample)  # arr_0, arr_1, ...
+        arrays = {f"arr_{i}": x for i, x in enumerate(sample)}
+        for i, workload in enumerate(workloads):
+            for f, feed in enumerate(workload.feeds):
+                arrays |= {f"w{i}_{f}_{k}": x for k, x in enumerate(feed)}
+        np.savez(workdir / "inputs.npz", **arrays)  # type: ignore[arg-type]
         job = {
-            "target": target.model_dump(),
+            # The batch sizes travel apart: [] (workloads only) is no valid Target.
+            "target": target.model_dump(exclude={"batch_sizes"}),
             "models": specs,
             "inputs": str(workdir / "inputs.npz"),
+            "sample_inputs": len(sample),
+            "workloads": [
+                {"name": w.name, "feeds": len(w.feeds), "inputs": len(w.feeds[0])}
+                for w in workloads
+            ],
             "batch_sizes": target.batch_sizes,
             "max_seconds": max_seconds,
             "min_repeats": min_repeats,
             "dynamic_sequence": dynamic_sequence,
         }
         (workdir / "job.json").write_text(json.dumps(job))
-        result = _run_worker(workdir, target, len(specs) + len(target.batch_sizes))
-    run = _target_run(result)
-    run.models += [ModelRun(name, error=why) for name, why in unusable.items()]
-    _add_speedups(run, models[0].name)
+        steps = len(specs) + len(target.batch_sizes) + len(workloads)
+        run = _run_worker(workdir, target, steps)
+    run.models += [
+        ModelRun(name=name, session=Session(target=target.name, error=why))
+        for name, why in unusable.items()
+    ]
+    run.add_speedups(models[0].name)
     run.seconds = time.perf_counter() - started
     return run
 
 
-def _run_worker(workdir: Path, target: Target, steps: int) -> dict[str, Any]:
+def _unmeasured(target: Target, skipped: str | None = None) -> TargetRun:
+    return TargetRun(
+        target=target.name,
+        runtime=target.runtime,
+        provider=target.provider,
+        precision=target.precision,
+        skipped=skipped,
+    )
+
+
+def _run_worker(workdir: Path, target: Target, steps: int) -> TargetRun:
     command = [
         sys.executable,
         "-m",
@@ -180,46 +194,7 @@ def _run_worker(workdir: Path, target: Target, steps: int) -> dict[str, Any]:
             f"the benchmark worker for target {target.name} failed: "
             f"{tail[-1] if tail else f'exit code {process.returncode}'}"
         )
-    return json.loads((workdir / "result.json").read_text())
-
-
-def _target_run(result: dict[str, Any]) -> TargetRun:
-    noise = result.get("noise") or {}
-    run = TargetRun(
-        target=result["target"],
-        runtime=result["runtime"],
-        provider=result["provider"],
-        precision=result["precision"],
-        skipped=result.get("skipped"),
-        threads=result.get("threads"),
-        inter_op_threads=result.get("inter_op_threads"),
-        allow_spinning=result.get("allow_spinning"),
-        noisy=bool(noise.get("noisy")),
-        noise_reasons=list(noise.get("reasons") or []),
-    )
-    for entry in result.get("models", []):
-        run.models.append(
-            ModelRun(
-                name=entry["name"],
-                latency=[Latency(**x) for x in entry["latency"]],
-                load_ms=entry.get("load_ms"),
-                rss_delta_mb=entry.get("rss_delta_mb"),
-                peak_rss_delta_mb=entry.get("peak_rss_delta_mb"),
-                error=entry.get("error"),
-            )
-        )
-    return run
-
-
-def _add_speedups(run: TargetRun, baseline: str) -> None:
-    base = run.model(baseline)
-    if base is None:
-        return
-    for model in run.models:
-        for latency in model.latency:
-            reference = run.latency(baseline, latency.batch)
-            if reference is not None and latency.p50_ms > 0:
-                model.speedup[latency.batch] = reference.p50_ms / latency.p50_ms
+    return TargetRun.model_validate_json((workdir / "result.json").read_text())
 
 
 def measure_targets(
@@ -230,24 +205,26 @@ def measure_targets(
     batch_sizes: Sequence[int] | None = None,
     max_seconds: float = 1.0,
     dynamic_sequence: bool = False,
+    min_repeats: int = 20,
+    workloads: Sequence[Workload] = (),
 ) -> list[TargetRun]:
     """:func:`measure_target` on each target (by name or object), one after the other;
-    unavailable targets come back with ``skipped`` set to the reason."""
+    unavailable targets come back with ``skipped`` set to the reason. ``batch_sizes``
+    replaces the targets' own (``[]``: time the workloads only)."""
     runs = []
     for item in targets:
         target = item if isinstance(item, Target) else load_target(item)
-        if batch_sizes:
+        if batch_sizes is not None:
             target = target.model_copy(update={"batch_sizes": list(batch_sizes)})
         reason = target_available(target)
         if reason:
             status(f"target {target.name} skipped: {reason}")
-            runs.append(
-                TargetRun(target.name, target.runtime, target.provider, target.precision, reason)
-            )
+            runs.append(_unmeasured(target, reason))
             continue
+        inputs = [f"batch {b}" for b in target.batch_sizes] + [w.name for w in workloads]
         status(
-            f"measuring {len(models)} model(s) on {target.name}, batch "
-            f"{', '.join(map(str, target.batch_sizes))} (up to {max_seconds:g} s each)"
+            f"measuring {len(models)} model(s) on {target.name}, {', '.join(inputs)} "
+            f"(up to {max_seconds:g} s each)"
         )
         run = measure_target(
             target,
@@ -255,12 +232,12 @@ def measure_targets(
             sample,
             max_seconds=max_seconds,
             dynamic_sequence=dynamic_sequence,
+            min_repeats=min_repeats,
+            workloads=workloads,
         )
         if run.skipped:
             status(f"target {target.name} skipped: {run.skipped}")
         elif run.noisy:
-            status(
-                f"[yellow]{target.name}: noisy machine[/yellow] ({'; '.join(run.noise_reasons)})"
-            )
+            status(f"{target.name}: noisy machine ({'; '.join(run.noise_reasons)})", style="yellow")
         runs.append(run)
     return runs

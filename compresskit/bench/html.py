@@ -1,39 +1,54 @@
-"""A self-contained ``report.html``: the table, verdicts, targets and charts (inline PNG)."""
+"""A self-contained ``report.html``: everything ``report.md`` says (table, verdicts,
+targets, parity, churn, sessions, every pass's record) plus the charts, inline as PNG."""
 
 from __future__ import annotations
 
 import base64
 from html import escape
 
-from compresskit.bench.plots import pareto_png, size_png
-from compresskit.bench.report import (
-    LATENCY_NOTE,
-    MEASURED_NOTE,
-    NOISY_NOTE,
-    Report,
-    primary_metric,
+from compresskit.bench.plots import DPI, pareto_png, size_png
+from compresskit.bench.report import Report
+from compresskit.bench.text import (
+    budget_line,
+    entry_lines,
+    meta_line,
+    notes,
+    primary,
+    step_heading,
     table_rows,
     target_lines,
 )
+from compresskit.records import Line, Table
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
-table { border-collapse: collapse; font-size: 0.9rem; }
-th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1rem; margin-bottom: 0.3rem; }
+table { border-collapse: collapse; font-size: 0.88rem; margin: 0.4rem 0 1rem; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.2rem; }
+th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #e3e3e3; text-align: right;
+         font-variant-numeric: tabular-nums; }
+th { background: #f4f4f4; }
 th:first-child, td:first-child { text-align: left; }
-.bad { color: #b00020; } .note { color: #666; font-size: 0.85rem; }
-img { max-width: 100%; }
+.note { color: #555; font-size: 0.85rem; }
+.wide { overflow-x: auto; }
+code { background: #f4f4f4; padding: 0 0.2rem; border-radius: 3px; }
+img { max-width: 100%; height: auto; }
 """
 
 
 def _img(png: bytes | None, alt: str) -> str:
+    """Inline, at its size in inches (CSS pixels are 1/96 in): sharp on dense screens,
+    and its text the size of the page's."""
     if png is None:
         return f"<p class='note'>{escape(alt)}: nothing measured.</p>"
     data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+    width = round(int.from_bytes(png[16:20], "big") * 96 / DPI)  # PNG IHDR width
+    return f'<img alt="{escape(alt)}" width="{width}" src="data:image/png;base64,{data}">'
 
 
-def _inline_markdown(text: str) -> str:
+def inline_markdown(text: str) -> str:
     """Escape, then turn `code` and **bold** of our own markdown lines into HTML."""
     out, code, bold = [], False, False
     text = escape(text)
@@ -53,68 +68,84 @@ def _inline_markdown(text: str) -> str:
     return "".join(out)
 
 
+def html_table(header: list[str], rows: list[list[str]], caption: str = "") -> str:
+    parts = ["<div class='wide'><table>"]
+    if caption:
+        parts.append(f"<caption>{escape(caption)}</caption>")
+    parts.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")
+    parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+    parts.append("</table></div>")
+    return "".join(parts)
+
+
+def _list(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    return "<ul>" + "".join(f"<li>{inline_markdown(line)}</li>" for line in lines) + "</ul>"
+
+
+def blocks_html(blocks: list[Line | Table]) -> str:
+    """A record's summary: runs of lines as a list, tables with their title."""
+    parts, lines = [], []
+    for block in blocks:
+        if isinstance(block, Line):
+            lines.append(block.text)
+            continue
+        parts.append(_list(lines))
+        lines = []
+        parts.append(html_table(block.header, block.rows, block.title))
+    parts.append(_list(lines))
+    return "".join(parts)
+
+
 def render_html(report: Report) -> str:
     """The whole report as one HTML page with embedded charts."""
     header, rows = table_rows(report)
-    table = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
-    table += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-    table.append("</table>")
-    verdicts = [
-        f"<li><b>{escape(e.name)}</b>: {escape(e.summary or '; '.join(e.verdict))}</li>"
-        for e in report.candidates
+    body = [
+        f"<h1>compresskit run: policy <code>{escape(report.policy)}</code></h1>",
+        f"<p class='note'>{inline_markdown(meta_line(report))}</p>",
+        html_table(header, rows),
+        *(f"<p class='note'>{escape(note)}</p>" for note in notes(report)),
     ]
-    details = []
+    if report.candidates:
+        body.append("<h2>Verdict</h2>")
+        if report.verdict is not None:
+            body.append(f"<p>{escape(report.verdict.summary)}.</p>")
+        budget = budget_line(report)
+        if budget:
+            body.append(f"<p class='note'>{escape(budget)}</p>")
+        body.append(_list([f"**{e.name}**: {e.summary}" for e in report.candidates]))
+    chart = f"{primary(report).title} vs latency"
+    body += [
+        f"<h2>{escape(chart[0].upper() + chart[1:])}</h2>",
+        _img(pareto_png(report), chart),
+        "<h2>Size</h2>",
+        _img(size_png(report), "model size"),
+    ]
+    targets = target_lines(report)
+    if targets:
+        body += ["<h2>Targets</h2>", _list(targets)]
+    body.append("<h2>Models</h2>")
     for entry in report.entries():
-        items = list(entry.verdict)
-        if entry.parity is None:
-            items.append(f"not exported to ONNX: {entry.export_skipped}")
-        elif not entry.parity.ok:
-            items.append("ONNX Runtime output differs from torch beyond tolerance")
-        if entry.exporter_fallback_reason:
-            items.append(f"exporter fallback: {entry.exporter_fallback_reason}")
-        for session in entry.sessions:
-            if session.error:
-                items.append(f"{session.target}: not measured: {session.error}")
-            elif session.load_ms is not None:
-                memory = session.peak_rss_delta_mb or session.rss_delta_mb or 0.0
-                items.append(
-                    f"{session.target}: session load {session.load_ms:.1f} ms, "
-                    f"peak memory +{memory:.1f} MB"
-                )
-        details.append(
-            f"<h3>{escape(entry.name)}</h3><p>{escape(' -> '.join(entry.nodes) or 'unchanged')}"
-            f", exported with the {escape(entry.exporter)} exporter ({escape(entry.precision)})"
-            "</p><ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
-        )
-    targets = [
-        f"<li>{_inline_markdown(line[2:])}</li>"
-        for line in target_lines(report)
-        if line.startswith("- ")
-    ]
-    noisy = any(x.noisy for e in report.entries() for x in e.latency)
-    chart = f"{primary_metric(report)[1]} vs latency"
+        passes = " -> ".join(entry.nodes) or "unchanged"
+        body += [
+            f"<h3>{escape(entry.name)}</h3>",
+            f"<p class='note'>Passes: {escape(passes)}.</p>",
+            _list(entry_lines(report, entry)),
+        ]
+        for step in entry.steps:
+            body.append(
+                f"<h4>{inline_markdown(step_heading(step.id, step.name, step.seconds))}</h4>"
+            )
+            body.append(blocks_html(step.summary()))
     return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>compresskit run: {escape(report.policy)}</title>",
             f"<style>{_STYLE}</style></head><body>",
-            f"<h1>compresskit run: policy <code>{escape(report.policy)}</code></h1>",
-            f"<p class='note'>Checkpoint <code>{escape(report.checkpoint)}</code>, data "
-            f"<code>{escape(report.data)}</code>, seed {report.seed}, {report.seconds:.1f} s, "
-            f"compresskit {escape(report.compresskit_version)}, {escape(report.created)}, "
-            f"report schema {report.schema_version}.</p>",
-            *table,
-            f"<p class='note'>{escape(NOISY_NOTE)}</p>" if noisy else "",
-            f"<p class='note'>{escape(MEASURED_NOTE[report.task])} {escape(LATENCY_NOTE)}</p>",
-            "<h2>Verdict</h2><ul>" + "".join(verdicts) + "</ul>",
-            f"<h2>{escape(chart[0].upper() + chart[1:])}</h2>",
-            _img(pareto_png(report), chart),
-            "<h2>Size</h2>",
-            _img(size_png(report), "model size"),
-            "<h2>Targets</h2><ul>" + "".join(targets) + "</ul>",
-            "<h2>Models</h2>",
-            *details,
+            *(part for part in body if part),
             "</body></html>",
             "",
         ]

@@ -2,8 +2,8 @@
 
 Several models are timed *interleaved* (round-robin, in short rounds) so that drift of
 the machine (thermal, other load) hits baseline and candidates alike and their ratio
-stays honest. This module imports only numpy at the top: the benchmark worker for an
-ONNX Runtime target never imports torch.
+stays honest. This module imports only numpy and the measurement schema: the benchmark
+worker for an ONNX Runtime target never imports torch.
 """
 
 from __future__ import annotations
@@ -15,29 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from compresskit.bench.measurement import Latency
+
 # A median is "stable" when its standard error is below this fraction of it ...
 REL_PRECISION = 0.01
 # ... and the medians of the first and second half of the samples agree this closely.
 MAX_DRIFT = 0.05
 ROUND_SECONDS = 0.01  # one model's share of a round-robin round
-
-
-@dataclass(frozen=True)
-class Latency:
-    """One measurement: a model on a target at a batch size."""
-
-    target: str
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    repeats: int
-    p99_ms: float = 0.0
-    mean_ms: float = 0.0
-    cv: float = 0.0  # robust coefficient of variation: IQR / 1.349 / median
-    throughput: float = 0.0  # samples per second at the median
-    stable: bool = True  # the median settled before the time cap
-    noisy: bool = False
-    noise_reason: str | None = None
 
 
 def robust_cv(times: np.ndarray) -> float:
@@ -69,13 +53,16 @@ def median_is_stable(
     return error <= rel_precision * median and drift <= max_drift
 
 
-def summarize(target: str, batch: int, times_s: np.ndarray, *, stable: bool) -> Latency:
+def summarize(
+    target: str, batch: int, times_s: np.ndarray, *, stable: bool, workload: str | None = None
+) -> Latency:
     """Percentiles (ms), robust CV and throughput of timings in seconds."""
     ms = np.asarray(times_s, dtype=np.float64) * 1000
     p50, p90, p99 = (float(x) for x in np.percentile(ms, [50, 90, 99]))
     return Latency(
         target=target,
         batch=batch,
+        workload=workload,
         p50_ms=p50,
         p90_ms=p90,
         repeats=len(ms),

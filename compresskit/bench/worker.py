@@ -5,27 +5,50 @@ runtimes from distorting each other (torch's OpenMP pool, ORT's spinning threads
 one process for all models of a target keeps their ratio honest (interleaved timing,
 same process state). An ONNX Runtime job never imports torch.
 
-Progress goes to stderr as ``@@progress DONE TOTAL`` lines.
+Progress goes to stderr as ``@@progress DONE TOTAL`` lines; the result is a
+:class:`~compresskit.bench.measurement.TargetRun` as JSON.
+
+A model of kind ``factory`` (ONNX Runtime targets) is opened by ``module:function``
+(``function(open_session, **args) -> Runner``) for models whose inputs need adapting:
+``open_session(path)`` gives a session with the target's settings.
 """
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compresskit.bench.latency import batch_of, summarize, time_interleaved
+from compresskit.bench.measurement import ModelRun, Session, TargetRun
 from compresskit.bench.noise import MAX_CV, assess, sample_machine, usable_cores
 from compresskit.export.targets import Target
 
-Runner = Callable[[tuple[np.ndarray, ...]], Callable[[], object]]
+Inputs = tuple[np.ndarray, ...]
+# Opens a model: given inputs, the call to time.
+Runner = Callable[[Inputs], Callable[[], object]]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Named inputs to time every model on, cycled call after call (e.g. batches of text
+    at their real lengths); the first feed's first axis is the batch size reported."""
+
+    name: str
+    feeds: list[Inputs]
+
+    @property
+    def batch(self) -> int:
+        return int(self.feeds[0][0].shape[0])
 
 
 class TargetUnavailable(Exception):
@@ -61,8 +84,16 @@ def _ort_loader(
 ) -> Callable[[dict], Any]:
     import onnxruntime as ort
 
+    def open_session(model: Any) -> Any:
+        return _ort_session(ort, target, spinning, threads, model, cache_dir)
+
     def load(spec: dict) -> Runner:
-        return _ort_runner(ort, target, spinning, threads, spec["path"], cache_dir)
+        sys.path[:0] = spec.get("sys_path", [])
+        if spec["kind"] == "factory":  # a model that needs its own feeding (benchmarks)
+            module, _, name = spec["factory"].partition(":")
+            factory = getattr(importlib.import_module(module), name)
+            return factory(open_session, **spec.get("args", {}))
+        return session_runner(open_session(spec["path"]))
 
     # Start the runtime (environment, thread pools, allocator) on a one-node graph, so
     # that the first model's load time and memory do not include this one-off cost.
@@ -76,17 +107,15 @@ def _ort_loader(
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
         )
         prime = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        _ort_runner(ort, target, spinning, threads, prime.SerializeToString(), cache_dir)(
-            (np.ones(1, dtype=np.float32),)
-        )()
+        session_runner(open_session(prime.SerializeToString()))((np.ones(1, np.float32),))()
     except Exception:  # priming is an accuracy nicety; the measurement itself decides
         pass
     return load
 
 
-def _ort_runner(
+def _ort_session(
     ort: Any, target: Target, spinning: bool, threads: int, model: Any, cache_dir: str
-) -> Runner:
+) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -114,9 +143,14 @@ def _ort_runner(
             f"ONNX Runtime could not run {target.provider} here (the session got "
             f"{', '.join(session.get_providers())})"
         )
+    return session
+
+
+def session_runner(session: Any) -> Runner:
+    """Inputs fed to the session's graph inputs in order, whatever their names."""
     names = [i.name for i in session.get_inputs()]
 
-    def runner(inputs: tuple[np.ndarray, ...]) -> Callable[[], object]:
+    def runner(inputs: Inputs) -> Callable[[], object]:
         feed = dict(zip(names, inputs, strict=True))
         return lambda: session.run(None, feed)
 
@@ -139,6 +173,7 @@ def _torch_loader(target: Target, threads: int) -> Callable[[dict], Any]:
         (torch.ones(64, 64, device=device) @ torch.ones(64, 64, device=device)).sum().item()
 
     def load(spec: dict) -> Runner:
+        sys.path[:0] = spec.get("sys_path", [])  # the classes of a pickled module
         if spec["kind"] == "module":  # our own file, written by the parent for this job
             model = torch.load(spec["path"], map_location="cpu", weights_only=False)
         else:
@@ -166,35 +201,61 @@ def _torch_loader(target: Target, threads: int) -> Callable[[dict], Any]:
     return load
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Measure the job's models on its target; a JSON-ready result."""
+def _load_inputs(path: str, job: dict[str, Any]) -> tuple[Inputs, list[Workload]]:
+    """The sample (``arr_0``, ``arr_1``, ...) and the named workloads
+    (``w{i}_{feed}_{input}``) of ``inputs.npz``."""
+    with np.load(path) as data:
+        sample = tuple(data[f"arr_{i}"] for i in range(job.get("sample_inputs", 0)))
+        workloads = [
+            Workload(
+                spec["name"],
+                [
+                    tuple(data[f"w{i}_{f}_{k}"] for k in range(spec["inputs"]))
+                    for f in range(spec["feeds"])
+                ],
+            )
+            for i, spec in enumerate(job.get("workloads", []))
+        ]
+    return sample, workloads
+
+
+def _cycle(calls: list[Callable[[], object]]) -> Callable[[], object]:
+    """One call per invocation, going round ``calls`` (inputs of varying shape)."""
+    index = itertools.count()
+    return lambda: calls[next(index) % len(calls)]()
+
+
+def run_job(job: dict[str, Any]) -> TargetRun:
+    """Measure the job's models on its target."""
     target = Target.model_validate(job["target"])
     models: list[dict] = job["models"]
-    with np.load(job["inputs"]) as data:
-        sample = tuple(data[f"arr_{i}"] for i in range(len(data.files)))
+    sample, workloads = _load_inputs(job["inputs"], job)
     threads = target.threads or usable_cores()
     spinning = target.allow_spinning
     if spinning is None:
         spinning = len(models) == 1
-    result: dict[str, Any] = {
-        "target": target.name,
-        "runtime": target.runtime,
-        "provider": target.provider,
-        "precision": target.precision,
-        "threads": threads,
-        "inter_op_threads": 1,
-        "allow_spinning": spinning if target.runtime == "onnxruntime" else None,
-        "skipped": None,
-        "models": [],
-    }
+    result = TargetRun(
+        target=target.name,
+        runtime=target.runtime,
+        provider=target.provider,
+        precision=target.precision,
+        threads=threads,
+        inter_op_threads=1,
+        allow_spinning=spinning if target.runtime == "onnxruntime" else None,
+    )
     batch_sizes: list[int] = job["batch_sizes"]
-    total = len(models) + len(batch_sizes)
+    total = len(models) + len(batch_sizes) + len(workloads)
     done = 0
 
     def progress() -> None:
         print(f"@@progress {done} {total}", file=sys.stderr, flush=True)
 
     sequence = target.sequence_length if job.get("dynamic_sequence") else None
+    # What each model is timed on: (batch, workload name, the inputs cycled).
+    plans: list[tuple[int, str | None, list[Inputs]]] = [
+        (batch, None, [batch_of(sample, batch, sequence=sequence)]) for batch in batch_sizes
+    ]
+    plans += [(w.batch, w.name, w.feeds) for w in workloads]
     load = (
         _ort_loader(target, spinning, threads, str(Path(job["inputs"]).parent))
         if target.runtime == "onnxruntime"
@@ -202,57 +263,58 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     )
     runners: list[Runner | None] = []
     for spec in models:
-        entry: dict[str, Any] = {"name": spec["name"], "error": None, "latency": []}
+        session = Session(target=target.name)
         has_peak = _reset_peak()
         before = _proc_status()
         start = time.perf_counter()
+        runner: Runner | None
         try:
             runner = load(spec)
-            entry["load_ms"] = (time.perf_counter() - start) * 1000
-            for batch in batch_sizes:  # one call per shape: memory the runs need too
-                runner(batch_of(sample, batch, sequence=sequence))()
+            session.load_ms = (time.perf_counter() - start) * 1000
+            for _, _, feeds in plans:  # one call per shape: memory the runs need too
+                runner(feeds[0])()
         except TargetUnavailable as error:
-            result["skipped"] = str(error)
+            result.skipped = str(error)
             return result
         except Exception as error:
-            entry["error"] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            session.error = f"{type(error).__name__}: {str(error).strip()[:300]}"
             runner = None
         after = _proc_status()
         if "VmRSS" in before and "VmRSS" in after:
-            entry["rss_delta_mb"] = (after["VmRSS"] - before["VmRSS"]) / 1024
+            session.rss_delta_mb = (after["VmRSS"] - before["VmRSS"]) / 1024
             if has_peak and "VmHWM" in after:
-                entry["peak_rss_delta_mb"] = (after["VmHWM"] - before["VmRSS"]) / 1024
+                session.peak_rss_delta_mb = (after["VmHWM"] - before["VmRSS"]) / 1024
         runners.append(runner)
-        result["models"].append(entry)
+        result.models.append(ModelRun(name=spec["name"], session=session))
         done += 1
         progress()
 
-    live = [(entry, r) for entry, r in zip(result["models"], runners, strict=True) if r]
+    live = [(model, r) for model, r in zip(result.models, runners, strict=True) if r]
     before_all = sample_machine()
-    for batch in batch_sizes:
-        inputs = batch_of(sample, batch, sequence=sequence)
+    for batch, workload, feeds in plans:
         machine_before = sample_machine()
         series = time_interleaved(
-            [runner(inputs) for _, runner in live],
+            [_cycle([runner(feed) for feed in feeds]) for _, runner in live],
             min_repeats=job.get("min_repeats", 20),
             max_seconds=job["max_seconds"],
         )
         noise = assess(machine_before, sample_machine())
-        for (entry, _), timed in zip(live, series, strict=True):
-            latency = summarize(target.name, batch, timed.times, stable=timed.stable)
+        for (model, _), timed in zip(live, series, strict=True):
+            latency = summarize(
+                target.name, batch, timed.times, stable=timed.stable, workload=workload
+            )
             reasons = list(noise.reasons)
-            if latency.cv > MAX_CV:
+            if latency.cv is not None and latency.cv > MAX_CV:
                 reasons.append(f"timings vary (robust CV {latency.cv:.0%})")
             if not timed.stable:
                 reasons.append(f"median not stable after {timed.seconds:.1f} s")
-            entry["latency"].append(
-                asdict(latency)
-                | {"noisy": bool(reasons), "noise_reason": "; ".join(reasons) or None}
-            )
+            latency.noisy = bool(reasons)
+            latency.noise_reason = "; ".join(reasons) or None
+            model.latency.append(latency)
         done += 1
         progress()
     machine = assess(before_all, sample_machine())
-    result["noise"] = asdict(machine)
+    result.noisy, result.noise_reasons = machine.noisy, list(machine.reasons)
     return result
 
 
@@ -263,7 +325,7 @@ def main(argv: list[str]) -> int:
     except Exception:
         traceback.print_exc()
         return 1
-    result_path.write_text(json.dumps(result))
+    result_path.write_text(result.model_dump_json())
     return 0
 
 

@@ -286,7 +286,8 @@ def bench(
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render report.md and report.html of RUN_DIR from its report.json."""
-    from compresskit.bench.report import Report, write_reports
+    from compresskit.bench.output import write_reports
+    from compresskit.bench.report import Report
     from compresskit.cli.tables import print_report
 
     path = run_dir / "report.json" if run_dir.is_dir() else run_dir

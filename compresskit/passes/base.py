@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from compresskit.configs import DataNeed, PassConfig
+from compresskit.records import PassRecord
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,6 +63,8 @@ class Pass(ABC, Generic[ConfigT]):
     name: ClassVar[str]
     config_cls: ClassVar[type[PassConfig]]
     effects: ClassVar[Effects] = Effects()
+    # The facts ``ctx.record`` leaves, validated when the node finishes (compresskit.records).
+    record_cls: ClassVar[type[PassRecord]] = PassRecord
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

@@ -30,6 +30,7 @@ from compresskit.distill.losses import KDLoss, LossSpec, TaskLoss, kd_loss
 from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import DistillRecord
 from compresskit.progress import status
 from compresskit.tasks import Task
 from compresskit.tasks.base import model_device, to_device
@@ -127,6 +128,7 @@ class Distill(Pass[DistillConfig]):
 
     config_cls = DistillConfig
     effects = Effects(trains=True)
+    record_cls = DistillRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

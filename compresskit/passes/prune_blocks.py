@@ -13,6 +13,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import PruneBlocksRecord
 from compresskit.pruning.criteria import CalibrationSet
 from compresskit.pruning.depth import Block, block_sensitivity, find_blocks, remove_blocks
 from compresskit.pruning.schedule import FinetuneConfig, finetune
@@ -65,6 +66,7 @@ class PruneBlocks(Pass[PruneBlocksConfig]):
 
     config_cls = PruneBlocksConfig
     effects = Effects(float_only=True)
+    record_cls = PruneBlocksRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

@@ -20,6 +20,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import PruneChannelsRecord
 from compresskit.pruning.criteria import CalibrationSet, channel_importance
 from compresskit.pruning.schedule import FinetuneConfig, prune_in_steps, scaled_ratio
 from compresskit.pruning.scope import (
@@ -112,6 +113,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
 
     config_cls = PruneChannelsConfig
     effects = Effects(float_only=True)
+    record_cls = PruneChannelsRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

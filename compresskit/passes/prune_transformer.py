@@ -21,6 +21,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import PruneRecord
 from compresskit.pruning.attention import (
     EncoderLayer,
     choose,
@@ -79,6 +80,7 @@ class PruneTransformer(Pass[PruneTransformerConfig]):
 
     config_cls = PruneTransformerConfig
     effects = Effects(float_only=True)
+    record_cls = PruneRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

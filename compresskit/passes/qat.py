@@ -18,6 +18,7 @@ from compresskit.context import Context
 from compresskit.distill.losses import label_kd_loss
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
+from compresskit.passes.records import QATRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
@@ -59,6 +60,7 @@ class QAT(Pass[QATConfig]):
 
     config_cls = QATConfig
     effects = Effects(quantizes=frozenset({"layers"}), refines=frozenset({"layers"}), trains=True)
+    record_cls = QATRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

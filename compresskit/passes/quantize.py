@@ -15,6 +15,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
+from compresskit.passes.records import StaticQuantRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
 
@@ -37,6 +38,7 @@ class Quantize(Pass[QuantizeConfig]):
 
     config_cls = QuantizeConfig
     effects = Effects(quantizes=frozenset({"layers"}))
+    record_cls = StaticQuantRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if is_quantized(model):

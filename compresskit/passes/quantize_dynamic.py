@@ -17,6 +17,7 @@ from torch import nn
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import QuantizeDynamicRecord
 from compresskit.quantization.dynamic import DynamicQuantLinear, dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded
@@ -84,6 +85,7 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
 
     config_cls = QuantizeDynamicConfig
     effects = Effects(quantizes=frozenset({"layers"}))
+    record_cls = QuantizeDynamicRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if is_quantized(model) or dynamic_layers(model):

@@ -18,6 +18,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import state_bytes
 from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import QuantizeEmbeddingsRecord
 from compresskit.quantization.embedding import Int8Embedding, int8_embeddings
 from compresskit.quantization.prepare import excluded
 
@@ -53,6 +54,7 @@ class QuantizeEmbeddings(Pass[QuantizeEmbeddingsConfig]):
 
     config_cls = QuantizeEmbeddingsConfig
     effects = Effects(quantizes=frozenset({"embeddings"}))
+    record_cls = QuantizeEmbeddingsRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if int8_embeddings(model):

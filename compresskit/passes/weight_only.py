@@ -23,6 +23,7 @@ from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.size import state_bytes
 from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
+from compresskit.passes.records import WeightOnlyRecord
 from compresskit.quantization.dynamic import dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded, set_submodule
@@ -85,6 +86,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
 
     config_cls = WeightOnlyConfig
     effects = Effects(quantizes=frozenset({"layers"}), packs=True)
+    record_cls = WeightOnlyRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         try:

@@ -19,16 +19,22 @@ from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed
 from compresskit.pipeline.graph import Node, Pipeline
 from compresskit.progress import status
+from compresskit.records import PassRecord
 
 
 @dataclass
 class NodeResult:
-    """What one node did: its pass, how long it took, and what it recorded."""
+    """What one node did: its pass, how long it took, and its typed record."""
 
     id: str
     pass_name: str
     seconds: float
-    records: dict[str, Any] = field(default_factory=dict)
+    record: PassRecord = field(default_factory=PassRecord)
+
+    @property
+    def records(self) -> dict[str, Any]:
+        """The recorded facts as JSON-ready data."""
+        return self.record.facts()
 
 
 @dataclass
@@ -68,7 +74,10 @@ def run_pipeline(pipeline: Pipeline, model: nn.Module, ctx: Context) -> list[Can
         node_ctx = ctx.for_node()
         start = time.perf_counter()
         model = node.pass_.apply(model, node_ctx)
-        result = NodeResult(node.id, node.pass_.name, time.perf_counter() - start, node_ctx.records)
+        seconds = time.perf_counter() - start
+        where = f"node {node.id!r} ({node.pass_.name})"
+        record = type(node.pass_).record_cls.from_facts(node_ctx.records, where=where)
+        result = NodeResult(node.id, node.pass_.name, seconds, record)
         history = [*history, result]
         children = pipeline.children(node.id)
         if not children:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from compresskit.bench.harness import BenchModel, measure_target, measure_targets
+from compresskit.bench.harness import BenchModel, Workload, measure_target, measure_targets
+from compresskit.bench.measurement import TargetRun
 from compresskit.export.onnx import export_onnx
 from compresskit.export.targets import load_target, target_available
 from compresskit.testing import TinyCNN
@@ -41,9 +42,9 @@ def test_onnx_target_measures_every_model_with_sane_fields(models: list[BenchMod
     assert isinstance(run.noisy, bool) and (run.noisy == bool(run.noise_reasons))
     assert [m.name for m in run.models] == ["big", "small"]
     for model in run.models:
-        assert model.error is None
-        assert model.load_ms is not None and model.load_ms > 0
-        assert model.rss_delta_mb is not None
+        assert model.error is None and model.session.target == "cpu-ort"
+        assert model.session.load_ms is not None and model.session.load_ms > 0
+        assert model.session.rss_delta_mb is not None
         assert [x.batch for x in model.latency] == [1, 8]
         for x in model.latency:
             assert x.target == "cpu-ort" and x.repeats >= 3
@@ -51,10 +52,12 @@ def test_onnx_target_measures_every_model_with_sane_fields(models: list[BenchMod
             assert x.throughput == pytest.approx(x.batch / (x.p50_ms / 1000))
             assert x.noisy == (x.noise_reason is not None)
     big, small = run.models
-    assert big.speedup == {1: 1.0, 8: 1.0}  # the first model is the baseline
-    assert small.speedup[8] == pytest.approx(
+    assert [x.speedup for x in big.latency] == [1.0, 1.0]  # the first model is the baseline
+    assert small.at(8).speedup == pytest.approx(  # type: ignore[union-attr]
         run.latency("big", 8).p50_ms / run.latency("small", 8).p50_ms  # type: ignore[union-attr]
     )
+    # The worker's JSON is the measurement schema itself.
+    assert TargetRun.model_validate_json(run.model_dump_json()) == run
 
 
 def test_one_model_may_spin_and_torch_targets_need_modules(models: list[BenchModel]) -> None:
@@ -64,6 +67,30 @@ def test_one_model_may_spin_and_torch_targets_need_modules(models: list[BenchMod
     onnx_only = [BenchModel("x", onnx=models[0].onnx)]
     torch_run = measure_targets(["torch-cpu"], onnx_only, SAMPLE, batch_sizes=[1])[0]
     assert torch_run.skipped and "torch model" in torch_run.skipped
+
+
+def test_workloads_are_timed_interleaved_and_named(models: list[BenchModel]) -> None:
+    """Inputs of varying batch cycled per call (e.g. texts at their real lengths), next to
+    no batch sizes at all: every model gets one latency per workload, with its speedup."""
+    rng = np.random.default_rng(1)
+    feeds = [(rng.standard_normal((3, 1, 8, 8)).astype(np.float32),) for _ in range(2)]
+    target = load_target("cpu-ort").model_copy(update={"threads": 1})
+    runs = measure_targets(
+        [target],
+        models,
+        SAMPLE,
+        batch_sizes=[],
+        max_seconds=0.05,
+        min_repeats=3,
+        workloads=[Workload("real", feeds)],
+    )
+    (run,) = runs
+    for model in run.models:
+        (latency,) = model.latency
+        assert (latency.batch, latency.workload) == (3, "real") and latency.p50_ms > 0
+        assert model.at(3, "real") is latency and model.at(3) is None
+    assert run.models[0].latency[0].speedup == 1.0
+    assert run.latency("small", 3, "real").speedup is not None  # type: ignore[union-attr]
 
 
 def test_unavailable_targets_are_reported_with_the_reason(models: list[BenchModel]) -> None:
@@ -92,3 +119,41 @@ def test_gpu_targets_measure_on_a_gpu(name: str, models: list[BenchModel]) -> No
     run = measure_targets([name], models, SAMPLE, batch_sizes=[1, 8], max_seconds=0.2)[0]
     assert run.skipped is None, run.skipped
     assert all(len(m.latency) == 2 and m.latency[0].p50_ms > 0 for m in run.models)
+
+
+FACTORY = '''
+import numpy as np
+
+
+def doubled(open_session, *, path, scale):
+    """The graph's output times ``scale``, computed after it (in the timed call)."""
+    session = open_session(path)
+    name = session.get_inputs()[0].name
+
+    def runner(inputs):
+        feed = {name: inputs[0]}
+        return lambda: session.run(None, feed)[0] * scale
+
+    return runner
+'''
+
+
+def test_a_factory_opens_a_model_that_needs_adapting(models: list[BenchModel], tmp_path) -> None:
+    (tmp_path / "my_runners.py").write_text(FACTORY)
+    adapted = BenchModel(
+        "adapted",
+        factory="my_runners:doubled",
+        factory_args={"path": str(models[0].onnx), "scale": 2.0},
+        sys_path=(str(tmp_path),),
+    )
+    target = load_target("cpu-ort").model_copy(update={"batch_sizes": [2], "threads": 1})
+    run = measure_target(target, [models[0], adapted], SAMPLE, max_seconds=0.05, min_repeats=3)
+    assert [m.name for m in run.models] == ["big", "adapted"]
+    assert all(m.error is None and m.latency[0].p50_ms > 0 for m in run.models)
+    torch_run = measure_target(
+        load_target("torch-cpu").model_copy(update={"batch_sizes": [2]}),
+        [adapted],
+        SAMPLE,
+        max_seconds=0.05,
+    )
+    assert torch_run.skipped and "torch model" in torch_run.skipped

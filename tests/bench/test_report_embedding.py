@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_report import report_dict
+from test_report import report_dict, version_2
 
+from compresskit.bench.markdown import render_markdown
+from compresskit.bench.output import write_reports
 from compresskit.bench.plots import pareto_png
-from compresskit.bench.report import Report, render_markdown, table_rows, write_reports
+from compresskit.bench.report import Report
+from compresskit.bench.text import table_rows
+from compresskit.bench.verdict import judge
+from compresskit.budget import Budget
 from compresskit.cli.main import cli
 from compresskit.tasks import get_task
 
@@ -47,7 +52,7 @@ def test_embedding_metrics_against_the_baseline() -> None:
 
 
 def test_reports_without_a_task_read_as_classification(tmp_path: Path) -> None:
-    old = report_dict()
+    old = version_2(report_dict())
     assert "task" not in old
     (tmp_path / "report.json").write_text(json.dumps(old))
     report = Report.load(tmp_path / "report.json")
@@ -86,24 +91,18 @@ def test_cli_report_prints_the_cosine_table(tmp_path: Path) -> None:
 
 
 def test_each_task_reads_its_own_budget() -> None:
-    from compresskit.compress import _summary, _verdict
-    from compresskit.policies import load_policy
-    from compresskit.policies.schema import Budget
-
-    policy = load_policy("default").model_copy(
-        update={"budget": Budget(max_accuracy_drop=0.02, min_cosine=0.95)}
-    )
-    classification = Report.model_validate(report_dict())
-    entry, baseline = classification.candidates[0], classification.baseline
-    assert "accuracy within budget (-1.00 points" in _summary(entry, baseline, policy, [])
-    verdict = _verdict(entry, baseline, policy)
-    assert "min_cosine applies to embedding tasks only" in verdict[-1]
-    embedding = Report.model_validate(embedding_report_dict())
+    budget = Budget(max_accuracy_drop=0.02, min_cosine=0.95)
+    classification = judge(Report.model_validate(report_dict()), budget)
+    entry = classification.candidates[0]
+    assert "accuracy within budget (-1.00 points" in entry.summary
+    assert entry.verdict is not None
+    assert "budget min_cosine does not apply to a classification task" in entry.verdict.lines[-1]
+    embedding = judge(Report.model_validate(embedding_report_dict()), budget)
     good, bad = embedding.candidates
-    assert "cosine 0.9800 to the baseline, within budget (min 0.95)" in _summary(
-        good, embedding.baseline, policy, []
-    )
-    assert "BELOW budget (min 0.95)" in _summary(bad, embedding.baseline, policy, [])
-    lines = _verdict(bad, embedding.baseline, policy)
+    assert "cosine 0.9800 to the baseline, within budget (min 0.95)" in good.summary
+    assert "BELOW budget (min 0.95)" in bad.summary
+    assert bad.verdict is not None and bad.verdict.budget_met is False
+    assert bad.verdict.reasons[-1] == "cosine_below_budget"
+    lines = bad.verdict.lines
     assert "cosine 0.9100 to the baseline, BELOW budget (min 0.95) (p5 0.8600" in lines[-2]
     assert "max_accuracy_drop does not apply" in lines[-1]

@@ -101,8 +101,17 @@ def test_compress_writes_a_complete_run_directory(inputs: dict[str, Path], tmp_p
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3
     assert [c["name"] for c in report["candidates"]] == ["int8", "only-int8"]
+    # the machine-readable verdict, per candidate and for the run
+    assert report["verdict"]["measured"] is True and report["verdict"]["parity_ok"] is True
+    for candidate in report["candidates"]:
+        assert set(candidate["verdict"]) >= {"budget_met", "faster", "low_bit", "reasons"}
+        assert all(
+            isinstance(code, str) and " " not in code for code in candidate["verdict"]["reasons"]
+        )
+    steps = report["candidates"][0]["steps"]
+    assert steps[0]["records"]["widths"] and steps[1]["records"]["history"]["epochs"]
     assert report["candidates"][0]["nodes"] == ["prune_channels", "distill", "quantize"]
     for entry in [report["baseline"], *report["candidates"]]:
         assert {"params", "macs", "onnx_bytes", "metrics", "latency"} <= set(entry)
@@ -140,7 +149,8 @@ def test_compress_writes_a_complete_run_directory(inputs: dict[str, Path], tmp_p
         str(tmp_path / "b.json"),
     )
     assert bench.exit_code == 0
-    assert [r["batch"] for r in json.loads((tmp_path / "b.json").read_text())["results"]] == [1, 4]
+    (run,) = json.loads((tmp_path / "b.json").read_text())["targets"]
+    assert [x["batch"] for x in run["models"][0]["latency"]] == [1, 4]
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 from click.testing import CliRunner
 
+from compresskit.bench.measurement import BenchDocument
 from compresskit.cli.main import cli
 from compresskit.export.onnx import onnx_metadata
 from compresskit.export.targets import builtin_target_names
@@ -37,19 +39,22 @@ def test_export_and_bench_a_state_dict_given_its_input_shape(tmp_path: Path) -> 
         "--batch", "1,2", "--seconds", "0.05", "--json", str(tmp_path / "b.json"),
     )  # fmt: skip
     assert bench.exit_code == 0, bench.output
-    result = json.loads((tmp_path / "b.json").read_text())
-    rows = {(r["target"], r["model"], r["batch"]) for r in result["results"]}
+    document = BenchDocument.model_validate_json((tmp_path / "b.json").read_text())
+    assert document.schema_version == 2 and document.models[0].endswith("m.onnx")
+    rows = {
+        (x.target, m.name, x.batch) for t in document.targets for m in t.models for x in m.latency
+    }
     assert rows == {
         ("cpu-ort-1t", "m", 1), ("cpu-ort-1t", "m", 2), ("cpu-ort-1t", "w", 1),
         ("cpu-ort-1t", "w", 2), ("torch-cpu", "w", 1), ("torch-cpu", "w", 2),
     }  # fmt: skip
     # the .onnx cannot run on torch: said so, per model, not dropped
-    torch_run = next(t for t in result["targets"] if t["target"] == "torch-cpu")
-    assert any(m["name"] == "m" and "torch model" in m["error"] for m in torch_run["models"])
-    assert all(r["p50_ms"] > 0 for r in result["results"])
-    for row in result["results"]:  # the baseline (m.onnx) did not run on torch: no ratio there
-        assert (row["speedup"] is None) == (row["target"] == "torch-cpu")
-    assert all({"p90_ms", "p99_ms", "throughput", "noisy"} <= set(r) for r in result["results"])
+    torch_run = next(t for t in document.targets if t.target == "torch-cpu")
+    assert any(m.name == "m" and "torch model" in (m.error or "") for m in torch_run.models)
+    for run in document.targets:  # the baseline (m.onnx) did not run on torch: no ratio there
+        for x in (x for m in run.models for x in m.latency):
+            assert x.p50_ms > 0 and x.p99_ms is not None and x.throughput is not None
+            assert (x.speedup is None) == (run.target == "torch-cpu")
 
 
 def test_bench_all_targets_lists_every_skip_with_its_reason(tmp_path: Path) -> None:
@@ -64,10 +69,11 @@ def test_bench_all_targets_lists_every_skip_with_its_reason(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "b.json").read_text())
     assert [t["target"] for t in data["targets"]] == builtin_target_names()
-    measured = {r["target"] for r in data["results"]}
-    assert measured | set(data["skipped"]) == set(builtin_target_names())
+    measured = {t["target"] for t in data["targets"] if t["models"]}
+    skipped = {t["target"]: t["skipped"] for t in data["targets"] if t["skipped"]}
+    assert measured | set(skipped) == set(builtin_target_names())
     assert all(t["threads"] == 1 for t in data["targets"] if not t["skipped"])
-    for name, reason in data["skipped"].items():
+    for name, reason in skipped.items():
         assert reason and f"{name} skipped: " in " ".join(result.output.split())
 
 
@@ -132,3 +138,51 @@ REPORT = {
     "baseline": _entry("baseline", 0.9, 1.0),
     "candidates": [_entry("int8", 0.89, 0.5)],
 }
+
+
+def _report_with_records():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from test_report import report_dict
+
+    from compresskit.bench.report import Report
+
+    return Report.model_validate(report_dict())
+
+
+def test_the_table_fits_80_columns_and_log_lines_stay_whole() -> None:
+    from rich.console import Console
+
+    from compresskit.cli.tables import print_report
+
+    report = _report_with_records()
+    narrow = Console(file=io.StringIO(), width=80)
+    print_report(report, narrow)
+    text = narrow.file.getvalue()  # type: ignore[attr-defined]
+    table_lines = text[: text.index("* noisy")].splitlines()  # the tables come first
+    assert all(len(line.rstrip()) <= 80 for line in table_lines), text
+    assert "…" not in text  # no cell cut short
+    for value in ("1,000", "20.00k", "4.0 kB", "0.9400", "95%", "1.000*", "2.00x", "24.000"):
+        assert value in text, value
+    # The verdict and record lines are whole lines in a log, not wrapped at 80 columns.
+    assert any(len(line) > 80 and "pruned 2 of 3 layers" in line for line in text.splitlines())
+    wide = Console(file=io.StringIO(), width=160)
+    print_report(report, wide)
+    header = next(line for line in wide.file.getvalue().splitlines() if "params" in line)  # type: ignore[attr-defined]
+    assert "b1 ms" in header and "acc" in header  # one table when it fits
+
+
+def test_status_lines_show_node_ids_and_are_whole_in_a_log(monkeypatch) -> None:
+    from rich.console import Console
+
+    from compresskit import progress
+
+    log = Console(file=io.StringIO(), width=80, stderr=False)
+    monkeypatch.setattr(progress, "console", log)
+    monkeypatch.setenv("COMPRESSKIT_QUIET", "0")
+    progress.status("[prune] prune_channels")
+    progress.status("[red]not markup[/red] " + "x" * 120, style="red")
+    lines = log.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert lines[0] == "· [prune] prune_channels"
+    assert lines[1] == "· [red]not markup[/red] " + "x" * 120

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import compresskit
-from compresskit.compress import _summary, _verdict
+from compresskit.bench.verdict import judge
 from compresskit.errors import CompressKitError
 from compresskit.passes.distill import Distill, DistillConfig
 from compresskit.passes.prune_transformer import PruneTransformer, PruneTransformerConfig
@@ -87,7 +87,8 @@ def test_embedding_run_scores_cosine_to_the_baseline(embedding_data, tmp_path: P
         assert cosine["mse"] > 0.0
         assert "within budget (min 0.5)" in entry.summary, entry.summary
         assert "accuracy" not in entry.summary
-        assert any("max_accuracy_drop does not apply" in line for line in entry.verdict)
+        assert entry.verdict is not None and entry.verdict.budget_met is True
+        assert any("max_accuracy_drop does not apply" in line for line in entry.verdict.lines)
         assert entry.parity is not None and entry.parity.ok, entry.parity
     # Half the heads and neurons gone changes the embeddings; distillation brings them back.
     distilled, pruned = report.candidates[0].metrics, report.candidates[1].metrics
@@ -107,11 +108,15 @@ def test_embedding_run_scores_cosine_to_the_baseline(embedding_data, tmp_path: P
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["task"] == "embedding"
 
-    # The same candidate against a budget it misses.
-    strict = policy.model_copy(update={"budget": Budget(min_cosine=0.99999)})
-    entry = report.candidates[-1]
-    assert "BELOW budget (min 0.99999)" in _summary(entry, report.baseline, strict, [])
-    assert any("BELOW budget" in line for line in _verdict(entry, report.baseline, strict))
+    assert saved["verdict"]["budget_met"] is True and saved["budget"]["min_cosine"] == 0.5
+    assert "training curve (loss/val cos)" in html
+
+    # The same candidates against a budget they miss.
+    strict = judge(report.model_copy(deep=True), Budget(min_cosine=0.99999))
+    entry = strict.candidates[-1]
+    assert "BELOW budget (min 0.99999)" in entry.summary
+    assert entry.verdict is not None and "cosine_below_budget" in entry.verdict.reasons
+    assert strict.verdict is not None and strict.verdict.budget_met is False
 
 
 class _PerToken(torch.nn.Module):

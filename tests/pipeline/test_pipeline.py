@@ -9,6 +9,7 @@ from compresskit.errors import CompressKitError
 from compresskit.passes.base import Pass, PassConfig, register_pass
 from compresskit.pipeline import Pipeline, run_pipeline
 from compresskit.policies import pipeline_of, policy_of
+from compresskit.records import Line, PassRecord, RecordError, Table
 from compresskit.testing import TinyCNN
 
 
@@ -16,11 +17,19 @@ class ScaleConfig(PassConfig):
     factor: float = 2.0
 
 
+class ScaleRecord(PassRecord):
+    factor: float
+
+    def summary(self) -> list[Line | Table]:
+        return [Line(text=f"scaled the head by {self.factor:g}")]
+
+
 @register_pass("test_scale_head")
 class ScaleHead(Pass[ScaleConfig]):
     """Multiplies the classifier weights in place: a leak across branches would show."""
 
     config_cls = ScaleConfig
+    record_cls = ScaleRecord
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         with torch.no_grad():
@@ -51,6 +60,37 @@ def test_branches_get_their_own_copies(ctx: Context) -> None:
         torch.testing.assert_close(candidates[name].model.head.weight, original * factor)
     assert [n.id for n in candidates["then-halve"].nodes] == ["double", "then-halve"]
     assert candidates["alone"].nodes[0].records == {"factor": 5.0}
+    record = candidates["alone"].nodes[0].record
+    assert isinstance(record, ScaleRecord) and record.summary()[0].text == "scaled the head by 5"
+
+
+@register_pass("test_misrecording")
+class Misrecording(Pass[ScaleConfig]):
+    """Records a fact its record class does not declare."""
+
+    config_cls = ScaleConfig
+    record_cls = ScaleRecord
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        ctx.record(factor=self.config.factor, facto=1.0)
+        return model
+
+
+def test_a_fact_the_record_does_not_declare_fails_at_the_node(ctx: Context) -> None:
+    pipeline = Pipeline().add("typo", Misrecording(ScaleConfig()))
+    with pytest.raises(RecordError, match="node 'typo' \\(test_misrecording\\): recorded 'facto'"):
+        run_pipeline(pipeline, TinyCNN(), ctx)
+
+
+def test_every_built_in_pass_declares_a_record_that_renders() -> None:
+    from compresskit.passes import registered_passes
+
+    for name, cls in registered_passes().items():
+        if name.startswith("test_"):
+            continue
+        assert cls.record_cls is not PassRecord, name
+        assert cls.record_cls.model_config.get("extra") == "forbid", name
+        assert isinstance(cls.record_cls().summary(), list), name  # an empty record renders
 
 
 def test_an_inner_node_marked_candidate_is_reported_as_it_was(ctx: Context) -> None:

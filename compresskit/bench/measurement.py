@@ -1,0 +1,165 @@
+"""The measurement schema: one set of types from the benchmark worker's JSON to
+``report.json``, ``compresskit bench --json`` and the benchmark scripts' results.
+
+- :class:`Latency`: one model timed on one target at one batch size (or on one named
+  workload: a list of inputs cycled, e.g. texts at their real lengths);
+- :class:`Session`: loading that model there (time to a ready session, memory);
+- :class:`ModelRun`: one model's session and latencies on one target;
+- :class:`TargetInfo`: how a target was measured (threads, spinning, noise verdict);
+- :class:`TargetRun`: one worker process: the target and every model it measured.
+
+>>> run = TargetRun.model_validate_json(worker_output)              # doctest: +SKIP
+>>> run.latency("int8", 32).speedup      # baseline p50 / int8 p50, same worker
+
+Pydantic only: the worker of an ONNX Runtime target imports this module, never torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Latency(_Model):
+    """One model on one target at one batch size (or workload), in milliseconds per call."""
+
+    target: str
+    batch: int
+    workload: str | None = Field(
+        default=None,
+        description="name of the input set timed, when not the target's own batch of the "
+        "sample (benchmark workloads: e.g. texts at their real lengths)",
+    )
+    p50_ms: float
+    p90_ms: float
+    repeats: int
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    cv: float | None = Field(default=None, description="robust CV: IQR / 1.349 / median")
+    throughput: float | None = Field(default=None, description="samples per second at p50")
+    stable: bool = Field(default=True, description="the median settled before the time cap")
+    noisy: bool = False
+    noise_reason: str | None = None
+    speedup: float | None = Field(
+        default=None,
+        description="baseline p50 / this p50: same target, batch and workload, timed "
+        "interleaved in the same worker process",
+    )
+
+    def key(self) -> tuple[str, int, str | None]:
+        return (self.target, self.batch, self.workload)
+
+
+class Session(_Model):
+    """Loading one model on one target: time to a ready session, and the memory it took."""
+
+    target: str
+    load_ms: float | None = None
+    rss_delta_mb: float | None = Field(default=None, description="RSS after load - before")
+    peak_rss_delta_mb: float | None = Field(
+        default=None, description="peak RSS during load and one run per batch size - before"
+    )
+    error: str | None = Field(default=None, description="why it could not be measured")
+
+
+class ModelRun(_Model):
+    """One model on one target: its session and its latency per batch size / workload."""
+
+    name: str
+    session: Session
+    latency: list[Latency] = Field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        return self.session.error
+
+    def at(self, batch: int, workload: str | None = None) -> Latency | None:
+        return next((x for x in self.latency if (x.batch, x.workload) == (batch, workload)), None)
+
+
+class TargetInfo(_Model):
+    """How a target was measured: its worker's thread settings and noise verdict, or why
+    it was skipped."""
+
+    target: str
+    runtime: str
+    provider: str
+    precision: str
+    skipped: str | None = Field(default=None, description="why it could not run here")
+    threads: int | None = None
+    inter_op_threads: int | None = None
+    allow_spinning: bool | None = None
+    noisy: bool = False
+    noise_reasons: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class TargetRun(TargetInfo):
+    """Everything one worker measured on one target; the first model is the baseline of
+    every speedup."""
+
+    models: list[ModelRun] = Field(default_factory=list)
+
+    def model(self, name: str) -> ModelRun | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def latency(self, name: str, batch: int, workload: str | None = None) -> Latency | None:
+        model = self.model(name)
+        return model.at(batch, workload) if model else None
+
+    def info(self) -> TargetInfo:
+        return TargetInfo.model_validate(self.model_dump(exclude={"models"}))
+
+    def add_speedups(self, baseline: str) -> None:
+        """Set every latency's speedup: ``baseline``'s p50 over its own, same key."""
+        base = self.model(baseline)
+        if base is None:
+            return
+        reference = {x.key(): x.p50_ms for x in base.latency}
+        for model in self.models:
+            for latency in model.latency:
+                p50 = reference.get(latency.key())
+                if p50 is not None and latency.p50_ms > 0:
+                    latency.speedup = p50 / latency.p50_ms
+
+
+BENCH_JSON_VERSION = 2
+
+
+class BenchDocument(_Model):
+    """What ``compresskit bench --json`` writes.
+
+    Version history: 1 had flat ``results`` rows and a ``skipped`` map next to the target
+    runs; 2 keeps only the runs, in the measurement schema (each latency has its speedup,
+    each model its session, each run its ``skipped`` reason).
+    """
+
+    schema_version: int = BENCH_JSON_VERSION
+    models: list[str] = Field(description="the files measured; the first is the baseline")
+    cores: int
+    targets: list[TargetRun]
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a run measured: cores, platform, processor, Python, torch and ORT versions
+    (torch and onnxruntime are imported here, when asked, not with this module)."""
+    import platform
+
+    import onnxruntime
+    import torch
+
+    from compresskit.bench.noise import usable_cores
+
+    return {
+        "cores": usable_cores(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }

@@ -1,0 +1,402 @@
+"""The record of each built-in pass: the facts it leaves for the report, typed, and its
+summary (see :mod:`compresskit.records`). A pass names its class in ``record_cls``.
+
+Field names are the keys the passes record (and report.json keeps), so reports written
+before records were typed still validate against these classes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compresskit.records import Line, PassRecord, Table
+from compresskit.units import human_bytes, ratio, si
+
+Pair = tuple[int, int]  # (before, after)
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Epoch(_Part):
+    """One validation of a training run (after ``step`` optimizer steps)."""
+
+    epoch: int
+    step: int = 0
+    loss: float
+    accuracy: float = 0.0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    parts: dict[str, float] = Field(default_factory=dict)
+    lr: float = 0.0
+
+
+class History(_Part):
+    """A training run: loss and validation metrics per epoch, the epoch kept, why it stopped."""
+
+    epochs: list[Epoch] = Field(default_factory=list)
+    best_epoch: int | None = None
+    stopped: str = "completed"
+
+    def _monitor(self) -> tuple[str, str]:
+        # Embedding tasks validate by cosine to the teacher; there is no accuracy.
+        metrics = self.epochs[0].metrics if self.epochs else {}
+        return ("cosine", "val cos") if "cosine" in metrics else ("accuracy", "val acc")
+
+    def _value(self, epoch: Epoch, key: str) -> float:
+        return epoch.metrics.get(key, epoch.accuracy if key == "accuracy" else 0.0)
+
+    def curve(self, what: str = "training curve") -> str:
+        """One line: loss/metric per validation (the first 12), the epoch kept."""
+        key, label = self._monitor()
+        points = " ".join(f"{e.loss:.3f}/{self._value(e, key):.3f}" for e in self.epochs[:12])
+        return (
+            f"{what} (loss/{label}): {points}"
+            + (" ..." if len(self.epochs) > 12 else "")
+            + (f"; kept {self.best_epoch}" if self.best_epoch is not None else "")
+            + (f"; {self.stopped}" if self.stopped != "completed" else "")
+        )
+
+    def table(self, title: str = "training curve") -> Table:
+        metrics = sorted({k for e in self.epochs for k in e.metrics}) or ["accuracy"]
+        parts = sorted({k for e in self.epochs for k in e.parts})
+        rows = [
+            [
+                str(e.epoch) + (" (kept)" if e.epoch == self.best_epoch else ""),
+                str(e.step),
+                f"{e.loss:.4f}",
+                *(f"{self._value(e, k):.4f}" for k in metrics),
+                *(f"{e.parts.get(k, 0.0):.4f}" for k in parts),
+                f"{e.lr:.2g}",
+            ]
+            for e in self.epochs
+        ]
+        header = ["epoch", "step", "loss", *(f"val {k}" for k in metrics), *parts, "lr"]
+        return Table(title=title, header=header, rows=rows)
+
+    def blocks(self, what: str = "training curve") -> list[Line | Table]:
+        if not self.epochs:
+            return []
+        return [Line(text=self.curve(what)), self.table(what)]
+
+
+class PruneStep(_Part):
+    """One step of a pruning schedule: the ratio, the size or latency reached on the way
+    to its goal (the ratios tried), and the fine-tuning after it."""
+
+    step: int | None = None
+    ratio: float | None = None
+    macs: float | None = None
+    params: float | None = None
+    latency: float | None = None
+    goal: float | None = None
+    tried: list[list[float]] | None = None
+    note: str | None = None
+    finetune: History | None = None
+
+    def text(self) -> str:
+        parts = [f"step {self.step}" if self.step is not None else "start"]
+        if self.ratio is not None:
+            parts.append(f"ratio {self.ratio:g}")
+        for name in ("macs", "params", "latency"):
+            value = getattr(self, name)
+            if value is not None:
+                shown = f"{value:.3f} ms" if name == "latency" else si(value)
+                parts.append(f"{name} {shown}")
+        if self.goal is not None:
+            parts.append(
+                f"goal {self.goal:.3f}" if self.latency is not None else f"goal {si(self.goal)}"
+            )
+        if self.tried:
+            parts.append(f"{len(self.tried)} tried")
+        if self.note:
+            parts.append(self.note)
+        return ", ".join(parts)
+
+
+def _size_line(params: Pair | None, macs: Pair | None) -> str:
+    parts = []
+    if params:
+        parts.append(f"params {params[0]:,} -> {params[1]:,} ({ratio(*params)})")
+    if macs:
+        parts.append(f"MACs {si(macs[0])} -> {si(macs[1])} ({ratio(*macs)})")
+    return "; ".join(parts)
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class PruneRecord(PassRecord):
+    """Structured pruning: widths per layer (before, after), size, the schedule's steps."""
+
+    widths: dict[str, Pair] = Field(default_factory=dict)
+    params: Pair | None = None
+    macs: Pair | None = None
+    steps: list[PruneStep] = Field(default_factory=list)
+
+    def summary(self) -> list[Line | Table]:
+        changed = {k: v for k, v in self.widths.items() if v[0] != v[1]}
+        blocks: list[Line | Table] = [
+            Line(
+                text=f"pruned {len(changed)} of {len(self.widths)} layers"
+                + (f"; {_size_line(self.params, self.macs)}" if self.params or self.macs else "")
+            )
+        ]
+        if changed:
+            rows = [[name, str(a), str(b), ratio(a, b)] for name, (a, b) in changed.items()]
+            blocks.append(
+                Table(title="pruned widths", header=["layer", "before", "after", "kept"], rows=rows)
+            )
+        if len(self.steps) > 1 or any(s.goal is not None or s.note for s in self.steps):
+            blocks += [Line(text=step.text()) for step in self.steps]
+        for step in self.steps:
+            if step.finetune is not None:
+                blocks += step.finetune.blocks(f"fine-tuning after step {step.step}")
+        return blocks + super().summary()
+
+
+class PruneChannelsRecord(PruneRecord):
+    """Channel pruning; with ``heads``, attention heads per module (before, after)."""
+
+    heads: dict[str, Pair] = Field(default_factory=dict)
+
+    def summary(self) -> list[Line | Table]:
+        blocks = super().summary()
+        if self.heads:
+            rows = [[name, str(a), str(b)] for name, (a, b) in self.heads.items()]
+            blocks.append(
+                Table(title="attention heads", header=["module", "before", "after"], rows=rows)
+            )
+        return blocks
+
+
+class PruneBlocksRecord(PassRecord):
+    """Whole blocks removed, ranked by measured sensitivity."""
+
+    sensitivity: dict[str, float] = Field(default_factory=dict)
+    removed: list[str] = Field(default_factory=list)
+    depth: Pair | None = None
+    params: Pair | None = None
+    macs: Pair | None = None
+    steps: list[PruneStep] = Field(default_factory=list)
+    finetune: History | None = None
+
+    def summary(self) -> list[Line | Table]:
+        depth = f" of {self.depth[0]}" if self.depth else ""
+        blocks: list[Line | Table] = [
+            Line(
+                text=f"removed {len(self.removed)}{depth} blocks: {_names(self.removed)}"
+                + (f"; {_size_line(self.params, self.macs)}" if self.params or self.macs else "")
+            )
+        ]
+        if self.sensitivity:
+            rows = [
+                [name, f"{score:.4g}", "removed" if name in self.removed else ""]
+                for name, score in sorted(self.sensitivity.items(), key=lambda t: t[1])
+            ]
+            blocks.append(
+                Table(title="block sensitivity", header=["block", "sensitivity", ""], rows=rows)
+            )
+        blocks += [Line(text=step.text()) for step in self.steps]
+        if self.finetune is not None:
+            blocks += self.finetune.blocks("fine-tuning")
+        return blocks + super().summary()
+
+
+class StaticQuantRecord(PassRecord):
+    """Static int8: layers quantized or kept float, calibration, mixed-precision plan."""
+
+    quantized_layers: int = 0
+    float_layers: list[str] = Field(default_factory=list)
+    calibration: str | None = None
+    calibration_samples: int | None = None
+    unused_layers: list[str] = Field(default_factory=list)
+    sensitivity: dict[str, float] = Field(default_factory=dict)
+    float_layer_reasons: dict[str, str] = Field(default_factory=dict)
+    calibration_accuracy_drop: float | None = None
+    float_mac_fraction: float | None = None
+
+    def summary(self) -> list[Line | Table]:
+        text = f"int8: {self.quantized_layers} layers"
+        if self.calibration:
+            text += f", {self.calibration} calibration"
+            if self.calibration_samples is not None:
+                text += f" on {self.calibration_samples:,} samples"
+        if self.float_layers:
+            text += f"; kept in float: {_names(self.float_layers)}"
+        blocks: list[Line | Table] = [Line(text=text)]
+        if self.float_layer_reasons:
+            rows = [[name, why] for name, why in self.float_layer_reasons.items()]
+            blocks.append(
+                Table(title="mixed precision: kept in float", header=["layer", "why"], rows=rows)
+            )
+        if self.calibration_accuracy_drop is not None:
+            blocks.append(
+                Line(
+                    text=f"mixed precision: calibration accuracy drop "
+                    f"{self.calibration_accuracy_drop:.2%}, "
+                    f"{self.float_mac_fraction or 0.0:.0%} of MACs in float"
+                )
+            )
+        if self.unused_layers:
+            blocks.append(
+                Line(text=f"never called by forward (left float): {_names(self.unused_layers)}")
+            )
+        return blocks + super().summary()
+
+
+class QATRecord(StaticQuantRecord):
+    """Quantization-aware training: the PTQ starting point and the training run."""
+
+    history: History | None = None
+    ptq_val_accuracy: float | None = None
+    freeze_step: int | None = None
+    train_steps: int | None = None
+    distilled: bool | None = None
+
+    def summary(self) -> list[Line | Table]:
+        # A model that was already fake-quantized records notes only, no PTQ facts.
+        blocks = super().summary() if self.quantized_layers else PassRecord.summary(self)
+        facts = []
+        if self.ptq_val_accuracy is not None:
+            facts.append(f"val accuracy after PTQ {self.ptq_val_accuracy:.4f}")
+        if self.freeze_step is not None and self.train_steps is not None:
+            facts.append(f"quantizers frozen at step {self.freeze_step} of {self.train_steps}")
+        if self.distilled:
+            facts.append("distilled from the teacher")
+        if facts:
+            blocks.append(Line(text="QAT: " + "; ".join(facts)))
+        if self.history is not None:
+            blocks += self.history.blocks()
+        return blocks
+
+
+class QuantizeDynamicRecord(PassRecord):
+    """Dynamic int8 (ORT DynamicQuantizeMatMul): Linear layers converted or kept float."""
+
+    quantized_layers: int = 0
+    float_layers: list[str] = Field(default_factory=list)
+    scheme: str | None = None
+    unused_layers: list[str] = Field(default_factory=list)
+
+    def summary(self) -> list[Line | Table]:
+        text = (
+            f"dynamic int8 ({self.scheme or 'ort-dynamic'}): {self.quantized_layers} Linear layers"
+        )
+        if self.float_layers:
+            text += f"; kept in float: {_names(self.float_layers)}"
+        blocks: list[Line | Table] = [Line(text=text)]
+        if self.unused_layers:
+            blocks.append(
+                Line(text=f"never called by forward (left float): {_names(self.unused_layers)}")
+            )
+        return blocks + super().summary()
+
+
+class QuantizeEmbeddingsRecord(PassRecord):
+    """int8 embedding tables (a scale per row)."""
+
+    int8_embeddings: list[str] = Field(default_factory=list)
+    float_embeddings: list[str] = Field(default_factory=list)
+    embedding_bytes_before: int | None = None
+    embedding_bytes_after: int | None = None
+
+    def summary(self) -> list[Line | Table]:
+        text = f"int8 embedding tables: {_names(self.int8_embeddings)}"
+        before, after = self.embedding_bytes_before, self.embedding_bytes_after
+        if before is not None and after is not None:
+            text += f"; {human_bytes(before)} -> {human_bytes(after)} ({ratio(before, after)})"
+        if self.float_embeddings:
+            text += f"; kept in float: {_names(self.float_embeddings)}"
+        return [Line(text=text), *super().summary()]
+
+
+class WeightOnlyRecord(PassRecord):
+    """bitsandbytes weight-only layers (torch serving; not exportable to ONNX)."""
+
+    dtype: str | None = None
+    replaced_layers: int = 0
+    float_layers: list[str] = Field(default_factory=list)
+    linear_weight_bytes: Pair | None = None
+    model_state_bytes: Pair | None = None
+    memory_saved_bytes: int | None = None
+    onnx: str | None = None
+
+    def summary(self) -> list[Line | Table]:
+        text = f"bitsandbytes {self.dtype}: {self.replaced_layers} Linear layers"
+        if self.linear_weight_bytes:
+            a, b = self.linear_weight_bytes
+            text += f"; their weights {human_bytes(a)} -> {human_bytes(b)} ({ratio(a, b)})"
+        if self.memory_saved_bytes is not None:
+            text += f"; model state {human_bytes(self.memory_saved_bytes)} smaller"
+        blocks: list[Line | Table] = [Line(text=text)]
+        if self.float_layers:
+            blocks.append(Line(text=f"kept in float: {_names(self.float_layers)}"))
+        if self.onnx:
+            blocks.append(Line(text=self.onnx))
+        return blocks + super().summary()
+
+
+class DistillTerm(_Part):
+    """One loss term of a distillation objective."""
+
+    loss: str
+    weight: float
+    pairs: list[tuple[str, str]] | None = None
+    final_t: float | None = None
+    final_temperature: float | None = None
+
+    def text(self) -> str:
+        text = f"{self.loss} x{self.weight:g}"
+        if self.pairs:
+            text += f" ({len(self.pairs)} layer pairs)"
+        if self.final_t is not None:
+            text += f" (final t {self.final_t:g})"
+        if self.final_temperature is not None:
+            text += f" (final temperature {self.final_temperature:g})"
+        return text
+
+
+class DistillSetup(_Part):
+    """The objective a distillation ran: terms, projectors, the teacher and its cache."""
+
+    terms: list[DistillTerm] = Field(default_factory=list)
+    projectors: dict[str, Pair] = Field(default_factory=dict)
+    teacher_cached: bool = False
+    teacher: str = "input"
+    stop_at: float | None = None
+
+
+class DistillRecord(PassRecord):
+    """Distillation: the objective and the training run."""
+
+    history: History | None = None
+    distill: DistillSetup | None = None
+
+    def summary(self) -> list[Line | Table]:
+        blocks: list[Line | Table] = []
+        setup = self.distill
+        if setup is not None:
+            text = "losses: " + ", ".join(t.text() for t in setup.terms)
+            text += f"; teacher {setup.teacher}" + (
+                " (outputs cached)" if setup.teacher_cached else ""
+            )
+            if setup.projectors:
+                text += f"; {len(setup.projectors)} projectors"
+            if setup.stop_at is not None:
+                text += f"; stops at val {setup.stop_at:.4f}"
+            blocks.append(Line(text=text))
+            pairs = [(t.loss, s, d) for t in setup.terms for s, d in t.pairs or []]
+            if pairs:
+                blocks.append(
+                    Table(
+                        title="layer pairs",
+                        header=["loss", "student", "teacher"],
+                        rows=[list(p) for p in pairs],
+                    )
+                )
+        if self.history is not None:
+            blocks += self.history.blocks()
+        return blocks + super().summary()
