@@ -123,7 +123,7 @@ def target_available(target: Target) -> str | None:
         return "precision fp16 on the torch CPU target is not supported; use fp32"
     if target.provider == "cuda":
         if not _nvidia_driver():
-            return "no NVIDIA GPU driver on this machine (no /dev/nvidiactl)"
+            return "no CUDA device: no NVIDIA GPU driver on this machine (no /dev/nvidiactl)"
         import torch  # only now: importing torch takes seconds
 
         if not torch.cuda.is_available():
