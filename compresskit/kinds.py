@@ -18,6 +18,8 @@ kind. A new kind registers with the class decorator::
 
 Classes compresskit does not define (bitsandbytes) register by name with
 :func:`register_kind`, so that nothing has to import their package to ask about them.
+Kinds defined outside ``compresskit.quantization`` restore in a fresh process once their
+package is allowed with :func:`allow_prefix`.
 """
 
 from __future__ import annotations
@@ -157,6 +159,14 @@ def module_kind(
         return cls
 
     return register
+
+
+def allow_prefix(prefix: str, provider: str | None = None) -> None:
+    """Let restoring import saved class names under ``prefix`` (e.g. ``"mypkg.layers."``),
+    from ``provider`` or, when None, from the module part of each name."""
+    if not prefix.endswith("."):
+        raise ValueError(f"prefix {prefix!r} must end with '.' (a package, not a name start)")
+    ALLOWED_PREFIXES[prefix] = provider
 
 
 def kind_of(module: nn.Module) -> ModuleKind | None:
