@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError, first_line
+from compresskit.kinds import kinds_in
 
 Exporter = Literal["auto", "dynamo", "legacy"]
 DEFAULT_OPSET = 18
@@ -57,8 +58,8 @@ class ExportResult:
 
 
 def needs_legacy_exporter(model: nn.Module) -> bool:
-    """True when a module asks for the legacy exporter (fake quant does)."""
-    return any(getattr(m, "requires_legacy_export", False) for m in model.modules())
+    """True when a module's kind needs the legacy exporter (fake quant does)."""
+    return any(kind.legacy_exporter for _, _, kind in kinds_in(model))
 
 
 def export_onnx(

@@ -1,5 +1,6 @@
-"""Int8 in the exported file: constant folding for QDQ, ORT dynamic quantization for
-dynamic int8 layers, and a clear refusal for layers ONNX cannot hold (bitsandbytes).
+"""Int8 in the exported file: constant folding for QDQ, the module kinds' export hooks
+(ORT dynamic quantization for dynamic int8 layers), and a clear refusal for layers ONNX
+cannot hold (bitsandbytes), all asked of the module-kind registry.
 
 Folding: constant subgraphs of a QDQ ONNX file are folded so weights are stored as int8.
 
@@ -11,8 +12,6 @@ for), is evaluated with ``onnx.reference`` and replaced by its result.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from torch import nn
 
 from compresskit.errors import CompressKitError
+from compresskit.kinds import PostExport, kinds_in
 
 _NEVER_FOLD = {"DequantizeLinear"}
 
@@ -119,107 +119,35 @@ class NotExportableError(CompressKitError):
 
 
 def not_exportable_reason(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be exported to ONNX, or None. bitsandbytes layers keep their
-    weights in a packed format with CPU/CUDA kernels of their own and no ONNX mapping."""
-    for name, module in model.named_modules():
-        if type(module).__module__.startswith("bitsandbytes"):
-            return (
-                f"layer {name!r} is a bitsandbytes {type(module).__name__}, which has no ONNX "
-                "form; measure this model on a torch target (e.g. torch-cpu), or use the "
-                "quantize / quantize_dynamic pass for an int8 ONNX model"
-            )
+    """Why ``model`` cannot be exported to ONNX, or None: the first layer whose module kind
+    has no ONNX form (bitsandbytes layers keep packed weights with kernels of their own)."""
+    for name, _, kind in kinds_in(model):
+        if kind.export == "none":
+            return f"layer {name!r} is a {kind.label}, {kind.reason}"
     return None
 
 
 @contextmanager
 def export_preparation(model: nn.Module) -> Iterator[Callable[[Path], str | None]]:
-    """Put layers that export as float (dynamic int8) in export mode for the duration;
-    yields the step to run on the written file, which returns what it did (or None)."""
-    from compresskit.quantization.dynamic import dynamic_layers
+    """Run the kinds' export preparation for the duration (dynamic int8 layers trace as
+    float); yields the step to run on the written file: each kind's post-export hook, once
+    for all its layers, which returns what it did (or None when nothing ran)."""
+    prepared = [(module, kind) for _, module, kind in kinds_in(model) if kind.prepare_export]
+    hooks: dict[PostExport, list[nn.Module]] = {}
+    for _, module, kind in kinds_in(model):
+        if kind.post_export is not None:
+            hooks.setdefault(kind.post_export, []).append(module)
 
-    layers = dynamic_layers(model)
-    for layer in layers:
-        layer.set_export_mode(True)
+    def post_process(path: Path) -> str | None:
+        done = [hook(path, modules) for hook, modules in hooks.items()]
+        return "; ".join(done) if done else None
+
+    for module, kind in prepared:
+        assert kind.prepare_export is not None
+        kind.prepare_export(module, True)
     try:
-        yield (
-            (lambda path: ort_dynamic_quantization(path, layers)) if layers else (lambda path: None)
-        )
+        yield post_process
     finally:
-        for layer in layers:
-            layer.set_export_mode(False)
-
-
-def _matmul_weights(model: Any) -> dict[bytes, str]:
-    """MatMul nodes whose second input is a constant, keyed by that constant's bytes as
-    the transposed (out, in) float32 weight a Linear holds."""
-    from onnx import numpy_helper
-
-    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    found: dict[bytes, str] = {}
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or len(node.input) < 2:
-            continue
-        source = node.input[1]
-        if source in constants:
-            value = constants[source]
-            if value.ndim == 2:
-                found[np.ascontiguousarray(value.T, dtype=np.float32).tobytes()] = node.name
-        elif source in producers and producers[source].op_type == "Transpose":
-            inner = producers[source].input[0]
-            if inner in constants and constants[inner].ndim == 2:
-                value = np.ascontiguousarray(constants[inner], dtype=np.float32)
-                found[value.tobytes()] = node.name
-    return found
-
-
-def ort_dynamic_quantization(path: Path, layers: list[Any]) -> str:
-    """Rewrite the float export at ``path`` with ORT's ``quantize_dynamic`` (int8
-    per-channel weights, uint8 activations at run time) on the MatMul nodes of ``layers``
-    only, found by their weights. Every layer must be found: the file must compute what
-    the torch model does."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    model = onnx.load(str(path))
-    by_weight = _matmul_weights(model)
-    nodes, missing = [], []
-    for layer in layers:
-        key = layer.weight.detach().cpu().float().contiguous().numpy().tobytes()
-        if key in by_weight:
-            nodes.append(by_weight[key])
-        else:
-            missing.append(layer)
-    if missing:
-        raise CompressKitError(
-            f"dynamic int8 export: {len(missing)} of {len(layers)} quantized Linear layers "
-            f"were not found as MatMul nodes in the float export (first: "
-            f"{type(missing[0]).__name__} of shape {tuple(missing[0].weight.shape)}); add them "
-            "to quantize_dynamic's exclude"
-        )
-    out = path.with_name(path.stem + ".dynamic.onnx")
-    # The dynamo exporter's value_info can disagree with ONNX shape inference (seen on
-    # Gemm outputs), which quantize_dynamic runs strictly; shapes are re-inferred anyway.
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # "consider pre-processing": the float export needs none
-    try:
-        quantize_dynamic(
-            str(path),
-            str(out),
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=nodes,
-            extra_options={"MatMulConstBOnly": True},
-        )
-        os.replace(out, path)
-    finally:
-        root.setLevel(level)
-        out.unlink(missing_ok=True)
-    return (
-        f"ort-dynamic: float export rewritten by onnxruntime quantize_dynamic (int8 per-channel "
-        f"weights, uint8 activations quantized at run time) on {len(nodes)} MatMul nodes"
-    )
+        for module, kind in prepared:
+            assert kind.prepare_export is not None
+            kind.prepare_export(module, False)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from compresskit.errors import CompressKitError
+from compresskit.kinds import kinds_in
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,11 @@ PARITY_TOLERANCES: dict[Precision, tuple[float, float]] = {
 
 
 def model_precision(model: nn.Module) -> Precision:
-    """What the exported graph computes in: int8 when the model holds fake quant (the
-    exporter turns it into integer kernels), fp16 when its weights are half, else fp32."""
-    if any(getattr(m, "is_quantized", False) for m in model.modules()):
-        return "int8"  # static fake quant (QDQ) or dynamic int8 applied at export
+    """What the exported graph computes in: int8 when a module's kind runs in integer
+    kernels once exported (QDQ fake quant, dynamic int8), fp16 when its weights are half,
+    else fp32. Weight-only int8 that computes in float (int8 embeddings) stays fp32."""
+    if any(kind.integer_kernels for _, _, kind in kinds_in(model)):
+        return "int8"
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes & {torch.float16, torch.bfloat16}:
         return "fp16"

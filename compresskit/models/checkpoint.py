@@ -4,6 +4,9 @@ The file holds plain data (loadable with ``torch.load(weights_only=True)``): whe
 architecture comes from, the structure that differs from a fresh build (widths, swapped
 module classes, shortened layer lists) and the state dict. Reloading rebuilds the
 architecture, replays the structure and loads the weights strictly.
+
+A swapped-in class is restored by its module kind (:mod:`compresskit.kinds`), looked up by
+the qualified name in the file: only allowlisted, registered kinds, in any process.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from compresskit.errors import CompressKitError
+from compresskit.kinds import kind_named, kind_of, qualified_name
 
 FORMAT = "compresskit-model"
 FORMAT_VERSION = 1
@@ -40,24 +46,13 @@ SIZE_ATTRIBUTES = (
     "embedding_dim",
 )
 
-# Classes our passes swap in (e.g. quantized conv); only these may be named in a file.
-_RESTORABLE: dict[str, type[nn.Module]] = {}
 
-ModuleT = type[nn.Module]
-
-
-def restorable(cls: ModuleT) -> ModuleT:
-    """Class decorator: allow ``cls`` to be swapped in when a saved model is restored.
-
-    The class must provide ``restore_structure(module, attrs)`` as a classmethod that
-    turns a freshly built float module into an empty instance of ``cls``.
-    """
-    _RESTORABLE[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return cls
+class RestoreError(CompressKitError):
+    """A saved model names a module that a fresh build cannot be turned into."""
 
 
 def _qualname(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
+    return qualified_name(type(module))
 
 
 def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -66,9 +61,9 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     for name, module in model.named_modules():
         entry: dict[str, Any] = {"class": _qualname(module)}
         attrs = {a: getattr(module, a) for a in SIZE_ATTRIBUTES if hasattr(module, a)}
-        extra = getattr(module, "structure_attributes", None)
-        if callable(extra):
-            attrs.update(extra())
+        kind = kind_of(module)
+        if kind is not None:
+            attrs.update(kind.structure(module))
         if attrs:
             entry["attrs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
         if isinstance(module, nn.ModuleList | nn.Sequential):
@@ -126,17 +121,33 @@ def _apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> 
             _set_submodule(model, name, nn.Identity())  # folded or fused away
             continue
         if _qualname(module) != entry["class"]:
-            cls = _RESTORABLE.get(entry["class"])
-            if cls is None:
-                raise ValueError(
-                    f"module {name!r} was saved as {entry['class']}, which a fresh build does "
-                    f"not make ({_qualname(module)}) and compresskit cannot restore"
-                )
-            cls.restore_structure(module, attrs)  # type: ignore[attr-defined]
+            module = _restore_kind(model, name, module, entry["class"], attrs)
         for attr, value in attrs.items():
             if attr in SIZE_ATTRIBUTES and hasattr(module, attr):
                 current = getattr(module, attr)
                 setattr(module, attr, tuple(value) if isinstance(current, tuple) else value)
+
+
+def _restore_kind(
+    model: nn.Module, name: str, module: nn.Module, saved: str, attrs: dict[str, Any]
+) -> nn.Module:
+    """Turn the freshly built ``module`` into the kind the file names (never unpickling)."""
+    made = _qualname(module)
+    try:
+        kind, cls = kind_named(saved)
+    except CompressKitError as error:
+        raise RestoreError(
+            f"module {name!r} was saved as {saved}, which a fresh build does not make "
+            f"({made}): {error}"
+        ) from None
+    if kind.restore is None or cls is None:
+        raise RestoreError(
+            f"module {name!r} was saved as a {kind.label}, which {kind.restore_refusal}"
+        )
+    restored = kind.restore(cls, module, attrs)
+    if restored is not module:
+        _set_submodule(model, name, restored)
+    return restored
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

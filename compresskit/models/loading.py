@@ -14,7 +14,7 @@ from torch import nn
 
 from compresskit.errors import CompressKitError, MissingDependencyError, first_line
 from compresskit.imports import import_object
-from compresskit.models.checkpoint import is_saved_model, restore_model
+from compresskit.models.checkpoint import RestoreError, is_saved_model, restore_model
 from compresskit.models.examples import EXAMPLES, load_example
 
 DEFAULT_CHECKPOINT = "example:digits-cnn"
@@ -187,7 +187,7 @@ def _restore(payload: dict[str, Any], path: Path, *, arch: str | None) -> Loaded
         )
     try:
         model = restore_model(payload, build)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, RestoreError) as error:
         raise CompressKitError(f"checkpoint {path}: cannot restore ({error})") from None
     default = EXAMPLES[source["name"]].data if source["kind"] == "example" else None
     return LoadedModel(model, source, default)

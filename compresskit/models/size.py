@@ -8,15 +8,33 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit.kinds import kind_of, kinds_in
+
 
 def count_params(model: nn.Module) -> int:
-    """Parameters, plus weights a quantization pass keeps as buffers (int8 tables)."""
+    """Parameters, plus weights a module kind keeps as buffers (int8 tables)."""
     stored = sum(
         getattr(module, name).numel()
-        for module in model.modules()
-        for name in getattr(module, "weight_buffers", ())
+        for _, module, kind in kinds_in(model)
+        for name in kind.weight_buffers
     )
     return sum(p.numel() for p in model.parameters()) + stored
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes the weights take as the model is deployed: what each module kind says of its
+    layers (int8 values and scales, packed 4-bit blocks), float parameters as stored."""
+    total = 0
+    for module in model.modules():
+        kind = kind_of(module)
+        if kind is not None and kind.weight_bytes is not None:
+            total += kind.weight_bytes(module)
+            continue
+        tensors = list(module.parameters(recurse=False))
+        if kind is not None:
+            tensors += [getattr(module, name) for name in kind.weight_buffers]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
 
 
 def state_bytes(module: nn.Module) -> int:

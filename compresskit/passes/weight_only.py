@@ -6,6 +6,13 @@ above ``threshold`` in float) or ``bnb.nn.Linear4bit`` (nf4 / fp4 weights in blo
 memory the weights take before and after. Speed is measured by the run on torch targets,
 like any model: on CPU these layers dequantize on the fly and are slower than float.
 
+bitsandbytes 0.49 and later repack 4-bit weights on the first CPU forward for their
+AVX512-BF16 kernel, which takes only ``out_features`` divisible by 32 and ``in_features``
+divisible by the quantization block (64); other shapes fail inside bitsandbytes
+("shape '[32, 0]' is invalid", "N must be divisible by block_n"). Such layers stay 4-bit
+on bitsandbytes' generic dequantize-and-matmul path, and the pass records which and why
+(``generic_kernel_layers``).
+
 Such a model cannot be exported to ONNX (bitsandbytes' packed formats have no ONNX form):
 ``export_onnx`` raises ``NotExportableError`` naming the layer, and ``compresskit.run``
 records the reason and measures the candidate on torch targets only.
@@ -76,6 +83,27 @@ def _replacement(linear: nn.Linear, config: WeightOnlyConfig) -> nn.Module:
     return layer.to(linear.weight.device)  # .to() is what quantizes the weights
 
 
+# bitsandbytes' CPU 4-bit repacking works on blocks of this many output features.
+_CPU_PACK_BLOCK_N = 32
+
+
+def _avoid_cpu_repacking(layer: Any) -> str | None:
+    """Keep a 4-bit layer whose shape bitsandbytes' packed CPU kernel cannot take on the
+    generic path; returns why, or None when the kernel takes it (or does not exist)."""
+    if not hasattr(layer, "support_avx512bf16_for_cpu"):
+        return None  # a bitsandbytes without the packed CPU kernel
+    blocksize = getattr(layer.weight, "blocksize", None) or 64
+    problems = []
+    if layer.out_features % _CPU_PACK_BLOCK_N:
+        problems.append(f"out_features {layer.out_features} is not a multiple of 32")
+    if layer.in_features % blocksize:
+        problems.append(f"in_features {layer.in_features} is not a multiple of {blocksize}")
+    if not problems:
+        return None
+    layer.support_avx512bf16_for_cpu = False
+    return "; ".join(problems) + " (bitsandbytes' packed CPU kernel): generic 4-bit path"
+
+
 @register_pass("weight_only")
 class WeightOnly(Pass[WeightOnlyConfig]):
     """bitsandbytes int8 / nf4 / fp4 Linear layers (torch serving only; no ONNX).
@@ -102,6 +130,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
             )
         before_total = state_bytes(model)
         replaced, kept = [], []
+        generic: dict[str, str] = {}
         before = after = 0
         for name, module in list(model.named_modules()):
             if type(module) is not nn.Linear:
@@ -110,6 +139,9 @@ class WeightOnly(Pass[WeightOnlyConfig]):
                 kept.append(name)
                 continue
             new = _replacement(module, self.config)
+            reason = _avoid_cpu_repacking(new) if self.config.dtype != "int8" else None
+            if reason:
+                generic[name] = reason
             before += state_bytes(module)
             after += state_bytes(new)
             set_submodule(model, name, new)
@@ -126,6 +158,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
             dtype=self.config.dtype,
             replaced_layers=len(replaced),
             float_layers=kept,
+            generic_kernel_layers=generic,
             linear_weight_bytes=[before, after],
             model_state_bytes=[before_total, state_bytes(model)],
             memory_saved_bytes=before_total - state_bytes(model),

@@ -13,22 +13,43 @@ float rounding, and the torch model is as small as the file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from compresskit.models.checkpoint import restorable
+from compresskit.kinds import module_kind
+from compresskit.quantization.qparams import quantize_symmetric, symmetric_scale
 
 
-@restorable
+def _restore(cls: type[nn.Module], module: nn.Module, attrs: Mapping[str, Any]) -> nn.Module:
+    """Empty int8 buffers of the module's size; the state dict fills them."""
+    if not isinstance(module, nn.Embedding):
+        raise ValueError(f"an int8 embedding restores from an nn.Embedding, not {module}")
+    rows, dim = module.num_embeddings, module.embedding_dim
+    Int8Embedding._swap(module, torch.zeros(rows, dim, dtype=torch.int8), torch.ones(rows))
+    return module
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    table: Any = module
+    return int(table.weight_int8.numel() + 4 * table.row_scale.numel())
+
+
+# Exported as it runs in torch (Gather on the int8 table, Cast, Mul): float arithmetic.
+@module_kind(
+    precision="int8",
+    export="as-is",
+    weight_buffers=("weight_int8",),
+    weight_bytes=_weight_bytes,
+    restore=_restore,
+)
 class Int8Embedding(nn.Embedding):
     """An ``nn.Embedding`` whose table is int8 with a per-row scale (swapped in place)."""
 
     weight_int8: torch.Tensor
     row_scale: torch.Tensor
-    # Buffers that hold the layer's weights (counted as parameters in size reports).
-    weight_buffers = ("weight_int8",)
 
     @classmethod
     @torch.no_grad()
@@ -36,9 +57,8 @@ class Int8Embedding(nn.Embedding):
         if module.max_norm is not None:
             raise ValueError("an embedding with max_norm renormalises rows at lookup; not int8")
         weight = module.weight.detach().float()
-        scale = torch.clamp(weight.abs().amax(dim=1) / 127.0, min=1e-12)
-        quantized = torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
-        cls._swap(module, quantized, scale)
+        scale = symmetric_scale(weight, eps=1e-12)
+        cls._swap(module, quantize_symmetric(weight, scale), scale)
         return module  # type: ignore[return-value]
 
     @classmethod
@@ -47,16 +67,6 @@ class Int8Embedding(nn.Embedding):
         module.__class__ = cls
         module.register_buffer("weight_int8", quantized)
         module.register_buffer("row_scale", scale)
-
-    @classmethod
-    def restore_structure(cls, module: nn.Module, attrs: dict[str, Any]) -> None:
-        """Empty int8 buffers of the module's size; the state dict fills them."""
-        assert isinstance(module, nn.Embedding)
-        rows, dim = module.num_embeddings, module.embedding_dim
-        cls._swap(module, torch.zeros(rows, dim, dtype=torch.int8), torch.ones(rows))
-
-    def structure_attributes(self) -> dict[str, Any]:
-        return {}
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]  # read-only: stored as int8

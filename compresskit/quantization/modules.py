@@ -17,17 +17,24 @@ min/max) and ``quant`` (fake quant with straight-through gradients, usable for Q
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compresskit.models.checkpoint import restorable
+from compresskit.kinds import module_kind
+from compresskit.quantization.calibration import choose_range
+from compresskit.quantization.observers import CalibrationMethod, observer_for, sample_values
+from compresskit.quantization.qparams import (
+    affine_qparams,
+    fake_quant_weight,
+    int8_weight_bytes,
+    symmetric_scale,
+)
 
 Mode = Literal["float", "calib", "quant"]
-CalibrationMethod = Literal["minmax", "percentile", "mse", "entropy"]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -56,8 +63,8 @@ class ActQuant(nn.Module):
         self.enabled = True
         self.force_zero_point_zero = force_zero_point_zero  # after a fused ReLU
         self.tied_to: ActQuant | None = None
-        # How calibration turns what it saw into a range (see calibration.py); the sample
-        # of values it keeps for that is plain Python state, never saved.
+        # How calibration turns what it saw into a range (an observer, see observers.py);
+        # the sample of values it keeps for that is plain Python state, never saved.
         self.method: CalibrationMethod = "minmax"
         self.percentile = 99.99
         self.samples: list[torch.Tensor] = []
@@ -75,7 +82,7 @@ class ActQuant(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         self.min_val.copy_(torch.minimum(self.min_val, x.detach().min()))
         self.max_val.copy_(torch.maximum(self.max_val, x.detach().max()))
-        if self.method != "minmax":
+        if observer_for(self.method, percentile=self.percentile).keeps_samples:
             self.samples.append(sample_values(x, seed=len(self.samples)))
 
     @torch.no_grad()
@@ -98,24 +105,21 @@ class ActQuant(nn.Module):
             return
         if not torch.isfinite(self.min_val):
             raise RuntimeError("activation observer saw no data; run calibration first")
-        from compresskit.quantization.calibration import choose_range
-
         low, high = choose_range(self, self.samples)
         self.samples = []
         self._set_range(low, high)
 
     @torch.no_grad()
     def _set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        low = torch.clamp(low, max=0.0)
-        high = torch.clamp(high, min=0.0)
-        if self.force_zero_point_zero:
-            low = torch.zeros_like(low)
-        scale = torch.clamp((high - low) / (self.quant_max - self.quant_min), min=1e-8)
-        zero_point = torch.clamp(
-            torch.round(self.quant_min - low / scale), self.quant_min, self.quant_max
+        scale, zero_point = affine_qparams(
+            low,
+            high,
+            qmin=self.quant_min,
+            qmax=self.quant_max,
+            zero_point_zero=self.force_zero_point_zero,
         )
         self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point.to(torch.int32))
+        self.zero_point.copy_(zero_point)
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) in use: the producer's while training a tied quantizer, so
@@ -152,15 +156,6 @@ class ActQuant(nn.Module):
         )
 
 
-def sample_values(x: torch.Tensor, *, seed: int, size: int = 4096) -> torch.Tensor:
-    """Up to ``size`` values of ``x``, picked with a fixed seed (calibration is repeatable)."""
-    flat = x.detach().flatten().float()
-    if flat.numel() <= size:
-        return flat.clone()
-    generator = torch.Generator().manual_seed(seed)
-    return flat[torch.randint(0, flat.numel(), (size,), generator=generator)]
-
-
 def lsq_fake_quant(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
@@ -193,19 +188,8 @@ class _BiasFakeQuantInt32(torch.autograd.Function):
         return g.op("DequantizeLinear", q, scale, zero, axis_i=0)
 
 
-def weight_scale(weight: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-output-channel int8 scale: max |w| / 127."""
-    return torch.clamp(weight.detach().abs().flatten(1).amax(dim=1) / 127.0, min=1e-8)
-
-
 class _QuantMixin:
     """What QuantConv2d and QuantLinear share; mixed in before the float class."""
-
-    # The ONNX fake-quant symbolic only takes (-128, 127); with scale max|w|/127 the value
-    # -128 never occurs, so numerics equal a symmetric -127..127 range.
-    weight_qmin, weight_qmax = -128, 127
-    requires_legacy_export = True  # fake quant exports through the TorchScript exporter
-    is_quantized = True
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -222,27 +206,9 @@ class _QuantMixin:
         object.__setattr__(module, "fused_relu", bool(fused_relu))
         module.act_in = ActQuant()
         module.act_out = ActQuant(force_zero_point_zero=fused_relu)
-        module.register_buffer("w_scale", weight_scale(self.weight))
+        module.register_buffer("w_scale", symmetric_scale(self.weight))
         module.register_buffer("w_zero_point", torch.zeros(self.weight.shape[0], dtype=torch.int32))
         self.mode = "float"
-
-    @classmethod
-    def restore_structure(cls, module: nn.Module, attrs: dict[str, Any]) -> None:
-        """Turn a freshly built float layer into a quant layer ready for a state dict."""
-        quant: Any = module
-        quant.__class__ = cls
-        quant._init_quant(fused_relu=bool(attrs.get("fused_relu", False)))
-        quant.act_in.enabled = bool(attrs.get("act_in_enabled", True))
-        quant.act_out.enabled = bool(attrs.get("act_out_enabled", True))
-        set_mode(module, attrs.get("mode", "quant"))
-
-    def structure_attributes(self) -> dict[str, Any]:
-        return {
-            "fused_relu": self.fused_relu,
-            "act_in_enabled": self.act_in.enabled,
-            "act_out_enabled": self.act_out.enabled,
-            "mode": self.mode,
-        }
 
     def set_fused_relu(self, flag: bool = True) -> None:
         self.fused_relu = flag
@@ -250,15 +216,13 @@ class _QuantMixin:
 
     @torch.no_grad()
     def freeze_(self) -> None:
-        self.w_scale.copy_(weight_scale(self.weight))
+        self.w_scale.copy_(symmetric_scale(self.weight))
 
     def _fake_quant_weight(self) -> torch.Tensor:
         if self.training:  # QAT: scales follow the weights as they move
             with torch.no_grad():
-                self.w_scale.copy_(weight_scale(self.weight))
-        return torch.fake_quantize_per_channel_affine(
-            self.weight, self.w_scale, self.w_zero_point, 0, self.weight_qmin, self.weight_qmax
-        )
+                self.w_scale.copy_(symmetric_scale(self.weight))
+        return fake_quant_weight(self.weight, self.w_scale, self.w_zero_point)
 
     def _fake_quant_bias(self) -> torch.Tensor | None:
         if self.bias is None:
@@ -284,7 +248,43 @@ class _QuantMixin:
         return self.act_out(y)
 
 
-@restorable
+def _structure(module: nn.Module) -> dict[str, Any]:
+    quant: Any = module
+    return {
+        "fused_relu": quant.fused_relu,
+        "act_in_enabled": quant.act_in.enabled,
+        "act_out_enabled": quant.act_out.enabled,
+        "mode": quant.mode,
+    }
+
+
+def _restore(cls: type[nn.Module], module: nn.Module, attrs: Mapping[str, Any]) -> nn.Module:
+    """Turn a freshly built float layer into a quant layer ready for a state dict."""
+    quant: Any = module
+    quant.__class__ = cls
+    quant._init_quant(fused_relu=bool(attrs.get("fused_relu", False)))
+    quant.act_in.enabled = bool(attrs.get("act_in_enabled", True))
+    quant.act_out.enabled = bool(attrs.get("act_out_enabled", True))
+    set_mode(module, attrs.get("mode", "quant"))
+    return module
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    quant: Any = module
+    return int8_weight_bytes(quant.weight, quant.w_scale, quant.bias)
+
+
+# Fake quant exports through the TorchScript exporter as QuantizeLinear/DequantizeLinear.
+_quant_kind = module_kind(
+    precision="int8",
+    export="qdq",
+    weight_bytes=_weight_bytes,
+    structure=_structure,
+    restore=_restore,
+)
+
+
+@_quant_kind
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """A Conv2d with int8 fake quant; ``QuantConv2d.convert_(conv)`` converts in place."""
 
@@ -301,7 +301,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return self._quant_forward(x, self._conv_forward)
 
 
-@restorable
+@_quant_kind
 class QuantLinear(_QuantMixin, nn.Linear):  # type: ignore[misc]  # bias: Tensor vs Tensor | None
     """A Linear with int8 fake quant. Inputs are flattened to 2-D so export always gives
     Gemm (fused by ORT into QGemm with the int32 bias); an N-D MatMul + Add would put the
