@@ -96,7 +96,7 @@ def test_each_task_reads_its_own_budget() -> None:
     entry = classification.candidates[0]
     assert "accuracy within budget (-1.00 points" in entry.summary
     assert entry.verdict is not None
-    assert "budget min_cosine does not apply to a classification task" in entry.verdict.lines[-1]
+    assert "budget min_cosine does not apply to the classification task" in entry.verdict.lines[-1]
     embedding = judge(Report.model_validate(embedding_report_dict()), budget)
     good, bad = embedding.candidates
     assert "cosine 0.9800 to the baseline, within budget (min 0.95)" in good.summary

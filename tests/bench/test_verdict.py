@@ -118,4 +118,4 @@ def test_export_skipped_and_each_task_reads_its_own_budget() -> None:
     assert verdict is not None and verdict.parity_ok is None and verdict.low_bit is None
     assert "export_skipped" in verdict.reasons
     assert "not exported (bitsandbytes layers)" in verdict.summary
-    assert "budget min_cosine does not apply to a classification task; ignored" in verdict.lines
+    assert "budget min_cosine does not apply to the classification task; ignored" in verdict.lines
