@@ -27,6 +27,7 @@ import numpy as np
 from rich.progress import TaskID
 
 from compresskit.bench.measurement import ModelRun, Session, TargetRun
+from compresskit.bench.report import Entry, add_measurements
 from compresskit.bench.worker import Workload
 from compresskit.errors import CompressKitError
 from compresskit.export.targets import Target, load_target, target_available
@@ -240,4 +241,32 @@ def measure_targets(
         elif run.noisy:
             status(f"{target.name}: noisy machine ({'; '.join(run.noise_reasons)})", style="yellow")
         runs.append(run)
+    return runs
+
+
+def measure_entries(
+    entries: list[Entry],
+    models: Sequence[tuple[str, Any]],
+    onnx_paths: dict[str, Path],
+    sample: Sequence[np.ndarray],
+    *,
+    targets: Sequence[str],
+    batch_sizes: Sequence[int],
+    sequence_length: int | None = None,
+    max_seconds: float = 1.0,
+    dynamic_sequence: bool = False,
+) -> list[TargetRun]:
+    """A run's models (``(name, torch module)``, baseline first; ORT targets time their
+    ONNX files) on every target at ``batch_sizes``, added to the report ``entries``."""
+    update: dict[str, Any] = {"batch_sizes": list(batch_sizes)}
+    if sequence_length is not None:
+        update["sequence_length"] = sequence_length
+    runs = measure_targets(
+        [load_target(name).model_copy(update=update) for name in targets],
+        [BenchModel(name, onnx=onnx_paths.get(name), module=module) for name, module in models],
+        sample,
+        max_seconds=max_seconds,
+        dynamic_sequence=dynamic_sequence,
+    )
+    add_measurements(entries, runs)
     return runs

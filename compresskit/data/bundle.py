@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
 from compresskit.tasks import Task, get_task
 
 Split = Literal["train", "val", "calibration", "eval"]
@@ -70,6 +71,22 @@ class DataBundle:
         }[split]
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a one-line error unless ``model`` runs on this data's inputs and returns
+        what the task scores (class logits, embeddings, ...)."""
+        example = self.example_inputs(batch_size=2)
+        try:
+            with torch.no_grad():
+                output = model.eval()(*example)
+        except Exception as error:
+            raise CompressKitError(
+                f"the model cannot run on {self.name} inputs of shape "
+                f"{tuple(example[0].shape[1:])} ({first_line(error)}); check --data and --arch"
+            ) from None
+        self.contract.check_output(
+            output, batch=len(example[0]), data=self.name, classes=self.num_classes
+        )
 
     def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
         """A real batch from the calibration split, used for tracing and export.

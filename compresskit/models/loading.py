@@ -30,6 +30,29 @@ class LoadedModel:
     default_data: str | None = None
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, model: LoadedModel | nn.Module | str | Path | None) -> LoadedModel:
+        """``model`` as given to the Python API: loaded already, a module built in code,
+        or a checkpoint reference for :func:`load_model`."""
+        if isinstance(model, LoadedModel):
+            return model
+        if isinstance(model, nn.Module):
+            return cls(model.eval(), {"kind": "python"})
+        return load_model(model)
+
+    @property
+    def path(self) -> Path | None:
+        """The checkpoint file or directory it was read from, if any."""
+        path = self.source.get("path")
+        return Path(path) if path else None
+
+    def describe(self) -> str:
+        """Where it came from, for reports: ``example:NAME``, a path, or a factory."""
+        kind = self.source.get("kind")
+        if kind == "example":
+            return f"example:{self.source['name']}"
+        return str(self.source.get("path") or self.source.get("factory") or kind)
+
 
 def load_model(
     checkpoint: str | Path | None = None, *, arch: str | None = None, trust_pickle: bool = False
