@@ -13,7 +13,12 @@ from torch import nn
 from compresskit.configs import PassConfig
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.quantization.modules import CalibrationMethod, calibrate_, quant_layers
+from compresskit.quantization.modules import (
+    CalibrationMethod,
+    activation_quantizers,
+    calibrate_,
+    quant_layers,
+)
 from compresskit.quantization.prepare import prepare
 from compresskit.quantization.sensitivity import MixedPrecisionConfig, plan_mixed_precision
 
@@ -67,10 +72,9 @@ def calibration_batches(ctx: Context, count: int, what: str) -> list[list[torch.
 
 
 def configure_calibration(model: nn.Module, config: StaticQuantConfig) -> None:
-    for layer in quant_layers(model):
-        for quantizer in (layer.act_in, layer.act_out):
-            quantizer.method = config.calibration
-            quantizer.percentile = config.percentile
+    for quantizer in activation_quantizers(model):
+        quantizer.method = config.calibration
+        quantizer.percentile = config.percentile
 
 
 def quantize_static(

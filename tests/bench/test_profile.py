@@ -1,0 +1,104 @@
+"""Where the time goes: ORT's profiler in the benchmark worker, each node mapped back to
+the torch module it came from (float via the dynamo exporter, int8 via TorchScript)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from compresskit.bench.harness import BenchModel, measure_targets
+from compresskit.bench.profile import UNMAPPED, exported_modules, owner_of
+from compresskit.context import Context
+from compresskit.export.onnx import export_onnx
+from compresskit.passes.quantize import Quantize, QuantizeConfig
+from compresskit.quantization import residuals
+from compresskit.quantization.modules import QuantConv2d
+from compresskit.testing import TinyResidualCNN, tiny_data
+
+
+def _modules(model: torch.nn.Module) -> set[str]:
+    return {name for name, _ in model.named_modules()}
+
+
+def test_profiles_map_every_costly_node_to_a_module_of_the_model(tmp_path: Path) -> None:
+    data = tiny_data()
+    torch.manual_seed(0)
+    float_model = TinyResidualCNN().eval()
+    int8_model = Quantize(QuantizeConfig()).apply(
+        copy.deepcopy(float_model),
+        Context(data=data, teacher=None, example_inputs=data.example_inputs(2)),
+    )
+    example = data.example_inputs(2)
+    paths = {
+        name: export_onnx(model, example, tmp_path / f"{name}.onnx").path
+        for name, model in (("float", float_model), ("int8", int8_model))
+    }
+    (run,) = measure_targets(
+        ["cpu-ort"],
+        [BenchModel(name, onnx=path) for name, path in paths.items()],
+        [x.numpy() for x in example],
+        batch_sizes=[1, 16],
+        max_seconds=0.2,
+        profile=True,
+    )
+    for name, model in (("float", float_model), ("int8", int8_model)):
+        measured = run.model(name)
+        assert measured is not None and len(measured.profiles) == 2
+        for profile in measured.profiles:
+            assert profile.runs >= 3 and profile.kernel_ms > 0
+            assert profile.unmapped_ms == 0.0, profile
+            assert sum(layer.share for layer in profile.layers) > 0.999
+            for layer in profile.layers:
+                assert layer.module in _modules(model), (name, layer)
+                assert "act_in" not in layer.module and "int8_" not in layer.module
+    int8_rows = {layer.module: layer.ops for layer in run.model("int8").profiles[1].layers}
+    assert "QLinearConv" in int8_rows["conv1"] and "QLinearConv" in int8_rows["conv2"]
+    assert "QLinearAdd" in int8_rows[""]  # the add of the model's own forward
+    float_rows = {layer.module for layer in run.model("float").profiles[1].layers}
+    assert {"conv1", "conv2", "head"} <= float_rows
+
+
+def test_scopes_of_both_exporters_name_the_module() -> None:
+    def node(name: str, op: str, inputs: list[str], scopes: str | None = None) -> onnx.NodeProto:
+        made = helper.make_node(op, inputs, [f"{name}_out"], name=name)
+        if scopes is not None:
+            prop = made.metadata_props.add()
+            prop.key, prop.value = "pkg.torch.onnx.name_scopes", scopes
+        return made
+
+    weight = helper.make_tensor("layer2.shortcut.0.weight_quantized", TensorProto.INT8, [1], [1])
+    nodes = [
+        node("/layer2/shortcut/shortcut.0/act_in/QuantizeLinear", "QuantizeLinear", ["x"]),
+        node("/layer2/shortcut/shortcut.0/Conv", "Conv", ["x", weight.name]),
+        node("/layer1/relu_1/Relu", "Relu", ["x"]),
+        node("/layer1/int8_relu_1/QuantizeLinear", "QuantizeLinear", ["x"]),
+        node("node_add_3", "Add", ["x", "x"], "['', 'layer1', 'add_3']"),
+        node("node_relu_2", "Relu", ["x"], "['', 'layer1', 'layer1.relu', 'relu_2']"),
+        node("/Flatten", "Flatten", ["x"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [], [weight]
+    )
+    found = exported_modules(helper.make_model(graph))
+    assert found == {
+        "/layer2/shortcut/shortcut.0/act_in/QuantizeLinear": "layer2.shortcut.0",
+        "/layer2/shortcut/shortcut.0/Conv": "layer2.shortcut.0",
+        "/layer1/relu_1/Relu": "layer1.relu",
+        "/layer1/int8_relu_1/QuantizeLinear": "layer1",
+        "node_add_3": "layer1",
+        "node_relu_2": "layer1.relu",
+        "/Flatten": "",
+    }
+    assert UNMAPPED not in found.values()
+
+
+def test_quantizer_scopes_are_the_ones_quantization_names() -> None:
+    layer = QuantConv2d.convert_(torch.nn.Conv2d(1, 1, 1))
+    children = {name for name, _ in layer.named_children()}
+    assert {owner_of(f"block.conv.{child}") for child in children} == {"block.conv"}
+    assert owner_of(f"block.{residuals.CONTAINER}.int8_relu_1") == "block"
+    assert owner_of("block.int8_add_in0") == "block"
