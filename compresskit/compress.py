@@ -21,7 +21,7 @@ from compresskit._version import __version__
 from compresskit.bench.harness import measure_entries
 from compresskit.bench.measurement import machine_info
 from compresskit.bench.output import write_reports
-from compresskit.bench.probe import measure_p50
+from compresskit.bench.probe import measure_costs, measure_p50
 from compresskit.bench.report import Report
 from compresskit.bench.verdict import judge
 from compresskit.context import Context
@@ -54,9 +54,11 @@ def run(
     seed: int = 0,
     exporter: Exporter = "auto",
     latency_seconds: float = 1.0,
+    profile: bool = True,
 ) -> RunResult:
     """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
-    :class:`Pipeline` built in code) and measure every candidate against the baseline.
+    :class:`Pipeline` built in code) and measure every candidate against the baseline;
+    with ``profile``, ONNX Runtime targets also say where each model's time goes.
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
@@ -80,6 +82,7 @@ def run(
         seed=seed,
         budget=policy.budget,
         latency_probe=measure_p50,
+        profile_probe=measure_costs,
     )
     final = Path(out) if out is not None else _default_out(policy.name)
     if world.is_main and final.exists() and any(final.iterdir()):
@@ -92,7 +95,7 @@ def run(
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
             report = _evaluate(
-                policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds
+                policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds, profile
             )
             report.seconds = time.perf_counter() - started
             write_reports(report, tmp)
@@ -147,6 +150,7 @@ def _evaluate(
     seed: int,
     exporter: Exporter,
     latency_seconds: float,
+    profile: bool,
 ) -> Report:
     """Verify, measure and judge every model; the report of the run."""
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
@@ -168,6 +172,7 @@ def _evaluate(
         sequence_length=policy.sequence_length,
         max_seconds=latency_seconds,
         dynamic_sequence=bundle.dynamic_sequence,
+        profile=profile,
     )
     baseline, *rest = entries
     report = Report(

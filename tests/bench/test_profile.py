@@ -102,3 +102,52 @@ def test_quantizer_scopes_are_the_ones_quantization_names() -> None:
     assert {owner_of(f"block.conv.{child}") for child in children} == {"block.conv"}
     assert owner_of(f"block.{residuals.CONTAINER}.int8_relu_1") == "block"
     assert owner_of("block.int8_add_in0") == "block"
+
+
+def _profile(batch: int, rows: list[tuple[str, str, float]]) -> dict:
+    total = sum(ms for *_, ms in rows)
+    return {
+        "target": "cpu-ort",
+        "batch": batch,
+        "runs": 10,
+        "kernel_ms": total,
+        "layers": [
+            {"module": module, "ops": [op], "ms": ms, "share": ms / total, "nodes": 1}
+            for module, op, ms in rows
+        ],
+    }
+
+
+def test_profiles_render_as_tables_a_chart_and_a_terminal_line(tmp_path: Path) -> None:
+    from rich.console import Console
+    from test_report import report_dict
+
+    from compresskit.bench.markdown import render_markdown
+    from compresskit.bench.output import write_reports
+    from compresskit.bench.report import Report
+    from compresskit.cli.tables import print_report
+
+    data = report_dict()
+    data["baseline"]["profiles"] = [
+        _profile(b, [("conv1", "Conv", 0.4 * b), ("", "Add", 0.1 * b)]) for b in (1, 8)
+    ]
+    data["candidates"][0]["profiles"] = [
+        _profile(
+            8, [("conv1", "QLinearConv", 0.3), ("", "QLinearAdd", 0.15), ("head", "QGemm", 0.05)]
+        )
+    ]
+    report = Report.model_validate(data)
+    markdown = render_markdown(report)
+    assert "**where the time goes on cpu-ort, batch 8 (kernels 0.500 ms per call" in markdown
+    assert "| conv1 | QLinearConv | 0.300 | 60% |" in markdown
+    assert "| (top level) | QLinearAdd | 0.150 | 30% |" in markdown
+    write_reports(report, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert 'alt="kernel time per module"' in html and "<h2>Where the time goes</h2>" in html
+    assert "<td>conv1</td><td>QLinearConv</td><td>0.300</td><td>60%</td>" in html
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert "where the time goes (cpu-ort b8): conv1 60% (QLinearConv)" in text
+    assert "baseline: where the time goes (cpu-ort b8): conv1 80% (Conv)" in text
+    assert Report.load(tmp_path / "report.json") == report
