@@ -159,13 +159,55 @@ class PruneRecord(PassRecord):
         return blocks + super().summary()
 
 
+class RoundToCandidate(_Part):
+    """One rounding of the pruned widths, measured (or why it was not)."""
+
+    round_to: int
+    macs: int | None = None
+    p50_ms: float | None = None
+    eligible: bool = False
+    widths: list[int] = Field(default_factory=list)
+    note: str | None = None
+
+
+class WidthSweep(_Part):
+    """round_to auto: each candidate rounding's MACs and p50 on the target, the choice."""
+
+    target: str
+    batch: int
+    max_mac_change: float
+    candidates: list[RoundToCandidate] = Field(default_factory=list)
+    chosen: int
+
+    def blocks(self) -> list[Line | Table]:
+        rows = [
+            [
+                str(c.round_to) + (" (chosen)" if c.round_to == self.chosen else ""),
+                si(c.macs) if c.macs is not None else "-",
+                f"{c.p50_ms:.3f}" if c.p50_ms is not None else "-",
+                "yes" if c.eligible else (c.note or "no: too many MACs lost"),
+            ]
+            for c in self.candidates
+        ]
+        title = f"round_to sweep on {self.target} b{self.batch}"
+        header = ["round_to", "MACs", "p50 ms", f"within {self.max_mac_change:.0%} MACs"]
+        return [
+            Line(text=f"round_to {self.chosen}: the fastest rounding measured on {self.target}"),
+            Table(title=title, header=header, rows=rows),
+        ]
+
+
 class PruneChannelsRecord(PruneRecord):
-    """Channel pruning; with ``heads``, attention heads per module (before, after)."""
+    """Channel pruning; with ``heads``, attention heads per module (before, after); with
+    ``round_to: auto``, the rounding sweep."""
 
     heads: dict[str, Pair] = Field(default_factory=dict)
+    round_to_sweep: WidthSweep | None = None
 
     def summary(self) -> list[Line | Table]:
         blocks = super().summary()
+        if self.round_to_sweep is not None:
+            blocks += self.round_to_sweep.blocks()
         if self.heads:
             rows = [[name, str(a), str(b)] for name, (a, b) in self.heads.items()]
             blocks.append(
