@@ -21,20 +21,20 @@ from torch import nn
 
 from compresskit.quantization.modules import QUANT_TYPES, ActQuant
 from compresskit.quantization.residuals import (
-    _ADD_FUNCTIONS,
-    _CAT_FUNCTIONS,
-    _RELU_FUNCTIONS,
-    _TRANSPARENT_FUNCTIONS,
-    _TRANSPARENT_METHODS,
-    _TRANSPARENT_MODULES,
+    ADD_FUNCTIONS,
+    CAT_FUNCTIONS,
     CONTAINER,
+    RELU_FUNCTIONS,
+    TRANSPARENT_FUNCTIONS,
+    TRANSPARENT_METHODS,
+    TRANSPARENT_MODULES,
+    GlobalTracer,
     IntegerResiduals,
     PlanEntry,
     ResidualResult,
-    _GlobalTracer,
-    _tensor_inputs,
-    _trace_own,
     install,
+    tensor_inputs,
+    trace_own,
 )
 
 
@@ -52,7 +52,7 @@ class _Model:
     """The whole model's trace and what it needs to answer about it."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.graph = _GlobalTracer().trace(model)
+        self.graph = GlobalTracer().trace(model)
         self.modules = dict(model.named_modules())
         self.calls = Counter(n.target for n in self.graph.nodes if n.op == "call_module")
 
@@ -61,23 +61,24 @@ class _Model:
 
     def transparent(self, node: fx.Node) -> bool:
         if node.op == "call_module":
-            return isinstance(self.module(node), _TRANSPARENT_MODULES)
+            return isinstance(self.module(node), TRANSPARENT_MODULES)
         if node.op == "call_function":
-            return node.target in _TRANSPARENT_FUNCTIONS
-        return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
+            return node.target in TRANSPARENT_FUNCTIONS
+        return node.op == "call_method" and node.target in TRANSPARENT_METHODS
 
     def is_residual(self, node: fx.Node) -> bool:
-        if node.op == "call_function" and node.target in _CAT_FUNCTIONS:
-            return len(_tensor_inputs(node)) >= 2
-        if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-            return len(node.args) == 2 and not node.kwargs
+        if node.op != "call_function" or node.kwargs:
+            return False
+        if node.target in CAT_FUNCTIONS or (node.target in ADD_FUNCTIONS and len(node.args) == 2):
+            inputs = tensor_inputs(node)
+            return len(inputs) >= 2 and all(isinstance(x, fx.Node) for x in inputs)
         return False
 
     def is_relu(self, node: fx.Node) -> bool:
         if node.op == "call_module":
             return isinstance(self.module(node), nn.ReLU)
         if node.op == "call_function":
-            return node.target in _RELU_FUNCTIONS and len(node.args) == 1
+            return node.target in RELU_FUNCTIONS and len(node.args) == 1
         return node.op == "call_method" and node.target == "relu"
 
     def owner(self, node: fx.Node) -> str | None:
@@ -127,7 +128,7 @@ def _decide(
             continue
         owner = model.owner(node)
         label = _label(owner, node)
-        sources = [_source(model, value, quantized) for value in _tensor_inputs(node)]
+        sources = [_source(model, value, quantized) for value in tensor_inputs(node)]
         why = None
         if owner is None:
             why = "its module runs more than once"
@@ -173,7 +174,7 @@ def _link_consumers(model: _Model, quantized: dict[fx.Node, ActQuant]) -> None:
 def _plan_for(owner: nn.Module, decisions: list[_Decision], model: _Model) -> list[PlanEntry]:
     """The decisions in the names of ``owner``'s own trace (its adds and concatenations
     come in the same order as in the whole model's)."""
-    own = [n for n in _trace_own(owner).nodes if model.is_residual(n)]
+    own = [n for n in trace_own(owner).nodes if model.is_residual(n)]
     mine = [
         n
         for n in model.graph.nodes
@@ -207,7 +208,7 @@ def _is_own_relu(owner: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
         return isinstance(owner.get_submodule(str(node.target)), nn.ReLU)
     if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
+        return node.target in RELU_FUNCTIONS
     return node.op == "call_method" and node.target == "relu"
 
 

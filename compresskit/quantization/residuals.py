@@ -31,17 +31,18 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from compresskit.errors import CompressKitError
 from compresskit.kinds import module_kind
 from compresskit.quantization.modules import QUANT_TYPES, ActQuant
 
 CONTAINER = "int8_residuals"
-_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-_CAT_FUNCTIONS = {torch.cat, torch.concat}
-_RELU_FUNCTIONS = {torch.relu, F.relu}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+CAT_FUNCTIONS = {torch.cat, torch.concat}
+RELU_FUNCTIONS = {torch.relu, F.relu}
 # Ops that keep a quantized tensor on its (scale, zero point) grid.
-_TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten, nn.ReLU)
-_TRANSPARENT_FUNCTIONS = {torch.flatten, F.max_pool2d, F.relu, torch.relu, F.dropout}
-_TRANSPARENT_METHODS = {"view", "reshape", "flatten", "contiguous", "relu"}
+TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten, nn.ReLU)
+TRANSPARENT_FUNCTIONS = {torch.flatten, F.max_pool2d, F.relu, torch.relu, F.dropout}
+TRANSPARENT_METHODS = {"view", "reshape", "flatten", "contiguous", "relu"}
 
 # One rewritten op, by the names of the owner's own trace: "node" (the add or cat),
 # "after" (it, or the ReLU after it), "out" (the output quantizer's name), "relu" (zero
@@ -49,8 +50,9 @@ _TRANSPARENT_METHODS = {"view", "reshape", "flatten", "contiguous", "relu"}
 PlanEntry = dict[str, Any]
 
 
-class ResidualRewriteError(RuntimeError):
-    """A module's forward no longer traces to the graph its plan was made on."""
+class ResidualRewriteError(CompressKitError):
+    """A module's forward no longer traces to the graph its plan was made on (a saved
+    model reloaded with other code)."""
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _OwnTracer(fx.Tracer):
         return True
 
 
-class _GlobalTracer(fx.Tracer):
+class GlobalTracer(fx.Tracer):
     """Traces the whole model down to its layers; quant layers are leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -116,18 +118,19 @@ class _GlobalTracer(fx.Tracer):
         )
 
 
-def _trace_own(owner: nn.Module) -> fx.Graph:
+def trace_own(owner: nn.Module) -> fx.Graph:
     # The class's forward, never an instance's rewritten one (fx reads type(root).forward).
     return _OwnTracer().trace(owner)
 
 
 def _compile(owner: nn.Module, plan: list[PlanEntry]) -> Any:
-    graph = _trace_own(owner)
+    graph = trace_own(owner)
     nodes = {node.name: node for node in graph.nodes}
     for entry in plan:
         if entry["node"] not in nodes or entry["after"] not in nodes:
             raise ResidualRewriteError(
-                f"{type(owner).__name__}.forward no longer traces to op {entry['node']!r}"
+                f"{type(owner).__name__}.forward no longer has the op {entry['node']!r} its "
+                "int8 residual quantizers were made for; reload with the code it was saved from"
             )
         node = nodes[entry["node"]]
         for position, key in entry["inputs"].items():
@@ -145,17 +148,17 @@ def _compile(owner: nn.Module, plan: list[PlanEntry]) -> Any:
     return namespace["forward"]
 
 
-def _tensor_inputs(node: fx.Node) -> list[fx.Node | Any]:
-    if node.target in _CAT_FUNCTIONS:
+def tensor_inputs(node: fx.Node) -> list[fx.Node | Any]:
+    if node.target in CAT_FUNCTIONS:
         return list(node.args[0]) if isinstance(node.args[0], list | tuple) else []
     return list(node.args[:2])
 
 
 def _quantize_input(graph: fx.Graph, node: fx.Node, position: int, target: str) -> None:
-    inputs = _tensor_inputs(node)
+    inputs = tensor_inputs(node)
     with graph.inserting_before(node):
         quantized = graph.call_module(target, (inputs[position],))
-    if node.target in _CAT_FUNCTIONS:
+    if node.target in CAT_FUNCTIONS:
         inputs[position] = quantized
         node.update_arg(0, inputs)
     else:
