@@ -89,11 +89,22 @@ def _known_modules(graph: Any) -> set[str]:
 
 
 def _parameter_owner(node: Any, parameters: set[str]) -> str | None:
+    """The module of a parameter only ``node`` reads (an exporter may share one tensor
+    among modules whose values are equal, e.g. untrained biases of zeros)."""
     for name in node.input:
         match = _PARAMETER.match(name) if name in parameters else None
         if match:
             return match.group(1)
     return None
+
+
+def _single_use(graph: Any) -> set[str]:
+    """Initializers exactly one node reads."""
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
+    return {i.name for i in graph.initializer if readers.get(i.name) == 1}
 
 
 def _scoped_path(components: Sequence[str], known: set[str]) -> str:
@@ -115,7 +126,7 @@ def exported_modules(model: Any) -> dict[str, str]:
     """Node name -> module path for the nodes of an exported graph that say where they
     come from (a parameter, dynamo's name scopes, a TorchScript scope)."""
     graph = model.graph
-    parameters = {i.name for i in graph.initializer}
+    parameters = _single_use(graph)
     known = _known_modules(graph)
     modules: dict[str, str] = {}
     for node in graph.node:
@@ -127,8 +138,8 @@ def exported_modules(model: Any) -> dict[str, str]:
                     names = ast.literal_eval(scopes)
                 except (ValueError, SyntaxError):
                     names = []
-                if len(names) >= 2:
-                    path = str(names[-2])
+                if len(names) >= 2 and not str(names[-2]).startswith("_"):
+                    path = str(names[-2])  # not "_empty_nn_module_stack_from_metadata_hook"
             elif node.name.startswith("/"):
                 path = _scoped_path(node.name.split("/")[1:-1], known)
         if path is not None:

@@ -71,7 +71,11 @@ def test_scopes_of_both_exporters_name_the_module() -> None:
         return made
 
     weight = helper.make_tensor("layer2.shortcut.0.weight_quantized", TensorProto.INT8, [1], [1])
+    shared = helper.make_tensor("embed.norm.bias", TensorProto.FLOAT, [1], [0.0])
     nodes = [
+        # an exporter may share one tensor among equal parameters: the scope decides
+        node("node_add_5", "Add", ["x", shared.name], "['', 'block.fc', 'add_5']"),
+        node("node_add_6", "Add", ["x", shared.name], "['', 'embed.norm', 'add_6']"),
         node("/layer2/shortcut/shortcut.0/act_in/QuantizeLinear", "QuantizeLinear", ["x"]),
         node("/layer2/shortcut/shortcut.0/Conv", "Conv", ["x", weight.name]),
         node("/layer1/relu_1/Relu", "Relu", ["x"]),
@@ -81,10 +85,16 @@ def test_scopes_of_both_exporters_name_the_module() -> None:
         node("/Flatten", "Flatten", ["x"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [], [weight]
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [],
+        [weight, shared],
     )
     found = exported_modules(helper.make_model(graph))
     assert found == {
+        "node_add_5": "block.fc",
+        "node_add_6": "embed.norm",
         "/layer2/shortcut/shortcut.0/act_in/QuantizeLinear": "layer2.shortcut.0",
         "/layer2/shortcut/shortcut.0/Conv": "layer2.shortcut.0",
         "/layer1/relu_1/Relu": "layer1.relu",
