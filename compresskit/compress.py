@@ -11,8 +11,10 @@ import datetime as dt
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ from compresskit.bench.output import write_reports
 from compresskit.bench.probe import measure_costs, measure_p50
 from compresskit.bench.report import Report
 from compresskit.bench.verdict import judge
-from compresskit.context import Context
+from compresskit.context import Context, ModelCost
 from compresskit.data import DataBundle, load_data
 from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
@@ -81,8 +83,8 @@ def run(
         example_inputs=bundle.example_inputs(batch_size=2),
         seed=seed,
         budget=policy.budget,
-        latency_probe=measure_p50,
-        profile_probe=measure_costs,
+        latency_probe=_rank_zero_p50,
+        profile_probe=_rank_zero_costs,
     )
     final = Path(out) if out is not None else _default_out(policy.name)
     if world.is_main and final.exists() and any(final.iterdir()):
@@ -111,6 +113,20 @@ def run(
     report = distributed.main_only(write_outputs, what="export, benchmarks and report")
     models = {"baseline": loaded.model, **{c.name: c.model for c in candidates}}
     return RunResult(report, models, final)
+
+
+def _rank_zero_p50(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], **at: Any) -> float:
+    """A measurement steers a pass: rank 0 measures and every rank takes its answer, so
+    that all ranks build the same model (one process: just the measurement)."""
+    return distributed.main_only(lambda: measure_p50(model, example_inputs, **at), what="timing")
+
+
+def _rank_zero_costs(
+    models: Sequence[nn.Module], example_inputs: tuple[torch.Tensor, ...], **at: Any
+) -> list[ModelCost]:
+    return distributed.main_only(
+        lambda: measure_costs(models, example_inputs, **at), what="profiling"
+    )
 
 
 def _bundle(data: DataBundle | str | None, loaded: LoadedModel, seed: int) -> DataBundle:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from compresskit.bench.latency import batch_of, summarize, time_interleaved
-from compresskit.bench.measurement import ModelRun, Session, TargetRun
+from compresskit.bench.measurement import ModelRun, Profile, Session, TargetRun
 from compresskit.bench.noise import MAX_CV, assess, sample_machine, usable_cores
 from compresskit.bench.profile_runs import ProfilingSessions, profile_plans
 from compresskit.export.targets import Target
@@ -333,27 +333,40 @@ def run_job(job: dict[str, Any]) -> TargetRun:
     machine = assess(before_all, sample_machine())
     result.noisy, result.noise_reasons = machine.noisy, list(machine.reasons)
     if job.get("profile") and target.runtime == "onnxruntime":
-        cache_dir = str(Path(job["inputs"]).parent)
-
-        def open_call(
-            spec: dict, sessions: ProfilingSessions, feeds: list[Inputs]
-        ) -> Callable[[], object]:
-            runner = _ort_loader(target, spinning, threads, cache_dir, sessions)(spec)
-            return _cycle([runner(feed) for feed in feeds])
-
-        live_specs = [spec for spec, r in zip(models, runners, strict=True) if r is not None]
-        profiles = profile_plans(
-            live_specs,
-            plans,
-            open_call,
-            target=target.name,
-            workdir=Path(cache_dir),
-            runs=job.get("profile_runs", 10),
-            max_seconds=job["max_seconds"],
-        )
+        profiled = [spec for spec, runner in zip(models, runners, strict=True) if runner]
+        profiles = _profile(job, target, spinning, threads, profiled, plans)
         for model in result.models:
             model.profiles = profiles.get(model.name, [])
     return result
+
+
+def _profile(
+    job: dict[str, Any],
+    target: Target,
+    spinning: bool,
+    threads: int,
+    specs: list[dict],
+    plans: list[tuple[int, str | None, list[Inputs]]],
+) -> dict[str, list[Profile]]:
+    """Where each model's time goes on each plan: fresh profiling sessions, the target's
+    settings, calls interleaved (:func:`compresskit.bench.profile_runs.profile_plans`)."""
+    workdir = Path(job["inputs"]).parent
+
+    def open_call(
+        spec: dict, sessions: ProfilingSessions, feeds: list[Inputs]
+    ) -> Callable[[], object]:
+        runner = _ort_loader(target, spinning, threads, str(workdir), sessions)(spec)
+        return _cycle([runner(feed) for feed in feeds])
+
+    return profile_plans(
+        specs,
+        plans,
+        open_call,
+        target=target.name,
+        workdir=workdir,
+        runs=job.get("profile_runs", 10),
+        max_seconds=job["max_seconds"],
+    )
 
 
 def main(argv: list[str]) -> int:
