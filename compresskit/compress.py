@@ -11,8 +11,10 @@ import datetime as dt
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,10 +23,10 @@ from compresskit._version import __version__
 from compresskit.bench.harness import measure_entries
 from compresskit.bench.measurement import machine_info
 from compresskit.bench.output import write_reports
-from compresskit.bench.probe import measure_p50
+from compresskit.bench.probe import measure_costs, measure_p50
 from compresskit.bench.report import Report
 from compresskit.bench.verdict import judge
-from compresskit.context import Context
+from compresskit.context import Context, ModelCost
 from compresskit.data import DataBundle, load_data
 from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
@@ -54,9 +56,11 @@ def run(
     seed: int = 0,
     exporter: Exporter = "auto",
     latency_seconds: float = 1.0,
+    profile: bool = True,
 ) -> RunResult:
     """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
-    :class:`Pipeline` built in code) and measure every candidate against the baseline.
+    :class:`Pipeline` built in code) and measure every candidate against the baseline;
+    with ``profile``, ONNX Runtime targets also say where each model's time goes.
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
@@ -79,7 +83,8 @@ def run(
         example_inputs=bundle.example_inputs(batch_size=2),
         seed=seed,
         budget=policy.budget,
-        latency_probe=measure_p50,
+        latency_probe=_rank_zero_p50,
+        profile_probe=_rank_zero_costs,
     )
     final = Path(out) if out is not None else _default_out(policy.name)
     if world.is_main and final.exists() and any(final.iterdir()):
@@ -92,7 +97,7 @@ def run(
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
             report = _evaluate(
-                policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds
+                policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds, profile
             )
             report.seconds = time.perf_counter() - started
             write_reports(report, tmp)
@@ -108,6 +113,20 @@ def run(
     report = distributed.main_only(write_outputs, what="export, benchmarks and report")
     models = {"baseline": loaded.model, **{c.name: c.model for c in candidates}}
     return RunResult(report, models, final)
+
+
+def _rank_zero_p50(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], **at: Any) -> float:
+    """A measurement steers a pass: rank 0 measures and every rank takes its answer, so
+    that all ranks build the same model (one process: just the measurement)."""
+    return distributed.main_only(lambda: measure_p50(model, example_inputs, **at), what="timing")
+
+
+def _rank_zero_costs(
+    models: Sequence[nn.Module], example_inputs: tuple[torch.Tensor, ...], **at: Any
+) -> list[ModelCost]:
+    return distributed.main_only(
+        lambda: measure_costs(models, example_inputs, **at), what="profiling"
+    )
 
 
 def _bundle(data: DataBundle | str | None, loaded: LoadedModel, seed: int) -> DataBundle:
@@ -147,6 +166,7 @@ def _evaluate(
     seed: int,
     exporter: Exporter,
     latency_seconds: float,
+    profile: bool,
 ) -> Report:
     """Verify, measure and judge every model; the report of the run."""
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
@@ -168,6 +188,7 @@ def _evaluate(
         sequence_length=policy.sequence_length,
         max_seconds=latency_seconds,
         dynamic_sequence=bundle.dynamic_sequence,
+        profile=profile,
     )
     baseline, *rest = entries
     report = Report(

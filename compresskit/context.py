@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,45 @@ class LatencyProbe(Protocol):
     ) -> float: ...
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """One model measured on an export target at one batch size: the p50 of whole calls,
+    and the kernel time per call of each torch module (ONNX Runtime's profiler; '' is the
+    top-level forward; quantizers count to the layer or block that owns them)."""
+
+    p50_ms: float
+    modules: dict[str, float] = field(default_factory=dict)
+
+    def cost_of(self, prefix: str) -> float:
+        """Kernel ms of module ``prefix`` and everything inside it."""
+        return sum(
+            ms
+            for name, ms in self.modules.items()
+            if name == prefix or not prefix or name.startswith(prefix + ".")
+        )
+
+
+class ProfileProbe(Protocol):
+    """Measures several models on an export target at one batch size, interleaved in one
+    benchmark worker: each one's p50 and where its time goes, per torch module.
+
+    The run hands one to the passes (:func:`compresskit.bench.probe.measure_costs`: every
+    model exported with the same exporter, so that their module names match), so that a
+    pass choosing precisions or widths by speed measures the real thing. Models on a
+    target without a profiler (torch) come back with empty ``modules``."""
+
+    def __call__(
+        self,
+        models: Sequence[nn.Module],
+        example_inputs: tuple[torch.Tensor, ...],
+        *,
+        target: str,
+        batch: int,
+        seconds: float,
+        dynamic_sequence: bool,
+    ) -> list[ModelCost]: ...
+
+
 @dataclass
 class Context:
     """Passed explicitly to every ``Pass.apply``; there is no global session.
@@ -57,6 +97,8 @@ class Context:
     budget: Budget | None = None
     # How passes measure latency on a target (pruning to a latency target); the run sets it.
     latency_probe: LatencyProbe | None = None
+    # How passes compare models per module on a target (precision by latency, widths).
+    profile_probe: ProfileProbe | None = None
 
     @property
     def task(self) -> Task:

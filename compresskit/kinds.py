@@ -47,6 +47,8 @@ Structure = Callable[[nn.Module], dict[str, Any]]
 Restore = Callable[[type[nn.Module], nn.Module, Mapping[str, Any]], nn.Module]
 PrepareExport = Callable[[nn.Module, bool], None]
 PostExport = Callable[[Path, Sequence[nn.Module]], str]
+# (model, name, structure attrs): add a module a pass added (a fresh build lacks it).
+Attach = Callable[[nn.Module, str, Mapping[str, Any]], None]
 
 # Saved class names that may be imported to find their kind: prefix -> the module that
 # registers kinds for names under it (None: the module part of the name itself).
@@ -67,7 +69,8 @@ class ModuleKind:
     ``precision`` is a value or, where it depends on the instance (bitsandbytes 4-bit
     layers hold nf4 or fp4), a function of the module. ``restore`` is None for kinds that
     cannot be rebuilt from a saved state dict; ``restore_refusal`` then says why and what
-    to do instead.
+    to do instead. ``attach`` adds a module that a pass added to the tree (it is not a
+    fresh build's module swapped in) back to a fresh build, from its structure attrs.
 
     >>> kind_of(model.features[0]).export                             # doctest: +SKIP
     'qdq'
@@ -85,6 +88,7 @@ class ModuleKind:
     structure: Structure = _no_structure
     restore: Restore | None = None
     restore_refusal: str = ""
+    attach: Attach | None = None
 
     def precision_of(self, module: nn.Module) -> WeightPrecision:
         return self.precision(module) if callable(self.precision) else self.precision
@@ -136,6 +140,7 @@ def module_kind(
     structure: Structure = _no_structure,
     restore: Restore | None = None,
     restore_refusal: str = "",
+    attach: Attach | None = None,
 ) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: register the decorated ``nn.Module`` class as a kind."""
 
@@ -154,6 +159,7 @@ def module_kind(
             structure=structure,
             restore=restore,
             restore_refusal=restore_refusal,
+            attach=attach,
         )
         register_kind(kind, cls)
         return cls

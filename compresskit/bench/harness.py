@@ -105,9 +105,12 @@ def measure_target(
     dynamic_sequence: bool = False,
     min_repeats: int = 20,
     workloads: Sequence[Workload] = (),
+    profile: bool = False,
 ) -> TargetRun:
     """Measure ``models`` (the first is the baseline) on ``target`` in one subprocess:
-    at each of the target's batch sizes on ``sample``, then on each workload."""
+    at each of the target's batch sizes on ``sample``, then on each workload. With
+    ``profile``, ONNX Runtime targets also say where each model's time goes (each
+    :class:`~compresskit.bench.measurement.ModelRun`'s ``profiles``)."""
     started = time.perf_counter()
     run = _unmeasured(target)
     reason = target_available(target)
@@ -146,6 +149,7 @@ def measure_target(
             "max_seconds": max_seconds,
             "min_repeats": min_repeats,
             "dynamic_sequence": dynamic_sequence,
+            "profile": profile,
         }
         (workdir / "job.json").write_text(json.dumps(job))
         steps = len(specs) + len(target.batch_sizes) + len(workloads)
@@ -208,6 +212,7 @@ def measure_targets(
     dynamic_sequence: bool = False,
     min_repeats: int = 20,
     workloads: Sequence[Workload] = (),
+    profile: bool = False,
 ) -> list[TargetRun]:
     """:func:`measure_target` on each target (by name or object), one after the other;
     unavailable targets come back with ``skipped`` set to the reason. ``batch_sizes``
@@ -235,6 +240,7 @@ def measure_targets(
             dynamic_sequence=dynamic_sequence,
             min_repeats=min_repeats,
             workloads=workloads,
+            profile=profile,
         )
         if run.skipped:
             status(f"target {target.name} skipped: {run.skipped}")
@@ -255,6 +261,7 @@ def measure_entries(
     sequence_length: int | None = None,
     max_seconds: float = 1.0,
     dynamic_sequence: bool = False,
+    profile: bool = False,
 ) -> list[TargetRun]:
     """A run's models (``(name, torch module)``, baseline first; ORT targets time their
     ONNX files) on every target at ``batch_sizes``, added to the report ``entries``."""
@@ -267,6 +274,7 @@ def measure_entries(
         sample,
         max_seconds=max_seconds,
         dynamic_sequence=dynamic_sequence,
+        profile=profile,
     )
     add_measurements(entries, runs)
     return runs

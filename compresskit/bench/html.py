@@ -7,6 +7,7 @@ import base64
 from html import escape
 
 from compresskit.bench.plots import DPI, pareto_png, size_png
+from compresskit.bench.profile_view import profile_png, profile_tables
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     budget_line,
@@ -122,6 +123,9 @@ def render_html(report: Report) -> str:
         "<h2>Size</h2>",
         _img(size_png(report), "model size"),
     ]
+    profiles = profile_png(report)
+    if profiles is not None:
+        body += ["<h2>Where the time goes</h2>", _img(profiles, "kernel time per module")]
     targets = target_lines(report)
     if targets:
         body += ["<h2>Targets</h2>", _list(targets)]
@@ -132,6 +136,7 @@ def render_html(report: Report) -> str:
             f"<h3>{escape(entry.name)}</h3>",
             f"<p class='note'>Passes: {escape(passes)}.</p>",
             _list(entry_lines(report, entry)),
+            blocks_html(list(profile_tables(entry))),
         ]
         for step in entry.steps:
             body.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from compresskit.bench.profile_view import profile_tables
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     budget_line,
@@ -68,6 +69,7 @@ def render_markdown(report: Report) -> str:
             lines += [f"Passes: {' -> '.join(entry.nodes)}.", ""]
         lines += [f"- {line}" for line in entry_lines(report, entry)]
         lines.append("")
+        lines += blocks_markdown(list(profile_tables(entry)))
         for step in entry.steps:
             lines += [f"### {step_heading(step.id, step.name, step.seconds)}", ""]
             lines += blocks_markdown(step.summary())

@@ -4,7 +4,9 @@
 - :class:`Latency`: one model timed on one target at one batch size (or on one named
   workload: a list of inputs cycled, e.g. texts at their real lengths);
 - :class:`Session`: loading that model there (time to a ready session, memory);
-- :class:`ModelRun`: one model's session and latencies on one target;
+- :class:`Profile`: where one model's time goes on one target at one batch size: ONNX
+  Runtime's profiler, each kernel's time summed per torch module (:class:`LayerCost`);
+- :class:`ModelRun`: one model's session, latencies and profiles on one target;
 - :class:`TargetInfo`: how a target was measured (threads, spinning, noise verdict);
 - :class:`TargetRun`: one worker process: the target and every model it measured.
 
@@ -67,12 +69,51 @@ class Session(_Model):
     error: str | None = Field(default=None, description="why it could not be measured")
 
 
+class LayerCost(_Model):
+    """The kernels of one torch module (as exported, then optimised by ONNX Runtime) and
+    their time per call."""
+
+    module: str = Field(
+        description="the torch module the nodes come from ('' for ops of the top-level "
+        "forward); quantizers count to the layer or block that owns them"
+    )
+    ops: list[str] = Field(description="kernel types run for it, most costly first")
+    ms: float = Field(description="kernel time per call: the sum of its nodes' medians")
+    share: float = Field(description="of the model's kernel time per call")
+    nodes: int
+
+
+class Profile(_Model):
+    """Where one model's time goes on one target at one batch size (or workload): ONNX
+    Runtime's profiler over ``runs`` calls, interleaved with the run's other models, each
+    node of the graph ORT optimised mapped back to the torch module it came from."""
+
+    target: str
+    batch: int
+    workload: str | None = None
+    runs: int
+    kernel_ms: float = Field(description="the sum of every node's median kernel time")
+    layers: list[LayerCost] = Field(default_factory=list, description="per module, costliest first")
+    unmapped_ms: float = Field(
+        default=0.0, description="kernel time of nodes no module could be found for"
+    )
+
+    def key(self) -> tuple[str, int, str | None]:
+        return (self.target, self.batch, self.workload)
+
+    def layer_ms(self) -> dict[str, float]:
+        """Kernel ms per call by module."""
+        return {layer.module: layer.ms for layer in self.layers}
+
+
 class ModelRun(_Model):
-    """One model on one target: its session and its latency per batch size / workload."""
+    """One model on one target: its session, its latency per batch size / workload and,
+    when asked, where its time goes (ONNX Runtime targets)."""
 
     name: str
     session: Session
     latency: list[Latency] = Field(default_factory=list)
+    profiles: list[Profile] = Field(default_factory=list)
 
     @property
     def error(self) -> str | None:
@@ -80,6 +121,9 @@ class ModelRun(_Model):
 
     def at(self, batch: int, workload: str | None = None) -> Latency | None:
         return next((x for x in self.latency if (x.batch, x.workload) == (batch, workload)), None)
+
+    def profile_at(self, batch: int, workload: str | None = None) -> Profile | None:
+        return next((x for x in self.profiles if (x.batch, x.workload) == (batch, workload)), None)
 
 
 class TargetInfo(_Model):

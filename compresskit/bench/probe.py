@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from compresskit.bench.harness import BenchModel, measure_target
+from compresskit.context import ModelCost
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import export_onnx
 from compresskit.export.targets import load_target, target_available
@@ -55,3 +57,55 @@ def measure_p50(
         why = run.skipped or (measured.error if measured else None) or "no result"
         raise CompressKitError(f"latency target: could not measure the candidate ({why})")
     return latency.p50_ms
+
+
+def measure_costs(
+    models: Sequence[nn.Module],
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    target: str,
+    batch: int,
+    seconds: float,
+    dynamic_sequence: bool,
+) -> list[ModelCost]:
+    """Each model's p50 ms at ``batch`` on ``target`` and its kernel ms per torch module,
+    measured interleaved in one benchmark worker. ONNX Runtime targets time ONNX files
+    all written by the TorchScript exporter, whose scopes name the same modules in a
+    float and a quantized model."""
+    spec = load_target(target)
+    reason = target_available(spec)
+    if reason:
+        raise CompressKitError(f"profile target {target}: {reason}; choose another target")
+    spec = spec.model_copy(update={"batch_sizes": [batch]})
+    names = [f"model{index}" for index in range(len(models))]
+    with tempfile.TemporaryDirectory(prefix="compresskit-probe-") as tmp:
+        bench_models = []
+        for name, model in zip(names, models, strict=True):
+            path = None
+            if spec.runtime == "onnxruntime":
+                path = export_onnx(
+                    model,
+                    example_inputs,
+                    Path(tmp) / f"{name}.onnx",
+                    exporter="legacy",
+                    dynamic_sequence=dynamic_sequence,
+                ).path
+            bench_models.append(BenchModel(name, onnx=path, module=model))
+        run = measure_target(
+            spec,
+            bench_models,
+            [x.numpy() for x in example_inputs],
+            max_seconds=seconds,
+            dynamic_sequence=dynamic_sequence,
+            profile=True,
+        )
+    costs = []
+    for name in names:
+        measured = run.model(name)
+        latency = measured.at(batch) if measured else None
+        if measured is None or latency is None:
+            why = run.skipped or (measured.error if measured else None) or "no result"
+            raise CompressKitError(f"profile probe: could not measure a model on {target} ({why})")
+        profile = measured.profile_at(batch)
+        costs.append(ModelCost(latency.p50_ms, profile.layer_ms() if profile else {}))
+    return costs

@@ -16,7 +16,8 @@ Schema history:
   ``measured``, ``parity_ok``, reason ``codes``, and the ``summary`` and ``lines`` people
   read; it was a list of lines, with ``summary`` beside it), the run has one too, and the
   ``budget`` it was judged against is kept. Step ``records`` are the passes' typed
-  records as JSON (:mod:`compresskit.records`).
+  records as JSON (:mod:`compresskit.records`). ``profiles`` (where each model's time
+  goes, per torch module) was added within version 3 with a default.
 
 Versions 1 and 2 still load: :func:`upgrade` rewrites them to version 3 in memory
 (their verdict lines and summary kept, the machine-readable fields left null; the run's
@@ -31,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from compresskit.bench.measurement import Latency, Session, TargetInfo, TargetRun
+from compresskit.bench.measurement import Latency, Profile, Session, TargetInfo, TargetRun
 from compresskit.budget import Budget
 from compresskit.errors import CompressKitError
 from compresskit.records import Line, PassRecord, Table, generic_summary
@@ -147,6 +148,11 @@ class Entry(_Model):
     int8_coverage: float | None = None
     latency: list[Latency] = Field(default_factory=list)
     sessions: list[Session] = Field(default_factory=list)
+    profiles: list[Profile] = Field(
+        default_factory=list,
+        description="where the time goes: ONNX Runtime's profile per target and batch, "
+        "kernel time per torch module",
+    )
     parity: ParityEntry | None = Field(default=None, description="None when not exported")
     export_skipped: str | None = Field(
         default=None, description="why this candidate has no ONNX file (e.g. bitsandbytes)"
@@ -162,6 +168,12 @@ class Entry(_Model):
     def latency_at(self, target: str, batch: int) -> Latency | None:
         return next(
             (x for x in self.latency if (x.target, x.batch, x.workload) == (target, batch, None)),
+            None,
+        )
+
+    def profile_at(self, target: str, batch: int) -> Profile | None:
+        return next(
+            (x for x in self.profiles if (x.target, x.batch, x.workload) == (target, batch, None)),
             None,
         )
 
@@ -259,3 +271,4 @@ def add_measurements(entries: list[Entry], runs: list[TargetRun]) -> None:
             if measured is not None:
                 entry.sessions.append(measured.session)
                 entry.latency += measured.latency
+                entry.profiles += measured.profiles

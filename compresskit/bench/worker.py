@@ -6,7 +6,8 @@ one process for all models of a target keeps their ratio honest (interleaved tim
 same process state). An ONNX Runtime job never imports torch.
 
 Progress goes to stderr as ``@@progress DONE TOTAL`` lines; the result is a
-:class:`~compresskit.bench.measurement.TargetRun` as JSON.
+:class:`~compresskit.bench.measurement.TargetRun` as JSON. With ``"profile": true`` in the
+job, ONNX Runtime targets are profiled after the timing (:mod:`compresskit.bench.profile_runs`).
 
 A model of kind ``factory`` (ONNX Runtime targets) is opened by ``module:function``
 (``function(open_session, **args) -> Runner``) for models whose inputs need adapting:
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from compresskit.bench.latency import batch_of, summarize, time_interleaved
-from compresskit.bench.measurement import ModelRun, Session, TargetRun
+from compresskit.bench.measurement import ModelRun, Profile, Session, TargetRun
 from compresskit.bench.noise import MAX_CV, assess, sample_machine, usable_cores
+from compresskit.bench.profile_runs import ProfilingSessions, profile_plans
 from compresskit.export.targets import Target
 
 Inputs = tuple[np.ndarray, ...]
@@ -80,12 +82,16 @@ def _reset_peak() -> bool:
 
 
 def _ort_loader(
-    target: Target, spinning: bool, threads: int, cache_dir: str
+    target: Target,
+    spinning: bool,
+    threads: int,
+    cache_dir: str,
+    profiling: ProfilingSessions | None = None,
 ) -> Callable[[dict], Any]:
     import onnxruntime as ort
 
     def open_session(model: Any) -> Any:
-        return _ort_session(ort, target, spinning, threads, model, cache_dir)
+        return _ort_session(ort, target, spinning, threads, model, cache_dir, profiling)
 
     def load(spec: dict) -> Runner:
         sys.path[:0] = spec.get("sys_path", [])
@@ -95,6 +101,8 @@ def _ort_loader(
             return factory(open_session, **spec.get("args", {}))
         return session_runner(open_session(spec["path"]))
 
+    if profiling is not None:
+        return load  # the runtime is started: this worker has timed its models
     # Start the runtime (environment, thread pools, allocator) on a one-node graph, so
     # that the first model's load time and memory do not include this one-off cost.
     try:
@@ -114,7 +122,13 @@ def _ort_loader(
 
 
 def _ort_session(
-    ort: Any, target: Target, spinning: bool, threads: int, model: Any, cache_dir: str
+    ort: Any,
+    target: Target,
+    spinning: bool,
+    threads: int,
+    model: Any,
+    cache_dir: str,
+    profiling: ProfilingSessions | None = None,
 ) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -137,7 +151,10 @@ def _ort_session(
     providers = [provider]
     if target.provider != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")
+    optimized = profiling.configure(options) if profiling is not None else None
     session = ort.InferenceSession(model, options, providers=providers)
+    if profiling is not None:
+        profiling.opened_session(session, model, optimized)
     if session.get_providers()[0] != target.provider:
         raise TargetUnavailable(
             f"ONNX Runtime could not run {target.provider} here (the session got "
@@ -315,7 +332,41 @@ def run_job(job: dict[str, Any]) -> TargetRun:
         progress()
     machine = assess(before_all, sample_machine())
     result.noisy, result.noise_reasons = machine.noisy, list(machine.reasons)
+    if job.get("profile") and target.runtime == "onnxruntime":
+        profiled = [spec for spec, runner in zip(models, runners, strict=True) if runner]
+        profiles = _profile(job, target, spinning, threads, profiled, plans)
+        for model in result.models:
+            model.profiles = profiles.get(model.name, [])
     return result
+
+
+def _profile(
+    job: dict[str, Any],
+    target: Target,
+    spinning: bool,
+    threads: int,
+    specs: list[dict],
+    plans: list[tuple[int, str | None, list[Inputs]]],
+) -> dict[str, list[Profile]]:
+    """Where each model's time goes on each plan: fresh profiling sessions, the target's
+    settings, calls interleaved (:func:`compresskit.bench.profile_runs.profile_plans`)."""
+    workdir = Path(job["inputs"]).parent
+
+    def open_call(
+        spec: dict, sessions: ProfilingSessions, feeds: list[Inputs]
+    ) -> Callable[[], object]:
+        runner = _ort_loader(target, spinning, threads, str(workdir), sessions)(spec)
+        return _cycle([runner(feed) for feed in feeds])
+
+    return profile_plans(
+        specs,
+        plans,
+        open_call,
+        target=target.name,
+        workdir=workdir,
+        runs=job.get("profile_runs", 10),
+        max_seconds=job["max_seconds"],
+    )
 
 
 def main(argv: list[str]) -> int:

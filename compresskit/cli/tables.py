@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compresskit.bench.measurement import Latency, TargetRun
+from compresskit.bench.profile_view import profile_line
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     NOISY_NOTE,
@@ -80,8 +81,14 @@ def print_report(report: Report, console: Console | None = None) -> None:
         _say(console, NOISY_NOTE, "yellow")
     for name, why in report.skipped_targets.items():
         _say(console, f"target {name} skipped: {why}", "dim")
+    baseline_profile = profile_line(report.baseline)
+    if baseline_profile:
+        _say(console, f"baseline: {baseline_profile}", "dim")
     for entry in report.candidates:
         _say(console, Text.assemble((entry.name, "bold"), ": ", entry.summary))
+        where = profile_line(entry)
+        if where:
+            _say(console, f"  {where}", "dim")
         for step in entry.steps:
             lines = [b.text for b in step.summary() if isinstance(b, Line)]
             heading = step_heading(step.id, step.name, step.seconds).replace("`", "")

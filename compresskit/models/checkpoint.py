@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError
-from compresskit.kinds import kind_named, kind_of, qualified_name
+from compresskit.kinds import UnknownKindError, kind_named, kind_of, qualified_name
 
 FORMAT = "compresskit-model"
 FORMAT_VERSION = 1
@@ -112,9 +112,11 @@ def _apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> 
         while isinstance(container, nn.ModuleList | nn.Sequential) and len(container) > length:
             del container[len(container) - 1]
     modules = dict(model.named_modules())
+    added = []
     for name, entry in structure.items():
         module = modules.get(name)
         if module is None:
+            added.append((name, entry))
             continue
         attrs = entry.get("attrs", {})
         if entry["class"] == _qualname(nn.Identity()) and not isinstance(module, nn.Identity):
@@ -126,6 +128,19 @@ def _apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> 
             if attr in SIZE_ATTRIBUTES and hasattr(module, attr):
                 current = getattr(module, attr)
                 setattr(module, attr, tuple(value) if isinstance(current, tuple) else value)
+    _attach_added(model, added)
+
+
+def _attach_added(model: nn.Module, added: list[tuple[str, dict[str, Any]]]) -> None:
+    """Modules a pass added to the tree (int8 residual quantizers) that a fresh build
+    lacks: their kind adds them back. Others are left for the strict state dict to name."""
+    for name, entry in added:
+        try:
+            kind, _ = kind_named(entry["class"])
+        except UnknownKindError:
+            continue
+        if kind.attach is not None:
+            kind.attach(model, name, entry.get("attrs", {}))
 
 
 def _restore_kind(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -29,8 +29,9 @@ from compresskit.pruning.scope import (
     match,
     prunable_widths,
 )
-from compresskit.pruning.sizing import SizeTarget
+from compresskit.pruning.sizing import LayerEmptiedError, SizeTarget
 from compresskit.pruning.tracing import describe, failing_module, unknown_parameter_owners
+from compresskit.pruning.widths import WidthSweepConfig, sweep_round_to
 
 __all__ = ["PruneChannels", "PruneChannelsConfig", "classifier_name", "prunable_widths"]
 
@@ -57,7 +58,14 @@ class PruneChannelsConfig(PassConfig):
     layer_ratios: dict[str, float] = Field(
         default_factory=dict, description="module-name pattern (fnmatch) -> its own ratio"
     )
-    round_to: int | None = Field(default=None, ge=1, description="keep widths a multiple of this")
+    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default=None,
+        description="keep widths a multiple of this; auto: measure candidate roundings on the "
+        "target and keep the fastest within width_sweep.max_mac_change",
+    )
+    width_sweep: WidthSweepConfig = Field(
+        default_factory=WidthSweepConfig, description="how round_to auto measures"
+    )
     ignore: list[str] = Field(
         default_factory=list,
         description="module-name patterns (fnmatch) never pruned; the classifier always is",
@@ -122,6 +130,10 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         heads_before = _head_counts(model, config.heads)
         params, macs = count_params(model), count_macs(model, ctx.example_inputs)
         self._scope(model)  # every pattern must match before any work is done
+        round_to = config.round_to
+        if round_to == "auto":
+            round_to, sweep = self._sweep(model, ctx)
+            ctx.record(round_to_sweep=sweep)
         model, steps = prune_in_steps(
             model,
             ctx,
@@ -130,7 +142,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             steps=config.steps,
             target=config.target,
             finetune_config=config.finetune,
-            make_pruner=lambda m: self._pruner(m, ctx),
+            make_pruner=lambda m: self._pruner(m, ctx, round_to),
         )
         model.zero_grad(set_to_none=True)
         after = prunable_widths(model)
@@ -167,8 +179,38 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 heads[name] = count
         return list(ignored), ratios, heads
 
-    def _pruner(self, model: nn.Module, ctx: Context) -> Callable[[float], nn.Module]:
-        """Collect this step's statistics on ``model``; return a function that prunes a copy."""
+    def _sweep(self, model: nn.Module, ctx: Context) -> tuple[int | None, dict[str, Any]]:
+        """round_to auto: each candidate rounding pruned in one step (to the ratio or the
+        size target; fine-tuning comes after, with the rounding chosen), then timed."""
+        config = self.config
+
+        def prune_at(round_to: int | None) -> nn.Module:
+            pruned, _ = prune_in_steps(
+                copy.deepcopy(model),
+                ctx,
+                what="prune_channels round_to sweep",
+                ratio=config.ratio,
+                steps=1,
+                target=config.target,
+                finetune_config=None,
+                make_pruner=lambda m: self._pruner(m, ctx, round_to),
+            )
+            return pruned
+
+        return sweep_round_to(
+            prune_at,
+            config=config.width_sweep,
+            probe=ctx.profile_probe,
+            example_inputs=ctx.example_inputs,
+            dynamic_sequence=ctx.data.dynamic_sequence,
+            what="prune_channels",
+        )
+
+    def _pruner(
+        self, model: nn.Module, ctx: Context, round_to: int | None
+    ) -> Callable[[float], nn.Module]:
+        """Collect this step's statistics on ``model``; return a function that prunes a copy
+        with widths rounded to multiples of ``round_to``."""
         config = self.config
         if config.importance == "taylor":
             CalibrationSet.collect(model, ctx, config.calibration_batches).accumulate_gradients(
@@ -178,7 +220,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
 
         def prune(amount: float) -> nn.Module:
             if not config.global_ranking:
-                _check_not_emptied(model, ignored, ratios, heads, amount, config)
+                _check_not_emptied(model, ignored, ratios, heads, amount, config, round_to)
             pruned = _copy_with_gradients(model)
             modules = dict(pruned.named_modules())
             torch.manual_seed(ctx.seed)
@@ -193,7 +235,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 },
                 global_pruning=config.global_ranking,
                 ignored_layers=[modules[n] for n in ignored],
-                round_to=config.round_to,
+                round_to=round_to,
                 num_heads={modules[n]: c for n, c in heads.items()},
                 prune_num_heads=bool(heads),
                 prune_head_dims=not heads,
@@ -215,6 +257,7 @@ def _check_not_emptied(
     heads: dict[str, int],
     amount: float,
     config: PruneChannelsConfig,
+    round_to: int | None,
 ) -> None:
     """torch-pruning silently skips a layer it would empty; say so instead."""
     for name, width in prunable_widths(model).items():
@@ -222,12 +265,12 @@ def _check_not_emptied(
             continue
         ratio = scaled_ratio(ratios[name], config.ratio, amount) if name in ratios else amount
         kept = int(width * (1 - ratio))
-        if config.round_to:
-            kept -= kept % config.round_to
+        if round_to:
+            kept -= kept % round_to
         if kept <= 0:
-            raise CompressKitError(
+            raise LayerEmptiedError(
                 f"prune_channels: ratio {ratio:.2f}"
-                + (f" with round_to {config.round_to}" if config.round_to else "")
+                + (f" with round_to {round_to}" if round_to else "")
                 + f" would remove every channel of {name} ({width} wide); lower the ratio "
                 "or ignore that layer"
             )
@@ -269,7 +312,7 @@ def _run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) 
 def _check_result(model: nn.Module, example_inputs: tuple, amount: float) -> None:
     emptied = [name for name, width in prunable_widths(model).items() if width == 0]
     if emptied:
-        raise CompressKitError(
+        raise LayerEmptiedError(
             f"prune_channels: ratio {amount:.2f} would remove every channel of {emptied[0]}; "
             "lower the ratio (or round_to) or ignore that layer"
         )

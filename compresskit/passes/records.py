@@ -7,6 +7,8 @@ before records were typed still validate against these classes.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from compresskit.records import Line, PassRecord, Table
@@ -157,13 +159,55 @@ class PruneRecord(PassRecord):
         return blocks + super().summary()
 
 
+class RoundToCandidate(_Part):
+    """One rounding of the pruned widths, measured (or why it was not)."""
+
+    round_to: int
+    macs: int | None = None
+    p50_ms: float | None = None
+    eligible: bool = False
+    widths: list[int] = Field(default_factory=list)
+    note: str | None = None
+
+
+class WidthSweep(_Part):
+    """round_to auto: each candidate rounding's MACs and p50 on the target, the choice."""
+
+    target: str
+    batch: int
+    max_mac_change: float
+    candidates: list[RoundToCandidate] = Field(default_factory=list)
+    chosen: int
+
+    def blocks(self) -> list[Line | Table]:
+        rows = [
+            [
+                str(c.round_to) + (" (chosen)" if c.round_to == self.chosen else ""),
+                si(c.macs) if c.macs is not None else "-",
+                f"{c.p50_ms:.3f}" if c.p50_ms is not None else "-",
+                "yes" if c.eligible else (c.note or "no: too many MACs lost"),
+            ]
+            for c in self.candidates
+        ]
+        title = f"round_to sweep on {self.target} b{self.batch}"
+        header = ["round_to", "MACs", "p50 ms", f"within {self.max_mac_change:.0%} MACs"]
+        return [
+            Line(text=f"round_to {self.chosen}: the fastest rounding measured on {self.target}"),
+            Table(title=title, header=header, rows=rows),
+        ]
+
+
 class PruneChannelsRecord(PruneRecord):
-    """Channel pruning; with ``heads``, attention heads per module (before, after)."""
+    """Channel pruning; with ``heads``, attention heads per module (before, after); with
+    ``round_to: auto``, the rounding sweep."""
 
     heads: dict[str, Pair] = Field(default_factory=dict)
+    round_to_sweep: WidthSweep | None = None
 
     def summary(self) -> list[Line | Table]:
         blocks = super().summary()
+        if self.round_to_sweep is not None:
+            blocks += self.round_to_sweep.blocks()
         if self.heads:
             rows = [[name, str(a), str(b)] for name, (a, b) in self.heads.items()]
             blocks.append(
@@ -205,6 +249,51 @@ class PruneBlocksRecord(PassRecord):
         return blocks + super().summary()
 
 
+FloatCause = Literal["excluded", "sensitivity", "speed"]
+
+
+class UnitLatency(_Part):
+    """One unit (a layer or a block) measured in each precision (kernel ms per call)."""
+
+    unit: str
+    layers: list[str]
+    costs_ms: dict[str, float]
+    chosen: str
+
+
+class LatencyPlanRecord(_Part):
+    """Precision by measured latency: what each unit costs in each precision on the
+    target, what was chosen, and the mixed model timed against all-int8."""
+
+    target: str
+    batch: int
+    granularity: str
+    min_gain: float
+    units: list[UnitLatency] = Field(default_factory=list)
+    float_p50_ms: float | None = None
+    int8_p50_ms: float | None = None
+    mixed_p50_ms: float | None = None
+    accepted: bool = True
+    note: str | None = None
+
+    def blocks(self) -> list[Line | Table]:
+        precisions = sorted({k for u in self.units for k in u.costs_ms}, reverse=True)
+        rows = [
+            [u.unit, *(f"{u.costs_ms[k]:.3f}" if k in u.costs_ms else "-" for k in precisions)]
+            + [u.chosen]
+            for u in self.units
+        ]
+        title = f"precision by latency on {self.target} b{self.batch} (per {self.granularity})"
+        header = [self.granularity, *(f"{k} ms" for k in precisions), "runs in"]
+        kept = [u for u in self.units if u.chosen == "float"]
+        text = f"precision by latency: {len(kept)} of {len(self.units)} units float for speed"
+        if self.mixed_p50_ms is not None and self.int8_p50_ms is not None:
+            text += f"; p50 mixed {self.mixed_p50_ms:.3f} ms vs all-int8 {self.int8_p50_ms:.3f} ms"
+        if self.note:
+            text += f"; {self.note}"
+        return [Line(text=text), Table(title=title, header=header, rows=rows)]
+
+
 class StaticQuantRecord(PassRecord):
     """Static int8: layers quantized or kept float, calibration, mixed-precision plan."""
 
@@ -217,6 +306,18 @@ class StaticQuantRecord(PassRecord):
     float_layer_reasons: dict[str, str] = Field(default_factory=dict)
     calibration_accuracy_drop: float | None = None
     float_mac_fraction: float | None = None
+    integer_residuals: list[str] = Field(
+        default_factory=list, description="residual adds / concatenations on int8 inputs"
+    )
+    float_residuals: dict[str, str] = Field(
+        default_factory=dict, description="residual adds / concatenations left float, and why"
+    )
+    float_causes: dict[str, FloatCause] = Field(
+        default_factory=dict,
+        description="why each float layer is float: excluded by the policy, sensitive to "
+        "quantization, or not faster in int8 on the target",
+    )
+    latency_plan: LatencyPlanRecord | None = None
 
     def summary(self) -> list[Line | Table]:
         text = f"int8: {self.quantized_layers} layers"
@@ -225,13 +326,17 @@ class StaticQuantRecord(PassRecord):
             if self.calibration_samples is not None:
                 text += f" on {self.calibration_samples:,} samples"
         if self.float_layers:
-            text += f"; kept in float: {_names(self.float_layers)}"
+            shown = [
+                f"{name} ({self.float_causes[name]})" if name in self.float_causes else name
+                for name in self.float_layers
+            ]
+            text += f"; kept in float: {_names(shown)}"
         blocks: list[Line | Table] = [Line(text=text)]
+        if self.latency_plan is not None:
+            blocks += self.latency_plan.blocks()
         if self.float_layer_reasons:
             rows = [[name, why] for name, why in self.float_layer_reasons.items()]
-            blocks.append(
-                Table(title="mixed precision: kept in float", header=["layer", "why"], rows=rows)
-            )
+            blocks.append(Table(title="kept in float", header=["layer", "why"], rows=rows))
         if self.calibration_accuracy_drop is not None:
             blocks.append(
                 Line(
@@ -244,6 +349,16 @@ class StaticQuantRecord(PassRecord):
             blocks.append(
                 Line(text=f"never called by forward (left float): {_names(self.unused_layers)}")
             )
+        if self.integer_residuals:
+            blocks.append(
+                Line(
+                    text=f"int8 residuals: {len(self.integer_residuals)} adds / concatenations "
+                    f"take int8 inputs ({_names(self.integer_residuals)})"
+                )
+            )
+        if self.float_residuals:
+            rows = [[op, why] for op, why in self.float_residuals.items()]
+            blocks.append(Table(title="residual ops left float", header=["op", "why"], rows=rows))
         return blocks + super().summary()
 
 

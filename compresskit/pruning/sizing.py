@@ -24,6 +24,10 @@ from compresskit.models.size import count_macs, count_params
 MAX_RATIO = 0.95
 
 
+class LayerEmptiedError(CompressKitError):
+    """A ratio (or rounding) would remove every channel of a layer."""
+
+
 class SizeTarget(BaseModel):
     """Exactly one of: remaining ``macs`` or ``params`` fraction, or a ``latency_ms`` p50 at
     ``batch`` on ``export_target``.
@@ -164,10 +168,8 @@ def _evaluate(
 ) -> tuple[nn.Module, float] | None:
     try:
         model = prune(ratio)
-    except CompressKitError as error:
-        if "every channel" in str(error):
-            return None
-        raise
+    except LayerEmptiedError:
+        return None
     return model, metric(model)
 
 

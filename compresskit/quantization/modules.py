@@ -335,28 +335,40 @@ def is_quantized(model: nn.Module) -> bool:
     return bool(quant_layers(model))
 
 
+def activation_quantizers(model: nn.Module) -> list[ActQuant]:
+    """Every activation quantizer of ``model``: its layers' and those outside any layer
+    (the quantizers of int8 residual adds)."""
+    return [m for m in model.modules() if isinstance(m, ActQuant)]
+
+
 def set_mode(model: nn.Module, mode: Mode) -> None:
-    """Set every quant layer (or the one given) and its quantizers to ``mode``."""
-    layers = [model] if isinstance(model, QUANT_TYPES) else quant_layers(model)
-    for layer in layers:
+    """Set every quant layer (or the one given) and every quantizer to ``mode``."""
+    if isinstance(model, QUANT_TYPES):
+        model.mode = model.act_in.mode = model.act_out.mode = mode
+        return
+    for layer in quant_layers(model):
         layer.mode = mode
-        layer.act_in.mode = mode
-        layer.act_out.mode = mode
+    for quantizer in activation_quantizers(model):
+        quantizer.mode = mode
+
+
+@torch.no_grad()
+def sync_tied_(model: nn.Module) -> None:
+    """Tied quantizers copy their producer's scale and zero point."""
+    for quantizer in activation_quantizers(model):
+        if quantizer.tied_to is not None:
+            quantizer.freeze_()
 
 
 @torch.no_grad()
 def freeze_(model: nn.Module) -> None:
     """Fix all scales: own observers first, then the tied quantizers copy theirs."""
-    layers = quant_layers(model)
-    for layer in layers:
+    for layer in quant_layers(model):
         layer.freeze_()
-        for quantizer in (layer.act_in, layer.act_out):
-            if quantizer.tied_to is None and quantizer.enabled:
-                quantizer.freeze_()
-    for layer in layers:
-        for quantizer in (layer.act_in, layer.act_out):
-            if quantizer.tied_to is not None:
-                quantizer.freeze_()
+    for quantizer in activation_quantizers(model):
+        if quantizer.tied_to is None and quantizer.enabled:
+            quantizer.freeze_()
+    sync_tied_(model)
 
 
 def to_float_(layer: QuantConv2d | QuantLinear) -> nn.Module:

@@ -18,6 +18,8 @@ from torch.nn import functional as F
 
 from compresskit.errors import CompressKitError
 from compresskit.quantization.modules import QUANT_TYPES, QuantConv2d, QuantLinear
+from compresskit.quantization.residual_plan import rewrite_residuals
+from compresskit.quantization.residuals import ResidualResult
 
 # Ops that keep a quantized tensor on the same (scale, zero point) grid.
 _TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten, nn.ReLU)
@@ -33,6 +35,7 @@ class Preparation:
     excluded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     traced: bool = True
+    residuals: ResidualResult | None = None  # None: not asked for
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -117,8 +120,12 @@ def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quanti
             )
 
 
-def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparation:
-    """Convert ``model`` in place for int8; layers matching ``exclude`` stay float."""
+def prepare(
+    model: nn.Module, *, exclude: list[str] | None = None, residuals: bool = True
+) -> Preparation:
+    """Convert ``model`` in place for int8; layers matching ``exclude`` stay float. With
+    ``residuals``, adds and concatenations between int8 layers take int8 inputs too
+    (:mod:`compresskit.quantization.residual_plan`)."""
     exclude = exclude or []
     check_supported(model, exclude)
     result = Preparation()
@@ -132,6 +139,10 @@ def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparatio
             "folded and ReLU not fused, so more ops stay float"
         )
         graph = None
+        if residuals:
+            result.residuals = ResidualResult(
+                notes=["the model does not trace: residual adds and concatenations stay float"]
+            )
     relu_plan = _fold_and_plan(model, graph, result) if graph else {}
     for name, module in list(model.named_modules()):
         if type(module) not in (nn.Conv2d, nn.Linear):
@@ -155,6 +166,8 @@ def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparatio
             # A shared ReLU module (ResNet's self.relu) stays: on a fused output it is a no-op.
         _link_quantizers(graph, model, result)
     _float_linear_outputs(model, result)
+    if graph is not None and residuals:
+        result.residuals = rewrite_residuals(model)
     return result
 
 

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError
-from compresskit.quantization.modules import ActQuant, freeze_, quant_layers, set_mode
+from compresskit.quantization.modules import (
+    ActQuant,
+    freeze_,
+    quant_layers,
+    set_mode,
+    sync_tied_,
+)
 
 
 def _quantizers(model: nn.Module) -> list[ActQuant]:
@@ -71,9 +77,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
             quantizer.register_buffer("scale", value)
     for layer in quant_layers(model):
         layer.freeze_()
-        for quantizer in (layer.act_in, layer.act_out):
-            if quantizer.tied_to is not None:
-                quantizer.freeze_()
+    sync_tied_(model)
     set_mode(model, "quant")
     return model.eval()
 

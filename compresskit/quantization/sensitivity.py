@@ -96,9 +96,11 @@ def plan_mixed_precision(
     exclude: list[str],
     config: MixedPrecisionConfig,
     configure: Callable[[nn.Module], None] | None = None,
+    residuals: bool = True,
 ) -> MixedPrecisionPlan:
     """Measure each layer's sensitivity on a quantized copy of ``model`` (untouched) and
-    choose the layers to keep float. ``configure(model)`` sets calibration options."""
+    choose the layers to keep float. ``configure(model)`` sets calibration options;
+    ``residuals``: int8 residual adds, as the final model will have them."""
     model.eval()
     reference = _outputs(model, batches)
     float_accuracy = _accuracy(reference, batches)
@@ -107,7 +109,7 @@ def plan_mixed_precision(
 
     def quantized_copy(keep_float: list[str]) -> nn.Module:
         candidate = copy.deepcopy(model)
-        prepare(candidate, exclude=[*exclude, *keep_float])
+        prepare(candidate, exclude=[*exclude, *keep_float], residuals=residuals)
         if configure is not None:
             configure(candidate)
         calibrate_(candidate, batches)

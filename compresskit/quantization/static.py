@@ -13,7 +13,13 @@ from torch import nn
 from compresskit.configs import PassConfig
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
-from compresskit.quantization.modules import CalibrationMethod, calibrate_, quant_layers
+from compresskit.quantization.latency_plan import LatencyPrecisionConfig, plan_by_latency
+from compresskit.quantization.modules import (
+    CalibrationMethod,
+    activation_quantizers,
+    calibrate_,
+    quant_layers,
+)
 from compresskit.quantization.prepare import prepare
 from compresskit.quantization.sensitivity import MixedPrecisionConfig, plan_mixed_precision
 
@@ -39,6 +45,16 @@ class StaticQuantConfig(PassConfig):
     )
     mixed_precision: MixedPrecisionConfig | None = Field(
         default=None, description="keep the most sensitive layers float under a budget"
+    )
+    precision_by_latency: LatencyPrecisionConfig | None = Field(
+        default=None,
+        description="keep layers (or blocks) float where int8 is not measured faster on the "
+        "target; each float layer's cause is recorded",
+    )
+    integer_residuals: bool = Field(
+        default=True,
+        description="residual adds and concatenations between int8 layers take int8 inputs "
+        "(ONNX Runtime's QLinearAdd / QLinearConcat); needs a model torch.fx traces",
     )
 
     @field_validator("bits")
@@ -67,10 +83,9 @@ def calibration_batches(ctx: Context, count: int, what: str) -> list[list[torch.
 
 
 def configure_calibration(model: nn.Module, config: StaticQuantConfig) -> None:
-    for layer in quant_layers(model):
-        for quantizer in (layer.act_in, layer.act_out):
-            quantizer.method = config.calibration
-            quantizer.percentile = config.percentile
+    for quantizer in activation_quantizers(model):
+        quantizer.method = config.calibration
+        quantizer.percentile = config.percentile
 
 
 def quantize_static(
@@ -88,13 +103,22 @@ def quantize_static(
             exclude=exclude,
             config=config.mixed_precision,
             configure=lambda m: configure_calibration(m, config),
+            residuals=config.integer_residuals,
         )
         exclude += list(plan.float_layers)
         records["sensitivity"] = {k: round(v, 6) for k, v in plan.sensitivity.items()}
         records["float_layer_reasons"] = plan.float_layers
         records["calibration_accuracy_drop"] = round(plan.accuracy_drop, 4)
         records["float_mac_fraction"] = round(plan.float_macs, 4)
-    preparation = prepare(model, exclude=exclude)
+    causes = {name: "sensitivity" for name in records.get("float_layer_reasons", {})}
+    if config.precision_by_latency is not None:
+        speed, records["latency_plan"] = _latency_plan(
+            model, ctx, config, config.precision_by_latency, batches, exclude
+        )
+        exclude += list(speed)
+        causes |= {name: "speed" for name in speed}
+        records["float_layer_reasons"] = {**records.get("float_layer_reasons", {}), **speed}
+    preparation = prepare(model, exclude=exclude, residuals=config.integer_residuals)
     if not preparation.quantized:
         raise CompressKitError(
             f"{what}: no Conv2d or Linear layer to quantize"
@@ -114,4 +138,63 @@ def quantize_static(
         calibration_samples=seen,
         notes=preparation.notes,
     )
+    if preparation.excluded:
+        records["float_causes"] = {
+            name: causes.get(name, "excluded") for name in preparation.excluded
+        }
+    residuals = preparation.residuals
+    if residuals is not None:
+        records["integer_residuals"] = residuals.integer
+        records["float_residuals"] = residuals.floating
+        records["notes"] = [*preparation.notes, *residuals.notes]
     return records
+
+
+def _latency_plan(
+    model: nn.Module,
+    ctx: Context,
+    config: StaticQuantConfig,
+    latency: LatencyPrecisionConfig,
+    batches: list[list[torch.Tensor]],
+    exclude: list[str],
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The layers to keep float for speed (and why), and the plan's record."""
+    if ctx.profile_probe is None:
+        raise CompressKitError(
+            "precision_by_latency needs a profile probe: run the pass through compresskit.run, "
+            "or give its Context profile_probe=compresskit.bench.probe.measure_costs"
+        )
+    plan = plan_by_latency(
+        model,
+        batches,
+        exclude=exclude,
+        config=latency,
+        probe=ctx.profile_probe,
+        example_inputs=ctx.example_inputs,
+        dynamic_sequence=ctx.data.dynamic_sequence,
+        configure=lambda m: configure_calibration(m, config),
+        residuals=config.integer_residuals,
+    )
+    layers = {layer for unit in plan.units for layer in unit.layers}
+    if layers and set(plan.float_layers) >= layers:
+        raise CompressKitError(
+            f"precision_by_latency: no layer runs faster in int8 than in float on "
+            f"{latency.export_target} at batch {latency.batch} (measured), so nothing is left "
+            "to quantize; keep the float model, or measure at another batch or target"
+        )
+    record = {
+        "target": latency.export_target,
+        "batch": latency.batch,
+        "granularity": latency.granularity,
+        "min_gain": latency.min_gain,
+        "units": [
+            {"unit": u.unit, "layers": list(u.layers), "costs_ms": u.costs_ms, "chosen": u.chosen}
+            for u in plan.units
+        ],
+        "float_p50_ms": plan.float_p50_ms,
+        "int8_p50_ms": plan.int8_p50_ms,
+        "mixed_p50_ms": plan.mixed_p50_ms,
+        "accepted": plan.accepted,
+        "note": plan.note,
+    }
+    return plan.float_layers, record

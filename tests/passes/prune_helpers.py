@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compresskit.bench.probe import measure_p50
+from compresskit.bench.probe import measure_costs, measure_p50
 from compresskit.context import Context
 from compresskit.data.bundle import DataBundle
 from compresskit.export.onnx import export_onnx
@@ -32,6 +32,7 @@ def context(data: DataBundle, model: nn.Module | None = None) -> Context:
         teacher=teacher,
         example_inputs=data.example_inputs(2),
         latency_probe=measure_p50,
+        profile_probe=measure_costs,
     )
 
 
