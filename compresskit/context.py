@@ -57,6 +57,8 @@ class Context:
     budget: Budget | None = None
     # How passes measure latency on a target (pruning to a latency target); the run sets it.
     latency_probe: LatencyProbe | None = None
+    # A teacher file may rebuild itself with the factory it records (the user allowed it).
+    trust_factory: bool = False
 
     @property
     def task(self) -> Task:

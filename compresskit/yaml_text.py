@@ -67,9 +67,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_BoundedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", _FLOAT, list("-+0123456789.")
-)
+_BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def _depth(node: Any, limit: int) -> int:

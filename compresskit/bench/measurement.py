@@ -73,6 +73,9 @@ class ModelRun(_Model):
     name: str
     session: Session
     latency: list[Latency] = Field(default_factory=list)
+    skipped: list[str] = Field(
+        default_factory=list, description="batch sizes not timed, each with the reason"
+    )
 
     @property
     def error(self) -> str | None:

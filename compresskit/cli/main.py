@@ -6,7 +6,9 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import textwrap
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,23 @@ from typing import Any
 import click
 
 from compresskit._version import __version__
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
+
+MAX_SECONDS = 3600.0  # a time cap per measurement; more is a typo
+TRUST_FACTORY_HELP = (
+    "Allow a compresskit model file (or teacher) to run the architecture factory it "
+    "records (code named in the file); without it, name the factory with --arch."
+)
+
+
+EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+# Under torchrun, rank 0 leaves the run's exit code here for the --nproc launcher.
+EXIT_FILE_ENV = "COMPRESSKIT_EXIT_FILE"
 
 
 class _Group(click.Group):
-    """Turns :class:`CompressKitError` into one line on stderr and exit code 2."""
+    """Every failure is one line on stderr: bad input (:class:`CompressKitError` and bad
+    options) exits 2, an interrupt 130, anything else 1 (``-v`` adds the traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -28,8 +42,27 @@ class _Group(click.Group):
                 from compresskit.training.distributed import record_error
 
                 record_error(error)
-            click.echo(f"Error: {error}", err=True)
-            ctx.exit(2)
+            _fail(ctx, str(error), EXIT_BAD_INPUT)
+        except click.UsageError as error:  # a subcommand's options: no usage block
+            _fail(ctx, error.format_message(), error.exit_code)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted", EXIT_INTERRUPTED)
+        except Exception as error:  # a bug: still one line, the traceback on -v
+            if (ctx.obj or {}).get("verbosity", 0) > 0:
+                traceback.print_exc()
+            _fail(
+                ctx,
+                f"internal error: {first_line(error, limit=300)} (rerun with -v for the "
+                "traceback, and please report it)",
+                EXIT_INTERNAL,
+            )
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    click.echo("Error: " + " ".join(message.split()), err=True)
+    ctx.exit(code)
 
 
 @click.group(
@@ -37,8 +70,20 @@ class _Group(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="compresskit")
-def cli() -> None:
-    """Compress PyTorch models (prune, distill, quantize), export to ONNX, measure."""
+@click.option("-v", "--verbose", count=True, help="More output: debug lines, tracebacks of bugs.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Compress PyTorch models (prune, distill, quantize), export to ONNX, measure.
+
+    Exit codes: 0 success; 2 bad input; 3 a candidate missed the policy's budget; 4 a
+    candidate failed (ONNX parity) or was not measured, or bench could not measure a
+    model; 1 an internal error; 130 interrupted."""
+    from compresskit.progress import set_verbosity
+
+    verbosity = -1 if quiet else verbose
+    ctx.obj = {"verbosity": verbosity}
+    set_verbosity(verbosity)
 
 
 @cli.command(short_help="Prune, distil and quantize a model; export, verify, measure.")
@@ -53,14 +98,21 @@ def cli() -> None:
     is_flag=True,
     help="Allow loading a fully pickled model (runs code from the file).",
 )
+@click.option("--trust-factory", is_flag=True, help=TRUST_FACTORY_HELP)
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory (default runs/<policy>-<time>)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print report.json on stdout (the tables go to stderr).",
 )
 @click.option(
     "--seed",
     default=0,
     show_default=True,
-    type=int,
+    type=click.IntRange(0, 2**63 - 1),
     help="Seed of calibration sampling, training order and initialisation.",
 )
 @click.option(
@@ -74,14 +126,14 @@ def cli() -> None:
     "--latency-seconds",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=click.FloatRange(min=0.05, max=MAX_SECONDS),
     help="Time budget per latency measurement.",
 )
 @click.option(
     "--nproc",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1024),
     help="Train on N processes on this machine (starts torchrun; see README).",
 )
 @click.option(
@@ -89,13 +141,17 @@ def cli() -> None:
     type=click.Choice(["auto", "gloo", "nccl"]),
     help="torch.distributed backend under torchrun (default $COMPRESSKIT_BACKEND or auto).",
 )
+@click.pass_context
 def compress(
+    ctx: click.Context,
     checkpoint: str | None,
     policy: str,
     data_spec: str | None,
     arch: str | None,
     trust_pickle: bool,
+    trust_factory: bool,
     out: Path | None,
+    as_json: bool,
     seed: int,
     exporter: str,
     latency_seconds: float,
@@ -104,12 +160,19 @@ def compress(
 ) -> None:
     """Compress CHECKPOINT (default: the embedded example:digits-cnn) with a policy.
 
+    Exits 0 when every candidate was built, measured and met the budget; 3 when one
+    missed the budget; 4 when one failed ONNX parity or was not measured; 2 on bad input.
+
     Under torchrun (or with --nproc N) the training passes run on every process through
     DistributedDataParallel; rank 0 alone exports, benchmarks and writes the run directory.
     """
+    from rich.console import Console
+
+    from compresskit.bench.verdict import exit_code
     from compresskit.cli.tables import print_report
     from compresskit.compress import run
     from compresskit.models.loading import load_model
+    from compresskit.paths import check_output_dir
     from compresskit.policies import load_policy
     from compresskit.training import distributed
 
@@ -117,11 +180,14 @@ def compress(
         if distributed.launched_by_torchrun():
             raise CompressKitError("--nproc starts torchrun itself; under torchrun leave it out")
         load_policy(policy)  # fail on a bad policy here, not once per process
-        distributed.launch(nproc, ["compress", *_forwarded_options(click.get_current_context())])
-        return
+        if out is not None:
+            check_output_dir(out)
+        ctx.exit(_launch(nproc, _forwarded_options(ctx)))
     with distributed.session(backend) as world:
         loaded_policy = load_policy(policy)
-        loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        loaded = load_model(
+            checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory
+        )
         result = run(
             loaded_policy,
             model=loaded,
@@ -130,10 +196,34 @@ def compress(
             seed=seed,
             exporter=exporter,  # type: ignore[arg-type]
             latency_seconds=latency_seconds,
+            trust_factory=trust_factory,
         )
-    if world.is_main:
-        print_report(result.report)
-        click.echo(f"\nrun directory: {result.run_dir}")
+    if not world.is_main:
+        return
+    code = exit_code(result.report)
+    tables = Console(stderr=True) if as_json else None
+    print_report(result.report, tables)
+    click.echo(f"\nrun directory: {result.run_dir}", err=as_json)
+    if as_json:
+        click.echo(result.report.model_dump_json(indent=2))
+    if os.environ.get(EXIT_FILE_ENV) and distributed.launched_by_torchrun():
+        Path(os.environ[EXIT_FILE_ENV]).write_text(str(code))
+        return  # torchrun reads a non-zero exit as a failed rank
+    ctx.exit(code)
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run ``compress argv`` on ``nproc`` processes; the exit code rank 0 decided."""
+    from compresskit.training import distributed
+
+    with tempfile.TemporaryDirectory(prefix="compresskit-exit-") as tmp:
+        exit_file = Path(tmp) / "code"
+        os.environ[EXIT_FILE_ENV] = str(exit_file)
+        try:
+            distributed.launch(nproc, ["compress", *argv])
+        finally:
+            del os.environ[EXIT_FILE_ENV]
+        return int(exit_file.read_text()) if exit_file.exists() else 0
 
 
 def _forwarded_options(ctx: click.Context) -> list[str]:
@@ -159,6 +249,7 @@ def _forwarded_options(ctx: click.Context) -> list[str]:
 )
 @click.option("--arch", help="MODULE:FACTORY for a state-dict checkpoint.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model.")
+@click.option("--trust-factory", is_flag=True, help=TRUST_FACTORY_HELP)
 @click.option("--data", "data_spec", help="Dataset for inputs and parity (default: the model's).")
 @click.option(
     "--input-shape",
@@ -174,12 +265,15 @@ def _forwarded_options(ctx: click.Context) -> list[str]:
     show_default=True,
     help="ONNX exporter; auto: dynamo, or legacy for fake-quant models and on failure.",
 )
-@click.option("--opset", type=click.IntRange(min=13), help="ONNX opset (default 18; legacy 17).")
+@click.option(
+    "--opset", type=click.IntRange(min=13, max=23), help="ONNX opset (default 18; legacy 17)."
+)
 def export(
     checkpoint: str,
     out: Path,
     arch: str | None,
     trust_pickle: bool,
+    trust_factory: bool,
     data_spec: str | None,
     input_shapes: tuple[str, ...],
     exporter: str,
@@ -193,6 +287,7 @@ def export(
         out,
         arch=arch,
         trust_pickle=trust_pickle,
+        trust_factory=trust_factory,
         data=data_spec,
         input_shapes=[parse_shape(s) for s in input_shapes],
         exporter=exporter,  # type: ignore[arg-type]
@@ -228,12 +323,17 @@ def export(
     help="Target name or YAML file (repeat; 'all' for every built-in target).",
 )
 @click.option("--batch", default="1,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write results as JSON.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="Write results as JSON to a file ('-': stdout, the tables go to stderr).",
+)
 @click.option(
     "--seconds",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=click.FloatRange(min=0.05, max=MAX_SECONDS),
     help="Time cap per model and batch (timing stops earlier once the median is stable).",
 )
 @click.option(
@@ -245,10 +345,15 @@ def export(
 @click.option("--data", "data_spec", help="Dataset whose inputs to time on.")
 @click.option("--arch", help="MODULE:FACTORY for state-dict checkpoints.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models.")
+@click.option("--trust-factory", is_flag=True, help=TRUST_FACTORY_HELP)
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Intra-op threads (overrides the targets')."
+    "--threads",
+    type=click.IntRange(min=1, max=256),
+    help="Intra-op threads (overrides the targets').",
 )
+@click.pass_context
 def bench(
+    ctx: click.Context,
     models: tuple[Path, ...],
     targets: tuple[str, ...],
     batch: str,
@@ -258,14 +363,25 @@ def bench(
     data_spec: str | None,
     arch: str | None,
     trust_pickle: bool,
+    trust_factory: bool,
     threads: int | None,
 ) -> None:
     """Measure MODELS (.onnx files or torch checkpoints) on targets; the first is the
-    baseline of the speedups. Each target runs in its own process."""
+    baseline of the speedups. Each target runs in its own process.
+
+    Exits 4 when a model could not be loaded or run on a target that ran (listed with the
+    reason), 2 on bad input."""
+    from rich.console import Console
+
     from compresskit.bench.files import bench_files, parse_batches, runs_json
+    from compresskit.bench.verdict import EXIT_FAILED
     from compresskit.cli.tables import print_runs
     from compresskit.export.standalone import parse_shape
+    from compresskit.paths import check_output_file, write_text_atomic
 
+    to_stdout = json_out is not None and str(json_out) == "-"
+    if json_out is not None and not to_stdout:
+        check_output_file(json_out, what="--json", inputs=models)
     runs = bench_files(
         list(models),
         list(targets),
@@ -275,11 +391,19 @@ def bench(
         data=data_spec,
         arch=arch,
         trust_pickle=trust_pickle,
+        trust_factory=trust_factory,
         threads=threads,
     )
-    print_runs(runs)
-    if json_out:
-        json_out.write_text(json.dumps(runs_json(list(models), runs), indent=2))
+    print_runs(runs, Console(stderr=True) if to_stdout else None)
+    document = json.dumps(runs_json(list(models), runs), indent=2)
+    if to_stdout:
+        click.echo(document)
+    elif json_out is not None:
+        write_text_atomic(json_out, document)
+    failed = [m.name for run in runs if not run.skipped for m in run.models if m.error]
+    if failed:
+        click.echo(f"not measured: {', '.join(dict.fromkeys(failed))}", err=True)
+        ctx.exit(EXIT_FAILED)
 
 
 @cli.command(short_help="Re-render a run's report.md and report.html.")

@@ -138,6 +138,8 @@ def print_runs(runs: Sequence[TargetRun], console: Console | None = None) -> Non
         for model in run.models:
             if model.error:
                 _say(console, f"{model.name}: not measured: {model.error}", "red")
+            for reason in model.skipped:
+                _say(console, f"{model.name}: not timed at {reason}", "yellow")
         noisy = [x for m in run.models for x in m.latency if x.noisy]
         if noisy:
             _say(console, "* noisy: " + _noise_summary(noisy))

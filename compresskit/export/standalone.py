@@ -18,6 +18,7 @@ from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import Exporter, ExportResult, export_onnx
 from compresskit.export.verify import Parity, check_parity
+from compresskit.paths import check_output_file
 from compresskit.tasks import get_task
 
 
@@ -26,6 +27,22 @@ class StandaloneExport:
     export: ExportResult
     parity: Parity
     checked_on: str  # what the parity check ran on
+
+
+MAX_SAMPLE_ELEMENTS = 2**26  # one sample of one input: 256 MB of float32
+
+
+def check_elements(shape: Sequence[int], *, what: str) -> None:
+    """Refuse a per-sample shape too large to allocate batches of (a typo such as
+    3,224224 would otherwise end in a memory error)."""
+    elements = 1
+    for dim in shape:
+        elements *= dim
+    if elements > MAX_SAMPLE_ELEMENTS:
+        raise CompressKitError(
+            f"{what}: shape {tuple(shape)} is {elements:,} values per sample, more than "
+            f"{MAX_SAMPLE_ELEMENTS:,}; check the shape (without the batch axis)"
+        )
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -38,6 +55,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise CompressKitError(
             f"--input-shape {text!r}: give positive integers without the batch axis, e.g. 3,224,224"
         )
+    check_elements(shape, what=f"--input-shape {text!r}")
     return shape
 
 
@@ -54,6 +72,7 @@ def export_checkpoint(
     *,
     arch: str | None = None,
     trust_pickle: bool = False,
+    trust_factory: bool = False,
     data: str | None = None,
     input_shapes: Sequence[tuple[int, ...]] = (),
     exporter: Exporter = "auto",
@@ -66,7 +85,11 @@ def export_checkpoint(
 
     if out.suffix != ".onnx":
         raise CompressKitError(f"--out {out}: give a path ending in .onnx")
-    loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    source = Path(str(checkpoint))
+    check_output_file(out, what="--out", inputs=[source] if source.exists() else [])
+    loaded = load_model(
+        checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory
+    )
     spec = data or (None if input_shapes else loaded.default_data)
     dynamic_sequence = False
     if spec is not None:

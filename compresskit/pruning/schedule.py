@@ -55,9 +55,7 @@ def finetune(model: nn.Module, ctx: Context, config: FinetuneConfig, *, what: st
             "set finetune.alpha: 1"
         )
 
-    loss_fn = label_kd_loss(
-        ctx.task, teacher, alpha=config.alpha, temperature=config.temperature
-    )
+    loss_fn = label_kd_loss(ctx.task, teacher, alpha=config.alpha, temperature=config.temperature)
     torch.manual_seed(ctx.seed)
     history = train(model, ctx.data, config.train, loss_fn=loss_fn, description=f"{what} finetune")
     return history.as_dict()
