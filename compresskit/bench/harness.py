@@ -166,8 +166,8 @@ def measure_target(
         (workdir / "job.json").write_text(json.dumps(job))
         steps = len(specs) + len(target.batch_sizes) + len(workloads)
         run = _run_worker(workdir, target, steps)
-    run.models += [
-        ModelRun(name=name, session=Session(target=target.name, error=why))
+    run.models += [  # cannot run on this kind of target: not timed, and not a failure
+        ModelRun(name=name, session=Session(target=target.name), skipped=[why])
         for name, why in unusable.items()
     ]
     run.add_speedups(models[0].name)
