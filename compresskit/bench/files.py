@@ -58,9 +58,12 @@ def onnx_inputs(path: Path, shapes: Sequence[tuple[int, ...]] = ()) -> OnnxInput
     from onnx import helper
 
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise CompressKitError(f"{path}: not a readable ONNX file ({first_line(error)})") from None
+    if not model.ir_version or not model.graph.node:  # protobuf reads b"" as an empty model
+        raise CompressKitError(f"{path}: not a readable ONNX file (no graph in it)")
+    graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if shapes and len(shapes) != len(inputs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,18 @@ from compresskit._version import __version__
 from compresskit.errors import CompressKitError, first_line
 
 MAX_SECONDS = 3600.0  # a time cap per measurement; more is a typo
+
+
+class _Seconds(click.FloatRange):
+    """A time in seconds between the bounds: NaN slips past a range check, so refuse it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 TRUST_FACTORY_HELP = (
     "Allow a compresskit model file (or teacher) to run the architecture factory it "
     "records (code named in the file); without it, name the factory with --arch."
@@ -126,7 +139,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     "--latency-seconds",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.05, max=MAX_SECONDS),
+    type=_Seconds(min=0.05, max=MAX_SECONDS),
     help="Time budget per latency measurement.",
 )
 @click.option(
@@ -333,7 +346,7 @@ def export(
     "--seconds",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.05, max=MAX_SECONDS),
+    type=_Seconds(min=0.05, max=MAX_SECONDS),
     help="Time cap per model and batch (timing stops earlier once the median is stable).",
 )
 @click.option(

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from compresskit.digest import source_digest
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
 from compresskit.export.onnx import Exporter, ExportResult, export_onnx
 from compresskit.export.verify import Parity, check_parity
 from compresskit.paths import check_output_file
@@ -66,6 +66,20 @@ def random_loader(shapes: Sequence[tuple[int, ...]], *, samples: int = 64) -> Da
     return DataLoader(TensorDataset(*inputs, torch.zeros(samples, dtype=torch.long)), batch_size=16)
 
 
+def _check_runs(model: torch.nn.Module, example: tuple[torch.Tensor, ...], name: object) -> None:
+    """The model takes the example inputs: else one line naming their shape and the options
+    that set it (an exporter's error would not say)."""
+    try:
+        with torch.no_grad():
+            model.eval()(*example)
+    except Exception as error:
+        shapes = ", ".join(str(tuple(x.shape[1:])) for x in example)
+        raise CompressKitError(
+            f"{name}: the model cannot run on inputs of shape {shapes} ({first_line(error)}); "
+            "check --input-shape or --data"
+        ) from None
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out: Path,
@@ -108,6 +122,7 @@ def export_checkpoint(
             f"{checkpoint}: export needs example inputs: pass --data (e.g. digits) or "
             "--input-shape C,H,W"
         )
+    _check_runs(loaded.model, example, checkpoint)
     digest = source_digest(Path(str(checkpoint)), loaded.model)
     metadata = {"source_checkpoint": str(checkpoint), **digest}
     kwargs = {} if opset is None else {"opset": opset}
