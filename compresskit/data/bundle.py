@@ -88,6 +88,12 @@ class DataBundle:
         self.contract.check_output(
             output, batch=len(example[0]), data=self.name, classes=self.num_classes
         )
+        scored = self.contract.adapt(output, example)
+        if scored.is_floating_point() and not bool(torch.isfinite(scored).all()):
+            raise CompressKitError(
+                f"the model's outputs on {self.name} inputs hold NaN or infinite values; "
+                "check the data and the weights for NaN/inf"
+            )
 
     def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
         """A real batch from the calibration split, used for tracing and export.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import pickletools
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,7 +166,9 @@ def _read(path: Path, *, trust_pickle: bool) -> object:
             "nor a pickle)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we judge below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as error:
         found = None if trust_pickle else pickled_globals(path)
         if found is not None:

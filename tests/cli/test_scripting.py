@@ -66,9 +66,7 @@ def test_compress_exits_with_the_verdict_and_json_goes_to_stdout(
         compresskit.compress, "run", lambda *a, **k: RunResult(report, {}, tmp_path / "run")
     )
     torch.save(TinyCNN().state_dict(), tmp_path / "w.pt")
-    result = CliRunner().invoke(
-        cli, ["compress", str(tmp_path / "w.pt"), "--arch", ARCH, "--json"]
-    )
+    result = CliRunner().invoke(cli, ["compress", str(tmp_path / "w.pt"), "--arch", ARCH, "--json"])
     assert result.exit_code == code, result.output
     assert json.loads(result.stdout) == json.loads(report.model_dump_json())
     assert "run directory" in result.stderr

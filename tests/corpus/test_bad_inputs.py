@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from corpus_cases import Case, Kit, all_cases, make_kit
+from corpus_cases import all_cases
+from corpus_kit import Case, Kit, make_kit
 
 from compresskit.cli.main import cli
 
