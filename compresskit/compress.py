@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from compresskit.errors import CompressKitError
 from compresskit.evaluation import evaluate_models
 from compresskit.export.onnx import Exporter
 from compresskit.models.loading import LoadedModel, load_model
-from compresskit.paths import check_output_dir
+from compresskit.paths import check_output_dir, staged_directory
 from compresskit.pipeline import Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
 from compresskit.training import distributed
@@ -96,20 +94,12 @@ def run(
     candidates = run_pipeline(pipeline, loaded.model, ctx)
 
     def write_outputs() -> Report:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        try:
+        with staged_directory(final) as tmp:
             report = _evaluate(
                 policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds
             )
             report.seconds = time.perf_counter() - started
             write_reports(report, tmp)
-            if final.exists():
-                final.rmdir()
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return report
 
     # ... and rank 0 alone exports, measures and writes, once the others are done.

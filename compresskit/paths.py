@@ -8,10 +8,13 @@ finds its ``--out`` unusable after an hour has wasted the hour).
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from compresskit.errors import CompressKitError
@@ -117,4 +120,32 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+@contextmanager
+def staged_directory(final: Path, *, what: str = "--out") -> Iterator[Path]:
+    """A hidden temporary directory beside ``final``, renamed to ``final`` when the block
+    completes and removed when it fails or is interrupted (Ctrl-C, SIGTERM unwound by the
+    CLI), so nothing half-written is ever left. A full or read-only disk is one line."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            final.rmdir()  # checked empty before the run
+        tmp.rename(final)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno in _DISK_ERRORS:
+            raise CompressKitError(
+                f"{what} {final}: writing failed ({error.strerror}); free some space or "
+                "choose another place"
+            ) from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -150,7 +150,7 @@ def policy_cases() -> Iterator[Case]:
     yield Case(
         "policy-fifo",
         lambda kit: ["policies", "validate", str(fifo(kit.dir / "fifo.yaml"))],
-        ("fifo.yaml",),
+        ("fifo.yaml", "not a regular file"),
     )
 
 
