@@ -63,6 +63,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", EXIT_INTERRUPTED)
         except Exception as error:  # a bug: still one line, the traceback on -v
+            if isinstance(error, BrokenPipeError):
+                raise  # `compresskit ... | head`: click ends quietly
             if (ctx.obj or {}).get("verbosity", 0) > 0:
                 traceback.print_exc()
             _fail(
