@@ -1,104 +1,31 @@
-"""The ``compresskit`` command: thin click wrappers over the Python API."""
+"""The ``compresskit`` command: thin click wrappers over the Python API (``compress``,
+``policies``, ``targets`` here; ``export``, ``bench``, ``report`` in :mod:`.measure`)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
 import tempfile
 import textwrap
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from compresskit._version import __version__
-from compresskit.errors import CompressKitError, first_line
-
-MAX_SECONDS = 3600.0  # a time cap per measurement; more is a typo
-
-
-class _Seconds(click.FloatRange):
-    """A time in seconds between the bounds: NaN slips past a range check, so refuse it."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if math.isnan(seconds):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
-
-
-TRUST_FACTORY_HELP = (
-    "Allow a compresskit model file (or teacher) to run the architecture factory it "
-    "records (code named in the file); without it, name the factory with --arch."
+from compresskit.cli import measure  # noqa: F401  (registers export, bench and report)
+from compresskit.cli.group import (
+    EXIT_FILE_ENV,
+    MAX_SECONDS,
+    TRUST_FACTORY_HELP,
+    Seconds,
+    cli,
 )
+from compresskit.errors import CompressKitError
 
-
-EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
-# Under torchrun, rank 0 leaves the run's exit code here for the --nproc launcher.
-EXIT_FILE_ENV = "COMPRESSKIT_EXIT_FILE"
-
-
-class _Group(click.Group):
-    """Every failure is one line on stderr: bad input (:class:`CompressKitError` and bad
-    options) exits 2, an interrupt 130, anything else 1 (``-v`` adds the traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CompressKitError as error:
-            if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: tell it why
-                from compresskit.training.distributed import record_error
-
-                record_error(error)
-            _fail(ctx, str(error), EXIT_BAD_INPUT)
-        except click.UsageError as error:  # a subcommand's options: no usage block
-            _fail(ctx, error.format_message(), error.exit_code)
-        except (click.exceptions.Exit, click.Abort, click.ClickException):
-            raise
-        except KeyboardInterrupt:
-            _fail(ctx, "interrupted", EXIT_INTERRUPTED)
-        except Exception as error:  # a bug: still one line, the traceback on -v
-            if isinstance(error, BrokenPipeError):
-                raise  # `compresskit ... | head`: click ends quietly
-            if (ctx.obj or {}).get("verbosity", 0) > 0:
-                traceback.print_exc()
-            _fail(
-                ctx,
-                f"internal error: {first_line(error, limit=300)} (rerun with -v for the "
-                "traceback, and please report it)",
-                EXIT_INTERNAL,
-            )
-
-
-def _fail(ctx: click.Context, message: str, code: int) -> None:
-    click.echo("Error: " + " ".join(message.split()), err=True)
-    ctx.exit(code)
-
-
-@click.group(
-    cls=_Group,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.version_option(__version__, prog_name="compresskit")
-@click.option("-v", "--verbose", count=True, help="More output: debug lines, tracebacks of bugs.")
-@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only on stderr.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
-    """Compress PyTorch models (prune, distill, quantize), export to ONNX, measure.
-
-    Exit codes: 0 success; 2 bad input; 3 a candidate missed the policy's budget; 4 a
-    candidate failed (ONNX parity) or was not measured, or bench could not measure a
-    model; 1 an internal error; 130 interrupted."""
-    from compresskit.progress import set_verbosity
-
-    verbosity = -1 if quiet else verbose
-    ctx.obj = {"verbosity": verbosity}
-    set_verbosity(verbosity)
+__all__ = ["cli", "main"]
 
 
 @cli.command(short_help="Prune, distil and quantize a model; export, verify, measure.")
@@ -141,7 +68,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     "--latency-seconds",
     default=1.0,
     show_default=True,
-    type=_Seconds(min=0.05, max=MAX_SECONDS),
+    type=Seconds(min=0.05, max=MAX_SECONDS),
     help="Time budget per latency measurement.",
 )
 @click.option(
@@ -255,185 +182,6 @@ def _forwarded_options(ctx: click.Context) -> list[str]:
         else:
             argv += [param.opts[0], str(value)]
     return argv
-
-
-@cli.command(short_help="Export a checkpoint to ONNX and check it against torch.")
-@click.argument("checkpoint")
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the .onnx file."
-)
-@click.option("--arch", help="MODULE:FACTORY for a state-dict checkpoint.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model.")
-@click.option("--trust-factory", is_flag=True, help=TRUST_FACTORY_HELP)
-@click.option("--data", "data_spec", help="Dataset for inputs and parity (default: the model's).")
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    help="Shape of one input without the batch axis, e.g. 3,224,224 (repeat per input); "
-    "parity then runs on random inputs.",
-)
-@click.option(
-    "--exporter",
-    type=click.Choice(["auto", "dynamo", "legacy"]),
-    default="auto",
-    show_default=True,
-    help="ONNX exporter; auto: dynamo, or legacy for fake-quant models and on failure.",
-)
-@click.option(
-    "--opset", type=click.IntRange(min=13, max=23), help="ONNX opset (default 18; legacy 17)."
-)
-def export(
-    checkpoint: str,
-    out: Path,
-    arch: str | None,
-    trust_pickle: bool,
-    trust_factory: bool,
-    data_spec: str | None,
-    input_shapes: tuple[str, ...],
-    exporter: str,
-    opset: int | None,
-) -> None:
-    """Export CHECKPOINT to ONNX and check ONNX Runtime against torch."""
-    from compresskit.export.standalone import export_checkpoint, parse_shape
-
-    result = export_checkpoint(
-        checkpoint,
-        out,
-        arch=arch,
-        trust_pickle=trust_pickle,
-        trust_factory=trust_factory,
-        data=data_spec,
-        input_shapes=[parse_shape(s) for s in input_shapes],
-        exporter=exporter,  # type: ignore[arg-type]
-        opset=opset,
-    )
-    exported, parity = result.export, result.parity
-    extra = f" + {exported.data_path.name}" if exported.data_path else ""
-    click.echo(
-        f"wrote {out}{extra} ({exported.bytes:,} bytes, {exported.exporter} exporter"
-        + (f"; fallback: {exported.fallback_reason}" if exported.fallback_reason else "")
-        + ")"
-    )
-    click.echo(
-        f"ORT vs torch on {result.checked_on} ({parity.precision}): max abs error "
-        f"{parity.max_abs_error:.2e} (allowed {parity.tolerance:.2e}), agreement "
-        f"{parity.agreement:.4f}"
-    )
-    if not parity.ok:
-        raise CompressKitError(
-            f"{out}: ONNX Runtime output differs from torch beyond the {parity.precision} "
-            "tolerance (the file is kept for inspection); try --exporter legacy"
-        )
-
-
-@cli.command(short_help="Time ONNX files or checkpoints on targets, interleaved.")
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    default=["cpu-ort"],
-    show_default=True,
-    help="Target name or YAML file (repeat; 'all' for every built-in target).",
-)
-@click.option("--batch", default="1,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(path_type=Path, allow_dash=True),
-    help="Write results as JSON to a file ('-': stdout, the tables go to stderr).",
-)
-@click.option(
-    "--seconds",
-    default=1.0,
-    show_default=True,
-    type=_Seconds(min=0.05, max=MAX_SECONDS),
-    help="Time cap per model and batch (timing stops earlier once the median is stable).",
-)
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    help="Shape of one input without the batch axis (repeat per input).",
-)
-@click.option("--data", "data_spec", help="Dataset whose inputs to time on.")
-@click.option("--arch", help="MODULE:FACTORY for state-dict checkpoints.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models.")
-@click.option("--trust-factory", is_flag=True, help=TRUST_FACTORY_HELP)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1, max=256),
-    help="Intra-op threads (overrides the targets').",
-)
-@click.pass_context
-def bench(
-    ctx: click.Context,
-    models: tuple[Path, ...],
-    targets: tuple[str, ...],
-    batch: str,
-    json_out: Path | None,
-    seconds: float,
-    input_shapes: tuple[str, ...],
-    data_spec: str | None,
-    arch: str | None,
-    trust_pickle: bool,
-    trust_factory: bool,
-    threads: int | None,
-) -> None:
-    """Measure MODELS (.onnx files or torch checkpoints) on targets; the first is the
-    baseline of the speedups. Each target runs in its own process.
-
-    Exits 4 when a model could not be loaded or run on a target that ran (listed with the
-    reason), 2 on bad input."""
-    from rich.console import Console
-
-    from compresskit.bench.files import bench_files, parse_batches, runs_json
-    from compresskit.bench.verdict import EXIT_FAILED
-    from compresskit.cli.tables import print_runs
-    from compresskit.export.standalone import parse_shape
-    from compresskit.paths import check_output_file, write_text_atomic
-
-    to_stdout = json_out is not None and str(json_out) == "-"
-    if json_out is not None and not to_stdout:
-        check_output_file(json_out, what="--json", inputs=models)
-    runs = bench_files(
-        list(models),
-        list(targets),
-        parse_batches(batch),
-        seconds=seconds,
-        input_shapes=[parse_shape(s) for s in input_shapes],
-        data=data_spec,
-        arch=arch,
-        trust_pickle=trust_pickle,
-        trust_factory=trust_factory,
-        threads=threads,
-    )
-    print_runs(runs, Console(stderr=True) if to_stdout else None)
-    document = json.dumps(runs_json(list(models), runs), indent=2)
-    if to_stdout:
-        click.echo(document)
-    elif json_out is not None:
-        write_text_atomic(json_out, document)
-    failed = [m.name for run in runs if not run.skipped for m in run.models if m.error]
-    if failed:
-        click.echo(f"not measured: {', '.join(dict.fromkeys(failed))}", err=True)
-        ctx.exit(EXIT_FAILED)
-
-
-@cli.command(short_help="Re-render a run's report.md and report.html.")
-@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
-def report(run_dir: Path) -> None:
-    """Re-render report.md and report.html of RUN_DIR from its report.json."""
-    from compresskit.bench.output import write_reports
-    from compresskit.bench.report import Report
-    from compresskit.cli.tables import print_report
-
-    path = run_dir / "report.json" if run_dir.is_dir() else run_dir
-    loaded = Report.load(path)
-    written = write_reports(loaded, path.parent, json_too=False)
-    print_report(loaded)
-    click.echo("\nwrote " + ", ".join(str(p) for p in written))
 
 
 @cli.group(short_help="List, show and validate policies; print their JSON Schema.")
