@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,38 +14,58 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A private cache, quiet output, and a private temp dir (``$TMPDIR``, inherited by
+    subprocesses) that the stray-file guard watches."""
     os.environ["COMPRESSKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["COMPRESSKIT_QUIET"] = "1"
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmpdir"))
+    tempfile.tempdir = None  # re-read $TMPDIR
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+    tempfile.tempdir = None
 
 
 # Caches that live in the repository by design (gitignored): benchmark artifacts.
 _IGNORED = ("benchmarks/artifacts",)
+# What dependencies leave in the temp dir by design: onnxruntime's session-id file.
+_TEMP_IGNORED = frozenset({".ses"})
 
 
 def _snapshot() -> set[Path]:
+    """Files of the repository, without dot folders (.git, .venv, tool caches)."""
     files = set()
-    for path in REPO.rglob("*"):
-        relative = path.relative_to(REPO)
-        if any(part.startswith(".") and part != ".ci" for part in relative.parts):
-            continue  # .git, .venv, tool caches
-        if "__pycache__" in relative.parts or ".egg-info" in str(relative):
-            continue
-        if str(relative).startswith(_IGNORED):
-            continue
-        files.add(path)
+    for root, folders, names in os.walk(REPO):
+        relative = Path(root).relative_to(REPO)
+        folders[:] = [
+            f
+            for f in folders
+            if not (f.startswith(".") and f != ".ci")
+            and f != "__pycache__"
+            and not f.endswith(".egg-info")
+            and not str(relative / f).startswith(_IGNORED)
+        ]
+        files.update(Path(root) / name for name in names)
     return files
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Run each test in its tmp dir and fail it if it writes into the repository."""
-    before = _snapshot()
+def _no_stray_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run each test in its tmp dir; fail it if it leaves files in the repository or in
+    the temp dir (a temporary file or folder it did not clean up)."""
+    temp = Path(tempfile.gettempdir())
+    before, temp_before = _snapshot(), set(temp.iterdir())
     monkeypatch.chdir(tmp_path)
     yield
     stray = _snapshot() - before
     assert not stray, f"test left files in the repository: {sorted(map(str, stray))[:5]}"
+    left = {p for p in set(temp.iterdir()) - temp_before if p.name not in _TEMP_IGNORED}
+    assert not left, f"test left files in the temp dir: {sorted(map(str, left))[:5]}"
 
 
 @pytest.fixture

@@ -319,6 +319,8 @@ class WeightOnlyRecord(PassRecord):
     dtype: str | None = None
     replaced_layers: int = 0
     float_layers: list[str] = Field(default_factory=list)
+    # 4-bit layers bitsandbytes' packed CPU kernel cannot take: name -> why (generic path)
+    generic_kernel_layers: dict[str, str] = Field(default_factory=dict)
     linear_weight_bytes: Pair | None = None
     model_state_bytes: Pair | None = None
     memory_saved_bytes: int | None = None
@@ -334,6 +336,9 @@ class WeightOnlyRecord(PassRecord):
         blocks: list[Line | Table] = [Line(text=text)]
         if self.float_layers:
             blocks.append(Line(text=f"kept in float: {_names(self.float_layers)}"))
+        if self.generic_kernel_layers:
+            names = _names(list(self.generic_kernel_layers))
+            blocks.append(Line(text=f"on bitsandbytes' generic 4-bit kernel: {names}"))
         if self.onnx:
             blocks.append(Line(text=self.onnx))
         return blocks + super().summary()

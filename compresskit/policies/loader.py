@@ -68,11 +68,20 @@ def describe_error(error: ValidationError, raw: Any = None, *, prefix: str = "")
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "union_tag_invalid":
-        from compresskit.passes import registered_passes
+        context = first.get("ctx", {})
+        field = str(context.get("discriminator", "")).split("|")[0].strip(" '")
+        if field == "pass_":
+            from compresskit.passes import registered_passes
 
-        tag = first.get("ctx", {}).get("tag")
-        message = f"unknown pass {tag!r}; known passes: {', '.join(registered_passes())}"
-        location += ".pass"
+            known = ", ".join(registered_passes())
+            message = f"unknown pass {context.get('tag')!r}; known passes: {known}"
+            location += ".pass"
+        else:
+            message = (
+                f"unknown {field} {context.get('tag')!r}; expected one of "
+                f"{context.get('expected_tags')}"
+            )
+            location += f".{field}"
     elif kind == "union_tag_not_found":
         message = "required field 'pass' is missing"
     shown = ""
