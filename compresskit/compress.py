@@ -1,15 +1,14 @@
 """One compression run: load -> pipeline -> export -> verify -> measure -> report.
 
-Everything is written to a temporary directory beside the output and moved into place
-only when the run is complete, so a failed run leaves nothing half-written.
+The output directory is checked before any work starts; everything is written to a
+temporary directory beside it and moved into place only when the run is complete, so a
+failed or interrupted run (an exception, Ctrl-C, SIGTERM) leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from compresskit.errors import CompressKitError
 from compresskit.evaluation import evaluate_models
 from compresskit.export.onnx import Exporter
 from compresskit.models.loading import LoadedModel, load_model
+from compresskit.paths import check_output_dir, staged_directory
 from compresskit.pipeline import Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
 from compresskit.training import distributed
@@ -57,26 +57,34 @@ def run(
     exporter: Exporter = "auto",
     latency_seconds: float = 1.0,
     profile: bool = True,
+    trust_factory: bool = False,
 ) -> RunResult:
     """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
     :class:`Pipeline` built in code) and measure every candidate against the baseline;
     with ``profile``, ONNX Runtime targets also say where each model's time goes.
+    ``trust_factory`` allows teachers saved by compresskit to run the architecture factory
+    they record (see :func:`~compresskit.models.loading.load_model`).
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
     """
     started = time.perf_counter()
+    if not 0 <= seed < 2**63:
+        raise CompressKitError(f"--seed {seed}: give an integer from 0 to 2**63-1")
     world = distributed.setup()  # joins torchrun's process group; one process otherwise
     if isinstance(policy, Pipeline):
         policy = policy_of(policy)
     elif not isinstance(policy, Policy):
         policy = load_policy(policy)
     pipeline = pipeline_of(policy, where=f"policy {policy.name}")
+    final = Path(out) if out is not None else _default_out(policy.name)
+    if world.is_main:
+        check_output_dir(final)
     loaded = LoadedModel.of(model)
     bundle = _bundle(data, loaded, seed)
     torch.manual_seed(seed)
     bundle.check_model(loaded.model)
-    teacher = _teacher(policy, loaded)
+    teacher = _teacher(policy, loaded, trust_factory=trust_factory)
     ctx = Context(
         data=bundle,
         teacher=teacher,
@@ -85,28 +93,18 @@ def run(
         budget=policy.budget,
         latency_probe=_rank_zero_p50,
         profile_probe=_rank_zero_costs,
+        trust_factory=trust_factory,
     )
-    final = Path(out) if out is not None else _default_out(policy.name)
-    if world.is_main and final.exists() and any(final.iterdir()):
-        raise CompressKitError(f"--out {final} exists and is not empty; choose another directory")
     # Every rank runs every pass (training passes together, through DDP) ...
     candidates = run_pipeline(pipeline, loaded.model, ctx)
 
     def write_outputs() -> Report:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        try:
+        with staged_directory(final) as tmp:
             report = _evaluate(
                 policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds, profile
             )
             report.seconds = time.perf_counter() - started
             write_reports(report, tmp)
-            if final.exists():
-                final.rmdir()
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return report
 
     # ... and rank 0 alone exports, measures and writes, once the others are done.
@@ -141,11 +139,11 @@ def _bundle(data: DataBundle | str | None, loaded: LoadedModel, seed: int) -> Da
     return load_data(spec, seed=seed)
 
 
-def _teacher(policy: Policy, loaded: LoadedModel) -> nn.Module:
+def _teacher(policy: Policy, loaded: LoadedModel, *, trust_factory: bool) -> nn.Module:
     teacher = (
         copy.deepcopy(loaded.model)
         if policy.teacher == "input"
-        else load_model(policy.teacher).model
+        else load_model(policy.teacher, trust_factory=trust_factory).model
     )
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)

@@ -99,6 +99,8 @@ class Context:
     latency_probe: LatencyProbe | None = None
     # How passes compare models per module on a target (precision by latency, widths).
     profile_probe: ProfileProbe | None = None
+    # A teacher file may rebuild itself with the factory it records (the user allowed it).
+    trust_factory: bool = False
 
     @property
     def task(self) -> Task:

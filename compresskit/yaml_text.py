@@ -13,11 +13,13 @@ or a key given twice (the second silently wins). Each is a one-line error here.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from compresskit.errors import CompressKitError
+from compresskit.paths import regular_file
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
@@ -67,9 +69,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_BoundedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", _FLOAT, list("-+0123456789.")
-)
+_BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def _depth(node: Any, limit: int) -> int:
@@ -120,3 +120,19 @@ def load_yaml(text: str, *, where: str) -> Any:  # noqa: ANN401
         raise CompressKitError(f"{where}: invalid YAML: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def read_yaml_file(path: Path, *, what: str) -> str:
+    """The text of a YAML file the user names: a regular file, at most :data:`MAX_BYTES`,
+    UTF-8; anything else is a one-line error naming ``what`` and the path."""
+    regular_file(path, what=what)
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise CompressKitError(
+                f"{what} {path}: larger than {MAX_BYTES // 1000} kB; it should be a short YAML file"
+            )
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CompressKitError(f"{what} {path}: not UTF-8 text (a binary file?)") from None
+    except OSError as error:
+        raise CompressKitError(f"{what} {path}: cannot read it ({error.strerror})") from None

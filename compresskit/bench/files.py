@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,52 +16,91 @@ import numpy as np
 
 from compresskit.bench.harness import BenchModel, measure_targets
 from compresskit.bench.measurement import BenchDocument, TargetRun
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
+from compresskit.export.standalone import check_elements
 from compresskit.export.targets import builtin_target_names, load_target
+from compresskit.paths import regular_file
+
+SEQUENCE = 16  # the length of a symbolic axis after the batch, when nothing says otherwise
+
+
+MAX_BATCH = 4096
 
 
 def parse_batches(text: str) -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]`` (each 1 .. 4096, duplicates dropped)."""
     try:
-        sizes = [int(b) for b in text.split(",") if b.strip()]
-        if not sizes or min(sizes) < 1:
+        sizes = list(dict.fromkeys(int(b) for b in text.split(",") if b.strip()))
+        if not sizes or min(sizes) < 1 or max(sizes) > MAX_BATCH:
             raise ValueError
     except ValueError:
-        raise CompressKitError(f"--batch {text!r}: give positive integers like 1,8,32") from None
+        raise CompressKitError(
+            f"--batch {text!r}: give integers from 1 to {MAX_BATCH} like 1,8,32"
+        ) from None
     return sizes
 
 
-def _onnx_sample(path: Path, shapes: Sequence[tuple[int, ...]]) -> tuple[list[np.ndarray], bool]:
-    """Random inputs for an ONNX file (dtypes from its graph; shapes from ``shapes`` or
-    the graph, symbolic axes after the batch being a sequence), and whether it has a
-    dynamic sequence axis."""
-    import onnx
+@dataclass(frozen=True)
+class OnnxInputs:
+    """What an ONNX file takes, read from its graph: a random sample of every input (in
+    graph order, batch 1 or the fixed batch), the fixed batch if the graph has one, and
+    whether an axis after the batch is symbolic (a sequence)."""
 
-    from compresskit.export.kernels import sample_feed
+    sample: list[np.ndarray]
+    fixed_batch: int | None
+    dynamic_sequence: bool
+
+
+def onnx_inputs(path: Path, shapes: Sequence[tuple[int, ...]] = ()) -> OnnxInputs:
+    """The inputs of ``path`` from its own signature (names, dtypes, dims); ``shapes``
+    (without the batch axis) replace the graph's dims after the batch."""
+    import onnx
+    from onnx import helper
 
     try:
-        graph = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
-        raise CompressKitError(f"{path}: not a readable ONNX file ({error})") from None
-    feed = list(sample_feed(graph, batch=1).values())
-    initializers = {i.name for i in graph.graph.initializer}
-    inputs = [i for i in graph.graph.input if i.name not in initializers]
-    dynamic_sequence = any(
-        len(i.type.tensor_type.shape.dim) > 1 and not i.type.tensor_type.shape.dim[1].dim_value
-        for i in inputs
-    )
-    if shapes:
-        if len(shapes) != len(feed):
+        raise CompressKitError(f"{path}: not a readable ONNX file ({first_line(error)})") from None
+    if not model.ir_version or not model.graph.node:  # protobuf reads b"" as an empty model
+        raise CompressKitError(f"{path}: not a readable ONNX file (no graph in it)")
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if shapes and len(shapes) != len(inputs):
+        raise CompressKitError(
+            f"{path} has {len(inputs)} input(s) ({', '.join(i.name for i in inputs)}) but "
+            f"{len(shapes)} --input-shape were given; give one per input"
+        )
+    rng = np.random.default_rng(0)
+    batches, sample, sequence = set(), [], False
+    for index, graph_input in enumerate(inputs):
+        tensor = graph_input.type.tensor_type
+        if not tensor.HasField("shape") or not tensor.shape.dim:
             raise CompressKitError(
-                f"{path} has {len(feed)} inputs but {len(shapes)} --input-shape were given"
+                f"{path}: input {graph_input.name!r} has no shape in the graph; give it with "
+                "--input-shape"
             )
-        rng = np.random.default_rng(0)
-        feed = [
-            rng.standard_normal((1, *shape)).astype(x.dtype)
-            if np.issubdtype(x.dtype, np.floating)
-            else np.ones((1, *shape), dtype=x.dtype)
-            for x, shape in zip(feed, shapes, strict=True)
-        ]
-    return feed, dynamic_sequence
+        dims = [d.dim_value or None for d in tensor.shape.dim]
+        sequence = sequence or any(d is None for d in dims[1:])
+        if dims[0] is not None:
+            batches.add(dims[0])
+        rest = list(shapes[index]) if shapes else [d or SEQUENCE for d in dims[1:]]
+        check_elements(rest, what=f"{path} input {graph_input.name!r}")
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        except Exception:
+            raise CompressKitError(
+                f"{path}: input {graph_input.name!r} has an element type bench cannot "
+                "generate; time it through a benchmark script"
+            ) from None
+        shape = (dims[0] or 1, *rest)
+        if dtype.kind == "f":
+            sample.append(rng.standard_normal(shape).astype(dtype))
+        else:  # token ids, masks, flags: ones are valid for all of them
+            sample.append(np.ones(shape, dtype=dtype))
+    if len(batches) > 1:
+        raise CompressKitError(f"{path}: inputs have different fixed batch sizes {batches}")
+    return OnnxInputs(sample, next(iter(batches), None), sequence and not shapes)
 
 
 def bench_files(
@@ -73,12 +113,18 @@ def bench_files(
     data: str | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
+    trust_factory: bool = False,
     threads: int | None = None,
 ) -> list[TargetRun]:
     """Measure ``paths`` on ``targets`` ("all": every built-in target; those that cannot
-    run here come back skipped, with the reason)."""
+    run here come back skipped, with the reason). An ONNX file is fed inputs made from its
+    own signature (or ``data``); a model that cannot load or run, or a batch it cannot
+    take, comes back with the reason rather than stopping the others."""
     if not paths:
         raise CompressKitError("bench needs at least one MODEL (.onnx file or checkpoint)")
+    for path in paths:
+        if not path.is_dir():
+            regular_file(path, what="model")
     names = builtin_target_names() if list(targets) == ["all"] else list(targets)
     resolved = [load_target(name) for name in names]
     if threads is not None:  # a thread sweep: one run per count, same targets otherwise
@@ -87,19 +133,37 @@ def bench_files(
     labels = _labels(paths)
     with tempfile.TemporaryDirectory(prefix="compresskit-bench-export-") as tmp:
         models: list[BenchModel] = []
-        sample: list[np.ndarray] | None = None
+        shared: list[np.ndarray] | None = None
         dynamic_sequence = False
+        if data is not None:
+            from compresskit.data import load_data
+
+            bundle = load_data(data)
+            shared = [x.numpy() for x in bundle.example_inputs(8)]
+            dynamic_sequence = bundle.dynamic_sequence
         for path, label in zip(paths, labels, strict=True):
             if path.suffix == ".onnx":
-                models.append(BenchModel(label, onnx=path))
-                if sample is None and data is None:
-                    sample, dynamic_sequence = _onnx_sample(path, input_shapes)
+                own = None if data is not None else onnx_inputs(path, input_shapes)
+                models.append(
+                    BenchModel(
+                        label,
+                        onnx=path,
+                        sample=own.sample if own else None,
+                        fixed_batch=own.fixed_batch if own else None,
+                        dynamic_sequence=own.dynamic_sequence if own else None,
+                    )
+                )
                 continue
             model, model_sample, sequence = _torch_model(
-                path, arch=arch, trust_pickle=trust_pickle, data=data, shapes=input_shapes
+                path,
+                arch=arch,
+                trust_pickle=trust_pickle,
+                trust_factory=trust_factory,
+                data=data,
+                shapes=input_shapes,
             )
-            if sample is None:
-                sample, dynamic_sequence = model_sample, sequence
+            if shared is None:
+                shared, dynamic_sequence = model_sample, sequence
             onnx_path = None
             if wants_onnx:
                 from compresskit.export.onnx import export_onnx
@@ -113,20 +177,18 @@ def bench_files(
                 )
             models.append(
                 BenchModel(
-                    label, onnx=onnx_path, checkpoint=path, arch=arch, trust_pickle=trust_pickle
+                    label,
+                    onnx=onnx_path,
+                    checkpoint=path,
+                    arch=arch,
+                    trust_pickle=trust_pickle,
+                    trust_factory=trust_factory,
                 )
             )
-        if data is not None:
-            from compresskit.data import load_data
-
-            bundle = load_data(data)
-            sample = [x.numpy() for x in bundle.example_inputs(8)]
-            dynamic_sequence = bundle.dynamic_sequence
-        assert sample is not None
         return measure_targets(
             resolved,
             models,
-            sample,
+            shared if shared is not None else [],
             batch_sizes=batch_sizes,
             max_seconds=seconds,
             dynamic_sequence=dynamic_sequence,
@@ -151,18 +213,19 @@ def _torch_model(
     *,
     arch: str | None,
     trust_pickle: bool,
+    trust_factory: bool,
     data: str | None,
     shapes: Sequence[tuple[int, ...]],
 ) -> tuple[Any, list[np.ndarray], bool]:
     """The loaded module, a real or random input sample, and dynamic_sequence."""
     from compresskit.models.loading import load_model
 
-    loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
+    loaded = load_model(path, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory)
     if shapes:
         rng = np.random.default_rng(0)
         return (
             loaded.model,
-            [rng.standard_normal((8, *s)).astype(np.float32) for s in shapes],
+            [rng.standard_normal((2, *s)).astype(np.float32) for s in shapes],
             False,
         )
     spec = data or loaded.default_data

@@ -54,9 +54,15 @@ class BenchModel:
     checkpoint: Path | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    trust_factory: bool = False
     factory: str | None = None
     factory_args: dict[str, Any] = field(default_factory=dict)
     sys_path: tuple[str, ...] = ()
+    # Its own inputs (an ONNX file's signature) instead of the shared sample: one sample
+    # per input, the batch the graph fixes, and whether it has a sequence axis.
+    sample: list[np.ndarray] | None = None
+    fixed_batch: int | None = None
+    dynamic_sequence: bool | None = None
 
 
 def _spec(model: BenchModel, target: Target, workdir: Path) -> dict[str, Any] | str:
@@ -72,7 +78,13 @@ def _spec(model: BenchModel, target: Target, workdir: Path) -> dict[str, Any] | 
             }
         if model.onnx is None:
             return "no ONNX file for an onnxruntime target"
-        return {"name": model.name, "kind": "onnx", "path": str(model.onnx)}
+        return {
+            "name": model.name,
+            "kind": "onnx",
+            "path": str(model.onnx),
+            "fixed_batch": model.fixed_batch,
+            "dynamic_sequence": model.dynamic_sequence,
+        }
     if model.module is None and model.checkpoint is None:
         return "torch targets measure a torch model; only an ONNX file was given"
     spec = _torch_spec(model, workdir)
@@ -93,6 +105,7 @@ def _torch_spec(model: BenchModel, workdir: Path) -> dict[str, Any]:
         "path": str(model.checkpoint),
         "arch": model.arch,
         "trust_pickle": model.trust_pickle,
+        "trust_factory": model.trust_factory,
     }
 
 
@@ -121,16 +134,19 @@ def measure_target(
         workdir = Path(tmp)
         (workdir / "modules").mkdir()
         specs, unusable = [], {}
-        for model in models:
+        arrays = {f"arr_{i}": x for i, x in enumerate(sample)}
+        for index, model in enumerate(models):
             spec = _spec(model, target, workdir / "modules")
             if isinstance(spec, str):
                 unusable[model.name] = spec
-            else:
-                specs.append(spec)
+                continue
+            if model.sample is not None:
+                spec |= {"sample_key": f"m{index}", "sample_inputs": len(model.sample)}
+                arrays |= {f"m{index}_{k}": x for k, x in enumerate(model.sample)}
+            specs.append(spec)
         if not specs:
             run.skipped = next(iter(unusable.values()))
             return run
-        arrays = {f"arr_{i}": x for i, x in enumerate(sample)}
         for i, workload in enumerate(workloads):
             for f, feed in enumerate(workload.feeds):
                 arrays |= {f"w{i}_{f}_{k}": x for k, x in enumerate(feed)}
@@ -154,8 +170,8 @@ def measure_target(
         (workdir / "job.json").write_text(json.dumps(job))
         steps = len(specs) + len(target.batch_sizes) + len(workloads)
         run = _run_worker(workdir, target, steps)
-    run.models += [
-        ModelRun(name=name, session=Session(target=target.name, error=why))
+    run.models += [  # cannot run on this kind of target: not timed, and not a failure
+        ModelRun(name=name, session=Session(target=target.name), skipped=[why])
         for name, why in unusable.items()
     ]
     run.add_speedups(models[0].name)
@@ -187,12 +203,16 @@ def _run_worker(workdir: Path, target: Target, steps: int) -> TargetRun:
         subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process,
     ):
         assert process.stderr is not None
-        for line in process.stderr:
-            if line.startswith("@@progress"):
-                bar.update(TaskID(0), completed=int(line.split()[1]))
-            else:
-                log.append(line)
-        process.wait()
+        try:
+            for line in process.stderr:
+                if line.startswith("@@progress"):
+                    bar.update(TaskID(0), completed=int(line.split()[1]))
+                else:
+                    log.append(line)
+            process.wait()
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C): stop the worker too
+            process.kill()
+            raise
     if process.returncode != 0 or not (workdir / "result.json").exists():
         tail = "".join(log[-20:]).strip().splitlines()
         raise CompressKitError(

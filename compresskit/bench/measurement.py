@@ -114,6 +114,11 @@ class ModelRun(_Model):
     session: Session
     latency: list[Latency] = Field(default_factory=list)
     profiles: list[Profile] = Field(default_factory=list)
+    skipped: list[str] = Field(
+        default_factory=list,
+        description="what was not timed and why (a batch size the graph does not take, a "
+        "target that cannot run this kind of model); failures are the session's error",
+    )
 
     @property
     def error(self) -> str | None:

@@ -82,7 +82,7 @@ OpenCall = Callable[[dict, ProfilingSessions, list[Any]], Callable[[], object]]
 
 def profile_plans(
     specs: Sequence[dict],
-    plans: Sequence[Plan],
+    plans: Sequence[Sequence[Plan | None]],
     open_call: OpenCall,
     *,
     target: str,
@@ -91,25 +91,29 @@ def profile_plans(
     max_seconds: float = 1.0,
 ) -> dict[str, list[Profile]]:
     """A :class:`Profile` per model (by name) and plan: ``runs`` calls each (at least 3
-    within ``max_seconds`` per plan), round-robin, the first model first in turn."""
+    within ``max_seconds`` per plan), round-robin, the first model first in turn.
+    ``plans[i]`` are model ``i``'s inputs per plan (None: it cannot take that plan)."""
     profiles: dict[str, list[Profile]] = {spec["name"]: [] for spec in specs}
     node_maps: dict[str, dict[str, tuple[str, str]]] = {}
-    for plan_index, (batch, workload, feeds) in enumerate(plans):
-        opened: list[tuple[str, ProfilingSessions, Callable[[], object]]] = []
-        for model_index, spec in enumerate(specs):
+    for plan_index in range(max((len(own) for own in plans), default=0)):
+        opened: list[tuple[str, ProfilingSessions, Callable[[], object], Plan]] = []
+        for model_index, (spec, own) in enumerate(zip(specs, plans, strict=True)):
+            plan = own[plan_index] if plan_index < len(own) else None
+            if plan is None:
+                continue
             name = spec["name"]
             sessions = ProfilingSessions(
                 workdir, f"{model_index}-{plan_index}", save_optimized=name not in node_maps
             )
             try:
-                call = open_call(spec, sessions, feeds)
+                call = open_call(spec, sessions, plan[2])
                 call()  # dropped: the first call allocates
             except Exception as error:  # profiles are extra evidence; timings stand alone
                 print(f"profiling {name} failed: {type(error).__name__}: {error}", file=sys.stderr)
                 continue
-            opened.append((name, sessions, call))
-        _interleave([call for _, _, call in opened], runs=runs, max_seconds=max_seconds)
-        for name, sessions, _ in opened:
+            opened.append((name, sessions, call, plan))
+        _interleave([call for _, _, call, _ in opened], runs=runs, max_seconds=max_seconds)
+        for name, sessions, _, (batch, workload, _) in opened:
             calls = sessions.calls()
             if not calls:
                 continue

@@ -55,6 +55,7 @@ class ParityEntry(_Model):
     min_agreement: float
     ok: bool
     precision: str = "fp32"
+    nonfinite: int = Field(default=0, description="NaN/inf values in one output, not the other")
 
 
 class StepEntry(_Model):

@@ -218,9 +218,12 @@ def _torch_loader(target: Target, threads: int) -> Callable[[dict], Any]:
     return load
 
 
-def _load_inputs(path: str, job: dict[str, Any]) -> tuple[Inputs, list[Workload]]:
-    """The sample (``arr_0``, ``arr_1``, ...) and the named workloads
-    (``w{i}_{feed}_{input}``) of ``inputs.npz``."""
+def _load_inputs(
+    path: str, job: dict[str, Any]
+) -> tuple[Inputs, list[Workload], dict[str, Inputs]]:
+    """The shared sample (``arr_0``, ``arr_1``, ...), the named workloads
+    (``w{i}_{feed}_{input}``) and the models' own samples (``{key}_{input}``) of
+    ``inputs.npz``."""
     with np.load(path) as data:
         sample = tuple(data[f"arr_{i}"] for i in range(job.get("sample_inputs", 0)))
         workloads = [
@@ -233,7 +236,14 @@ def _load_inputs(path: str, job: dict[str, Any]) -> tuple[Inputs, list[Workload]
             )
             for i, spec in enumerate(job.get("workloads", []))
         ]
-    return sample, workloads
+        own = {
+            spec["name"]: tuple(
+                data[f"{spec['sample_key']}_{k}"] for k in range(spec["sample_inputs"])
+            )
+            for spec in job["models"]
+            if "sample_key" in spec
+        }
+    return sample, workloads, own
 
 
 def _cycle(calls: list[Callable[[], object]]) -> Callable[[], object]:
@@ -242,11 +252,45 @@ def _cycle(calls: list[Callable[[], object]]) -> Callable[[], object]:
     return lambda: calls[next(index) % len(calls)]()
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception as one line (ONNX Runtime's messages run over many)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+# What a model is timed on: (batch, workload name, the inputs cycled).
+Plan = tuple[int, str | None, list[Inputs]]
+
+
+def _plans(
+    spec: dict[str, Any],
+    sample: Inputs,
+    batch_sizes: list[int],
+    workloads: list[Workload],
+    sequence: int | None,
+) -> tuple[list[Plan | None], list[str]]:
+    """The model's inputs per batch size (its own sample when it has one) and workload;
+    None, with a reason, where its graph fixes another batch size."""
+    fixed = spec.get("fixed_batch")
+    if spec.get("dynamic_sequence") is False:
+        sequence = None
+    plans: list[Plan | None] = []
+    skipped = []
+    for batch in batch_sizes:
+        if fixed is not None and batch != fixed:
+            plans.append(None)
+            skipped.append(f"batch {batch}: the model's graph fixes the batch size at {fixed}")
+        else:
+            plans.append((batch, None, [batch_of(sample, batch, sequence=sequence)]))
+    plans += [(w.batch, w.name, w.feeds) for w in workloads]
+    return plans, skipped
+
+
 def run_job(job: dict[str, Any]) -> TargetRun:
     """Measure the job's models on its target."""
     target = Target.model_validate(job["target"])
     models: list[dict] = job["models"]
-    sample, workloads = _load_inputs(job["inputs"], job)
+    sample, workloads, own = _load_inputs(job["inputs"], job)
     threads = target.threads or usable_cores()
     spinning = target.allow_spinning
     if spinning is None:
@@ -268,73 +312,66 @@ def run_job(job: dict[str, Any]) -> TargetRun:
         print(f"@@progress {done} {total}", file=sys.stderr, flush=True)
 
     sequence = target.sequence_length if job.get("dynamic_sequence") else None
-    # What each model is timed on: (batch, workload name, the inputs cycled).
-    plans: list[tuple[int, str | None, list[Inputs]]] = [
-        (batch, None, [batch_of(sample, batch, sequence=sequence)]) for batch in batch_sizes
-    ]
-    plans += [(w.batch, w.name, w.feeds) for w in workloads]
     load = (
         _ort_loader(target, spinning, threads, str(Path(job["inputs"]).parent))
         if target.runtime == "onnxruntime"
         else _torch_loader(target, threads)
     )
-    runners: list[Runner | None] = []
+    # Per model: the runner (None: failed) and its inputs per plan (None: cannot take it).
+    loaded: list[tuple[Runner | None, list[Plan | None]]] = []
     for spec in models:
         session = Session(target=target.name)
+        model_run = ModelRun(name=spec["name"], session=session)
         has_peak = _reset_peak()
         before = _proc_status()
         start = time.perf_counter()
         runner: Runner | None
+        plans: list[Plan | None] = []
         try:
+            plans, model_run.skipped = _plans(
+                spec, own.get(spec["name"], sample), batch_sizes, workloads, sequence
+            )
             runner = load(spec)
             session.load_ms = (time.perf_counter() - start) * 1000
-            for _, _, feeds in plans:  # one call per shape: memory the runs need too
-                runner(feeds[0])()
+            for plan in plans:  # one call per shape: memory the runs need too
+                if plan is not None:
+                    runner(plan[2][0])()
         except TargetUnavailable as error:
             result.skipped = str(error)
             return result
         except Exception as error:
-            session.error = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            session.error = _one_line(error)
             runner = None
         after = _proc_status()
         if "VmRSS" in before and "VmRSS" in after:
             session.rss_delta_mb = (after["VmRSS"] - before["VmRSS"]) / 1024
             if has_peak and "VmHWM" in after:
                 session.peak_rss_delta_mb = (after["VmHWM"] - before["VmRSS"]) / 1024
-        runners.append(runner)
-        result.models.append(ModelRun(name=spec["name"], session=session))
+        loaded.append((runner, plans))
+        result.models.append(model_run)
         done += 1
         progress()
 
-    live = [(model, r) for model, r in zip(result.models, runners, strict=True) if r]
     before_all = sample_machine()
-    for batch, workload, feeds in plans:
-        machine_before = sample_machine()
-        series = time_interleaved(
-            [_cycle([runner(feed) for feed in feeds]) for _, runner in live],
-            min_repeats=job.get("min_repeats", 20),
-            max_seconds=job["max_seconds"],
-        )
-        noise = assess(machine_before, sample_machine())
-        for (model, _), timed in zip(live, series, strict=True):
-            latency = summarize(
-                target.name, batch, timed.times, stable=timed.stable, workload=workload
-            )
-            reasons = list(noise.reasons)
-            if latency.cv is not None and latency.cv > MAX_CV:
-                reasons.append(f"timings vary (robust CV {latency.cv:.0%})")
-            if not timed.stable:
-                reasons.append(f"median not stable after {timed.seconds:.1f} s")
-            latency.noisy = bool(reasons)
-            latency.noise_reason = "; ".join(reasons) or None
-            model.latency.append(latency)
+    for index in range(len(batch_sizes) + len(workloads)):
+        live = []
+        for model, (runner, plans) in zip(result.models, loaded, strict=True):
+            plan = plans[index] if plans else None
+            if runner is not None and plan is not None:
+                live.append((model, runner, plan))
+        if live:
+            _time_plan(live, target, job)
         done += 1
         progress()
     machine = assess(before_all, sample_machine())
     result.noisy, result.noise_reasons = machine.noisy, list(machine.reasons)
     if job.get("profile") and target.runtime == "onnxruntime":
-        profiled = [spec for spec, runner in zip(models, runners, strict=True) if runner]
-        profiles = _profile(job, target, spinning, threads, profiled, plans)
+        kept = [
+            (spec, plans) for spec, (runner, plans) in zip(models, loaded, strict=True) if runner
+        ]
+        profiles = _profile(
+            job, target, spinning, threads, [s for s, _ in kept], [p for _, p in kept]
+        )
         for model in result.models:
             model.profiles = profiles.get(model.name, [])
     return result
@@ -346,7 +383,7 @@ def _profile(
     spinning: bool,
     threads: int,
     specs: list[dict],
-    plans: list[tuple[int, str | None, list[Inputs]]],
+    plans: list[list[Plan | None]],
 ) -> dict[str, list[Profile]]:
     """Where each model's time goes on each plan: fresh profiling sessions, the target's
     settings, calls interleaved (:func:`compresskit.bench.profile_runs.profile_plans`)."""
@@ -367,6 +404,29 @@ def _profile(
         runs=job.get("profile_runs", 10),
         max_seconds=job["max_seconds"],
     )
+
+
+def _time_plan(
+    live: list[tuple[ModelRun, Runner, Plan]], target: Target, job: dict[str, Any]
+) -> None:
+    """Time the models that can take one plan together, interleaved."""
+    machine_before = sample_machine()
+    series = time_interleaved(
+        [_cycle([runner(feed) for feed in plan[2]]) for _, runner, plan in live],
+        min_repeats=job.get("min_repeats", 20),
+        max_seconds=job["max_seconds"],
+    )
+    noise = assess(machine_before, sample_machine())
+    for (model, _, (batch, workload, _)), timed in zip(live, series, strict=True):
+        latency = summarize(target.name, batch, timed.times, stable=timed.stable, workload=workload)
+        reasons = list(noise.reasons)
+        if latency.cv is not None and latency.cv > MAX_CV:
+            reasons.append(f"timings vary (robust CV {latency.cv:.0%})")
+        if not timed.stable:
+            reasons.append(f"median not stable after {timed.seconds:.1f} s")
+        latency.noisy = bool(reasons)
+        latency.noise_reason = "; ".join(reasons) or None
+        model.latency.append(latency)
 
 
 def main(argv: list[str]) -> int:

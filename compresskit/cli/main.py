@@ -1,4 +1,5 @@
-"""The ``compresskit`` command: thin click wrappers over the Python API."""
+"""The ``compresskit`` command: thin click wrappers over the Python API (``compress``,
+``policies``, ``targets`` here; ``export``, ``bench``, ``report`` in :mod:`.measure`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -13,32 +15,17 @@ from typing import Any
 
 import click
 
-from compresskit._version import __version__
+from compresskit.cli import measure  # noqa: F401  (registers export, bench and report)
+from compresskit.cli.group import (
+    EXIT_FILE_ENV,
+    MAX_SECONDS,
+    TRUST_FACTORY_HELP,
+    Seconds,
+    cli,
+)
 from compresskit.errors import CompressKitError
 
-
-class _Group(click.Group):
-    """Turns :class:`CompressKitError` into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CompressKitError as error:
-            if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: tell it why
-                from compresskit.training.distributed import record_error
-
-                record_error(error)
-            click.echo(f"Error: {error}", err=True)
-            ctx.exit(2)
-
-
-@click.group(
-    cls=_Group,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.version_option(__version__, prog_name="compresskit")
-def cli() -> None:
-    """Compress PyTorch models (prune, distill, quantize), export to ONNX, measure."""
+__all__ = ["cli", "main"]
 
 
 @cli.command(short_help="Prune, distil and quantize a model; export, verify, measure.")
@@ -53,14 +40,21 @@ def cli() -> None:
     is_flag=True,
     help="Allow loading a fully pickled model (runs code from the file).",
 )
+@click.option("--trust-factory", is_flag=True, help=TRUST_FACTORY_HELP)
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory (default runs/<policy>-<time>)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print report.json on stdout (the tables go to stderr).",
 )
 @click.option(
     "--seed",
     default=0,
     show_default=True,
-    type=int,
+    type=click.IntRange(0, 2**63 - 1),
     help="Seed of calibration sampling, training order and initialisation.",
 )
 @click.option(
@@ -74,14 +68,14 @@ def cli() -> None:
     "--latency-seconds",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=Seconds(min=0.05, max=MAX_SECONDS),
     help="Time budget per latency measurement.",
 )
 @click.option(
     "--nproc",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1024),
     help="Train on N processes on this machine (starts torchrun; see README).",
 )
 @click.option(
@@ -89,13 +83,17 @@ def cli() -> None:
     type=click.Choice(["auto", "gloo", "nccl"]),
     help="torch.distributed backend under torchrun (default $COMPRESSKIT_BACKEND or auto).",
 )
+@click.pass_context
 def compress(
+    ctx: click.Context,
     checkpoint: str | None,
     policy: str,
     data_spec: str | None,
     arch: str | None,
     trust_pickle: bool,
+    trust_factory: bool,
     out: Path | None,
+    as_json: bool,
     seed: int,
     exporter: str,
     latency_seconds: float,
@@ -104,12 +102,19 @@ def compress(
 ) -> None:
     """Compress CHECKPOINT (default: the embedded example:digits-cnn) with a policy.
 
+    Exits 0 when every candidate was built, measured and met the budget; 3 when one
+    missed the budget; 4 when one failed ONNX parity or was not measured; 2 on bad input.
+
     Under torchrun (or with --nproc N) the training passes run on every process through
     DistributedDataParallel; rank 0 alone exports, benchmarks and writes the run directory.
     """
+    from rich.console import Console
+
+    from compresskit.bench.verdict import exit_code
     from compresskit.cli.tables import print_report
     from compresskit.compress import run
     from compresskit.models.loading import load_model
+    from compresskit.paths import check_output_dir
     from compresskit.policies import load_policy
     from compresskit.training import distributed
 
@@ -117,11 +122,14 @@ def compress(
         if distributed.launched_by_torchrun():
             raise CompressKitError("--nproc starts torchrun itself; under torchrun leave it out")
         load_policy(policy)  # fail on a bad policy here, not once per process
-        distributed.launch(nproc, ["compress", *_forwarded_options(click.get_current_context())])
-        return
+        if out is not None:
+            check_output_dir(out)
+        ctx.exit(_launch(nproc, _forwarded_options(ctx)))
     with distributed.session(backend) as world:
         loaded_policy = load_policy(policy)
-        loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        loaded = load_model(
+            checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory
+        )
         result = run(
             loaded_policy,
             model=loaded,
@@ -130,10 +138,34 @@ def compress(
             seed=seed,
             exporter=exporter,  # type: ignore[arg-type]
             latency_seconds=latency_seconds,
+            trust_factory=trust_factory,
         )
-    if world.is_main:
-        print_report(result.report)
-        click.echo(f"\nrun directory: {result.run_dir}")
+    if not world.is_main:
+        return
+    code = exit_code(result.report)
+    tables = Console(stderr=True) if as_json else None
+    print_report(result.report, tables)
+    click.echo(f"\nrun directory: {result.run_dir}", err=as_json)
+    if as_json:
+        click.echo(result.report.model_dump_json(indent=2))
+    if os.environ.get(EXIT_FILE_ENV) and distributed.launched_by_torchrun():
+        Path(os.environ[EXIT_FILE_ENV]).write_text(str(code))
+        return  # torchrun reads a non-zero exit as a failed rank
+    ctx.exit(code)
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run ``compress argv`` on ``nproc`` processes; the exit code rank 0 decided."""
+    from compresskit.training import distributed
+
+    with tempfile.TemporaryDirectory(prefix="compresskit-exit-") as tmp:
+        exit_file = Path(tmp) / "code"
+        os.environ[EXIT_FILE_ENV] = str(exit_file)
+        try:
+            distributed.launch(nproc, ["compress", *argv])
+        finally:
+            del os.environ[EXIT_FILE_ENV]
+        return int(exit_file.read_text()) if exit_file.exists() else 0
 
 
 def _forwarded_options(ctx: click.Context) -> list[str]:
@@ -150,151 +182,6 @@ def _forwarded_options(ctx: click.Context) -> list[str]:
         else:
             argv += [param.opts[0], str(value)]
     return argv
-
-
-@cli.command(short_help="Export a checkpoint to ONNX and check it against torch.")
-@click.argument("checkpoint")
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the .onnx file."
-)
-@click.option("--arch", help="MODULE:FACTORY for a state-dict checkpoint.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model.")
-@click.option("--data", "data_spec", help="Dataset for inputs and parity (default: the model's).")
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    help="Shape of one input without the batch axis, e.g. 3,224,224 (repeat per input); "
-    "parity then runs on random inputs.",
-)
-@click.option(
-    "--exporter",
-    type=click.Choice(["auto", "dynamo", "legacy"]),
-    default="auto",
-    show_default=True,
-    help="ONNX exporter; auto: dynamo, or legacy for fake-quant models and on failure.",
-)
-@click.option("--opset", type=click.IntRange(min=13), help="ONNX opset (default 18; legacy 17).")
-def export(
-    checkpoint: str,
-    out: Path,
-    arch: str | None,
-    trust_pickle: bool,
-    data_spec: str | None,
-    input_shapes: tuple[str, ...],
-    exporter: str,
-    opset: int | None,
-) -> None:
-    """Export CHECKPOINT to ONNX and check ONNX Runtime against torch."""
-    from compresskit.export.standalone import export_checkpoint, parse_shape
-
-    result = export_checkpoint(
-        checkpoint,
-        out,
-        arch=arch,
-        trust_pickle=trust_pickle,
-        data=data_spec,
-        input_shapes=[parse_shape(s) for s in input_shapes],
-        exporter=exporter,  # type: ignore[arg-type]
-        opset=opset,
-    )
-    exported, parity = result.export, result.parity
-    extra = f" + {exported.data_path.name}" if exported.data_path else ""
-    click.echo(
-        f"wrote {out}{extra} ({exported.bytes:,} bytes, {exported.exporter} exporter"
-        + (f"; fallback: {exported.fallback_reason}" if exported.fallback_reason else "")
-        + ")"
-    )
-    click.echo(
-        f"ORT vs torch on {result.checked_on} ({parity.precision}): max abs error "
-        f"{parity.max_abs_error:.2e} (allowed {parity.tolerance:.2e}), agreement "
-        f"{parity.agreement:.4f}"
-    )
-    if not parity.ok:
-        raise CompressKitError(
-            f"{out}: ONNX Runtime output differs from torch beyond the {parity.precision} "
-            "tolerance (the file is kept for inspection); try --exporter legacy"
-        )
-
-
-@cli.command(short_help="Time ONNX files or checkpoints on targets, interleaved.")
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    default=["cpu-ort"],
-    show_default=True,
-    help="Target name or YAML file (repeat; 'all' for every built-in target).",
-)
-@click.option("--batch", default="1,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write results as JSON.")
-@click.option(
-    "--seconds",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0.05),
-    help="Time cap per model and batch (timing stops earlier once the median is stable).",
-)
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    help="Shape of one input without the batch axis (repeat per input).",
-)
-@click.option("--data", "data_spec", help="Dataset whose inputs to time on.")
-@click.option("--arch", help="MODULE:FACTORY for state-dict checkpoints.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models.")
-@click.option(
-    "--threads", type=click.IntRange(min=1), help="Intra-op threads (overrides the targets')."
-)
-def bench(
-    models: tuple[Path, ...],
-    targets: tuple[str, ...],
-    batch: str,
-    json_out: Path | None,
-    seconds: float,
-    input_shapes: tuple[str, ...],
-    data_spec: str | None,
-    arch: str | None,
-    trust_pickle: bool,
-    threads: int | None,
-) -> None:
-    """Measure MODELS (.onnx files or torch checkpoints) on targets; the first is the
-    baseline of the speedups. Each target runs in its own process."""
-    from compresskit.bench.files import bench_files, parse_batches, runs_json
-    from compresskit.cli.tables import print_runs
-    from compresskit.export.standalone import parse_shape
-
-    runs = bench_files(
-        list(models),
-        list(targets),
-        parse_batches(batch),
-        seconds=seconds,
-        input_shapes=[parse_shape(s) for s in input_shapes],
-        data=data_spec,
-        arch=arch,
-        trust_pickle=trust_pickle,
-        threads=threads,
-    )
-    print_runs(runs)
-    if json_out:
-        json_out.write_text(json.dumps(runs_json(list(models), runs), indent=2))
-
-
-@cli.command(short_help="Re-render a run's report.md and report.html.")
-@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
-def report(run_dir: Path) -> None:
-    """Re-render report.md and report.html of RUN_DIR from its report.json."""
-    from compresskit.bench.output import write_reports
-    from compresskit.bench.report import Report
-    from compresskit.cli.tables import print_report
-
-    path = run_dir / "report.json" if run_dir.is_dir() else run_dir
-    loaded = Report.load(path)
-    written = write_reports(loaded, path.parent, json_too=False)
-    print_report(loaded)
-    click.echo("\nwrote " + ", ".join(str(p) for p in written))
 
 
 @cli.group(short_help="List, show and validate policies; print their JSON Schema.")

@@ -138,13 +138,15 @@ def print_runs(runs: Sequence[TargetRun], console: Console | None = None) -> Non
                 else f"{m.session.peak_rss_delta_mb:.1f}",
             ]
             for m in run.models
-            if not m.error
+            if not m.error and m.session.load_ms is not None
         ]
         if sessions:
             console.print(_table(["model", "load ms", "peak MB"], sessions, title="sessions"))
         for model in run.models:
             if model.error:
                 _say(console, f"{model.name}: not measured: {model.error}", "red")
+            for reason in model.skipped:
+                _say(console, f"{model.name}: not timed: {reason}", "yellow")
         noisy = [x for m in run.models for x in m.latency if x.noisy]
         if noisy:
             _say(console, "* noisy: " + _noise_summary(noisy))

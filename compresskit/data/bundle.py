@@ -13,6 +13,7 @@ from compresskit.errors import CompressKitError, first_line
 from compresskit.tasks import Task, get_task
 
 Split = Literal["train", "val", "calibration", "eval"]
+MIN_SAMPLES = 10  # the fewest that leave every split non-empty
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,21 @@ class DataBundle:
         self.contract.check_output(
             output, batch=len(example[0]), data=self.name, classes=self.num_classes
         )
+        scored = self.contract.adapt(output, example)
+        if scored.is_floating_point() and not bool(torch.isfinite(scored).all()):
+            raise CompressKitError(
+                f"the model's outputs on {self.name} inputs hold NaN or infinite values; "
+                "check the data and the weights for NaN/inf"
+            )
 
     def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
         """A real batch from the calibration split, used for tracing and export.
 
         Every split yields ``(*inputs, label)``; this returns ``inputs``."""
-        *inputs, _ = next(iter(self.loader("calibration", batch_size=batch_size)))
+        batch = next(iter(self.loader("calibration", batch_size=batch_size)), None)
+        if batch is None:
+            raise CompressKitError(f"data {self.name}: the calibration split is empty")
+        *inputs, _ = batch
         return tuple(inputs)
 
 
@@ -115,7 +125,12 @@ def split(
     """Split arrays into a bundle. The eval split comes from ``x_eval``/``y_eval`` when a
     dataset has its own test set, else from a permutation with a fixed seed (0)."""
     if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        raise CompressKitError(f"data {name}: x has {len(x)} samples but y has {len(y)}")
+    if len(x) < MIN_SAMPLES or (x_eval is not None and len(x_eval) < 1):
+        raise CompressKitError(
+            f"data {name}: {len(x)} training sample(s) cannot be split into training, "
+            f"validation and evaluation; give at least {MIN_SAMPLES}"
+        )
     if x_eval is None or y_eval is None:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
         n_eval = max(1, int(round(len(x) * eval_fraction)))

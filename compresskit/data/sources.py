@@ -5,14 +5,16 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compresskit.data.bundle import DataBundle, split
-from compresskit.errors import CompressKitError
-from compresskit.imports import import_object
+from compresskit.errors import CompressKitError, first_line
+from compresskit.imports import call_factory
+from compresskit.paths import regular_file
 
 # Debian's dataset-fashion-mnist installs here; $COMPRESSKIT_FASHION_MNIST overrides it.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -43,14 +45,28 @@ def _digits(seed: int, calibration_size: int) -> DataBundle:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not."""
+    """Read an IDX file (the MNIST format), gzipped or not; a damaged file is a one-line
+    error naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(regular_file(path, what="IDX file"), "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise CompressKitError(f"{path}: cannot read it ({error}); reinstall the data") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00":
+        raise CompressKitError(f"{path}: not an IDX file (bad header); reinstall the data")
     _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if dtype_code != 0x08:
         raise CompressKitError(f"{path}: only unsigned-byte IDX files are supported")
+    if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise CompressKitError(f"{path}: not an IDX file ({ndim} dimensions); reinstall the data")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(shape, dtype=np.int64))
+    if len(data) != expected:
+        raise CompressKitError(
+            f"{path}: {len(data):,} bytes where its header promises {expected:,} (truncated or "
+            "damaged); reinstall the data"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -69,7 +85,13 @@ def _fashion_mnist(seed: int, calibration_size: int) -> DataBundle:
     root = find_fashion_mnist()
 
     def load(stem: str) -> np.ndarray:
-        return read_idx(next(iter(sorted(root.glob(f"{stem}*")))))
+        found = sorted(root.glob(f"{stem}*"))
+        if not found:
+            raise CompressKitError(
+                f"Fashion-MNIST in {root} lacks {stem}: apt-get install --reinstall "
+                "dataset-fashion-mnist"
+            )
+        return read_idx(found[0])
 
     def images(stem: str) -> torch.Tensor:
         array = load(stem).astype(np.float32) / 255.0
@@ -87,24 +109,35 @@ def _fashion_mnist(seed: int, calibration_size: int) -> DataBundle:
 
 
 def _npz(path: Path, seed: int, calibration_size: int) -> DataBundle:
-    if not path.is_file():
+    if not path.exists():
         raise CompressKitError(f"--data {path}: no such file")
+    regular_file(path, what="--data")
     try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise CompressKitError(f"--data {path}: not a readable .npz file ({error})") from None
-    missing = {"x", "y"} - set(arrays.files)
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:  # zip, zlib and numpy each raise their own
+        raise CompressKitError(
+            f"--data {path}: not a readable .npz file of numeric arrays ({first_line(error)}); "
+            "save it with np.savez(path, x=inputs, y=labels)"
+        ) from None
+    missing = {"x", "y"} - set(arrays)
     if missing:
         raise CompressKitError(
             f"--data {path}: missing array(s) {sorted(missing)}; save it with "
             "np.savez(path, x=inputs, y=labels)"
         )
-    x = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32))
-    y = torch.from_numpy(np.asarray(arrays["y"]).astype(np.int64))
+    where = f"--data {path}"
+    x = _inputs(arrays["x"], f"{where}: x")
+    y = _labels(arrays["y"], len(x), f"{where}: y")
     x_eval = y_eval = None
-    if {"x_eval", "y_eval"} <= set(arrays.files):
-        x_eval = torch.from_numpy(np.asarray(arrays["x_eval"], dtype=np.float32))
-        y_eval = torch.from_numpy(np.asarray(arrays["y_eval"]).astype(np.int64))
+    if {"x_eval", "y_eval"} <= set(arrays):
+        x_eval = _inputs(arrays["x_eval"], f"{where}: x_eval")
+        y_eval = _labels(arrays["y_eval"], len(x_eval), f"{where}: y_eval")
+        if x_eval.shape[1:] != x.shape[1:]:
+            raise CompressKitError(
+                f"{where}: x_eval samples have shape {tuple(x_eval.shape[1:])} but x samples "
+                f"{tuple(x.shape[1:])}; give both the same"
+            )
     return split(
         x,
         y,
@@ -116,9 +149,46 @@ def _npz(path: Path, seed: int, calibration_size: int) -> DataBundle:
     )
 
 
+def _inputs(array: np.ndarray, where: str) -> torch.Tensor:
+    """Model inputs: floats (uint8 images too) as float32; other integers (token ids) kept
+    as int64. Refuses what no model can take: strings, objects, NaN, no samples."""
+    if array.dtype.kind not in "biuf":
+        raise CompressKitError(f"{where}: holds {array.dtype} values; give numeric arrays")
+    if array.ndim < 2 or len(array) == 0:
+        raise CompressKitError(
+            f"{where}: shape {array.shape}; give one row per sample, (samples, features...) "
+            "with at least one sample"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise CompressKitError(f"{where}: holds NaN or infinite values; clean the data first")
+    if array.dtype.kind in "iu" and array.dtype != np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _labels(array: np.ndarray, samples: int, where: str) -> torch.Tensor:
+    """Class labels: one non-negative whole number per sample."""
+    if array.dtype.kind not in "biuf":
+        raise CompressKitError(f"{where}: holds {array.dtype} values; give integer class labels")
+    if array.ndim != 1 or len(array) != samples:
+        raise CompressKitError(
+            f"{where}: shape {array.shape} but there are {samples} samples; give one label "
+            "per sample, shape (samples,)"
+        )
+    if array.dtype.kind == "f" and not (
+        np.isfinite(array).all() and (array == np.round(array)).all()
+    ):
+        raise CompressKitError(f"{where}: labels must be whole numbers (found NaN or fractions)")
+    if len(array) and (array.min() < 0 or array.max() >= 2**31):
+        raise CompressKitError(
+            f"{where}: labels run from {array.min()} to {array.max()}; class labels are "
+            "0 .. classes-1"
+        )
+    return torch.from_numpy(array.astype(np.int64))
+
+
 def _factory(spec: str, seed: int) -> DataBundle:
-    factory = import_object(spec, what="--data")
-    result = factory(seed=seed)
+    result = call_factory(spec, what="--data", seed=seed)
     if not isinstance(result, DataBundle):
         raise CompressKitError(
             f"--data {spec}: the factory returned {type(result).__name__}; it must return a "

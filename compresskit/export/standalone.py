@@ -15,9 +15,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from compresskit.digest import source_digest
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
 from compresskit.export.onnx import Exporter, ExportResult, export_onnx
 from compresskit.export.verify import Parity, check_parity
+from compresskit.paths import check_output_file
 from compresskit.tasks import get_task
 
 
@@ -26,6 +27,22 @@ class StandaloneExport:
     export: ExportResult
     parity: Parity
     checked_on: str  # what the parity check ran on
+
+
+MAX_SAMPLE_ELEMENTS = 2**26  # one sample of one input: 256 MB of float32
+
+
+def check_elements(shape: Sequence[int], *, what: str) -> None:
+    """Refuse a per-sample shape too large to allocate batches of (a typo such as
+    3,224224 would otherwise end in a memory error)."""
+    elements = 1
+    for dim in shape:
+        elements *= dim
+    if elements > MAX_SAMPLE_ELEMENTS:
+        raise CompressKitError(
+            f"{what}: shape {tuple(shape)} is {elements:,} values per sample, more than "
+            f"{MAX_SAMPLE_ELEMENTS:,}; check the shape (without the batch axis)"
+        )
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -38,6 +55,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise CompressKitError(
             f"--input-shape {text!r}: give positive integers without the batch axis, e.g. 3,224,224"
         )
+    check_elements(shape, what=f"--input-shape {text!r}")
     return shape
 
 
@@ -48,12 +66,27 @@ def random_loader(shapes: Sequence[tuple[int, ...]], *, samples: int = 64) -> Da
     return DataLoader(TensorDataset(*inputs, torch.zeros(samples, dtype=torch.long)), batch_size=16)
 
 
+def _check_runs(model: torch.nn.Module, example: tuple[torch.Tensor, ...], name: object) -> None:
+    """The model takes the example inputs: else one line naming their shape and the options
+    that set it (an exporter's error would not say)."""
+    try:
+        with torch.no_grad():
+            model.eval()(*example)
+    except Exception as error:
+        shapes = ", ".join(str(tuple(x.shape[1:])) for x in example)
+        raise CompressKitError(
+            f"{name}: the model cannot run on inputs of shape {shapes} ({first_line(error)}); "
+            "check --input-shape or --data"
+        ) from None
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out: Path,
     *,
     arch: str | None = None,
     trust_pickle: bool = False,
+    trust_factory: bool = False,
     data: str | None = None,
     input_shapes: Sequence[tuple[int, ...]] = (),
     exporter: Exporter = "auto",
@@ -66,7 +99,11 @@ def export_checkpoint(
 
     if out.suffix != ".onnx":
         raise CompressKitError(f"--out {out}: give a path ending in .onnx")
-    loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    source = Path(str(checkpoint))
+    check_output_file(out, what="--out", inputs=[source] if source.exists() else [])
+    loaded = load_model(
+        checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory
+    )
     spec = data or (None if input_shapes else loaded.default_data)
     dynamic_sequence = False
     if spec is not None:
@@ -85,6 +122,7 @@ def export_checkpoint(
             f"{checkpoint}: export needs example inputs: pass --data (e.g. digits) or "
             "--input-shape C,H,W"
         )
+    _check_runs(loaded.model, example, checkpoint)
     digest = source_digest(Path(str(checkpoint)), loaded.model)
     metadata = {"source_checkpoint": str(checkpoint), **digest}
     kwargs = {} if opset is None else {"opset": opset}

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compresskit.errors import CompressKitError
-from compresskit.yaml_text import load_yaml
+from compresskit.yaml_text import load_yaml, read_yaml_file
 
 Runtime = Literal["onnxruntime", "torch"]
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -82,8 +82,9 @@ def load_target(name: str | Path) -> Target:
     if str(name).endswith((".yaml", ".yml")):
         path = Path(name)
         if not path.is_file():
-            raise CompressKitError(f"target file {path}: no such file")
-        text = path.read_text()
+            kind = "a directory" if path.is_dir() else "no such file"
+            raise CompressKitError(f"target file {path}: {kind}; give a target .yaml file")
+        text = read_yaml_file(path, what="target file")
     elif str(name) in builtin_target_names():
         text = (_targets_dir() / f"{name}.yaml").read_text()
         where = f"target export/{name}.yaml"

@@ -27,10 +27,15 @@ class Parity:
     tolerance: float
     min_agreement: float
     precision: str = "fp32"
+    nonfinite: int = 0  # values NaN or infinite in one output and not the same in the other
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_error <= self.tolerance and self.agreement >= self.min_agreement
+        return (
+            self.nonfinite == 0
+            and self.max_abs_error <= self.tolerance
+            and self.agreement >= self.min_agreement
+        )
 
 
 def onnx_outputs(path: Path, loader: DataLoader, *, threads: int = 0) -> np.ndarray:
@@ -59,18 +64,19 @@ def compare(
         raise CompressKitError(
             f"ONNX output shape {actual.shape} differs from torch's {reference.shape}"
         )
-    diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
+    diff, nonfinite, _ = output_errors(reference, actual)
     agreement = (
         float((reference.argmax(-1) == actual.argmax(-1)).mean()) if reference.ndim > 1 else 1.0
     )
     return Parity(
-        max_abs_error=float(diff.max()),
-        mean_abs_error=float(diff.mean()),
+        max_abs_error=float(diff.max()) if diff.size else 0.0,
+        mean_abs_error=float(diff.mean()) if diff.size else 0.0,
         agreement=agreement,
         samples=len(reference),
         tolerance=tolerance,
         min_agreement=min_agreement,
         precision=precision,
+        nonfinite=nonfinite,
     )
 
 
@@ -86,6 +92,31 @@ PARITY_TOLERANCES: dict[Precision, tuple[float, float]] = {
     "fp16": (1e-2, 0.99),
     "int8": (0.1, 0.97),
 }
+# The scale a relative tolerance multiplies is capped here: float32 holds integers exactly
+# only up to 2**24, so outputs beyond it (int64 or bool weights cast to float, a broken
+# model) cannot widen the allowed error to match (1e-3 of 8.7e18 would pass 2e15 errors).
+MAX_TOLERANCE_SCALE = float(2**24)
+
+
+def output_errors(reference: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """(absolute errors where both are finite, how many values are non-finite in one and
+    not equal in the other, the largest finite |reference|)."""
+    ref = reference.astype(np.float64)
+    act = actual.astype(np.float64)
+    finite = np.isfinite(ref) & np.isfinite(act)
+    nonfinite = int((~finite & (ref != act)).sum())  # equal infinities agree; NaN never
+    diff = np.abs(ref[finite] - act[finite])
+    scale = float(np.abs(ref[finite]).max()) if diff.size else 0.0
+    return diff, nonfinite, scale
+
+
+def tolerance_for(precision: Precision, scale: float, *, exact: bool = False) -> float:
+    """The max abs error allowed for outputs whose largest |value| is ``scale``: none for
+    integer outputs (``exact``), else the precision's fraction of the capped scale."""
+    if exact:
+        return 0.0
+    relative = PARITY_TOLERANCES[precision][0]
+    return relative * (min(scale, MAX_TOLERANCE_SCALE) or 1.0)
 
 
 def model_precision(model: nn.Module) -> Precision:
@@ -103,9 +134,11 @@ def model_precision(model: nn.Module) -> Precision:
 class ParityCheck:
     """ONNX Runtime against torch, batch by batch (outputs of any size are never kept).
 
-    The allowed error is a fraction of the largest |torch output| (by ``precision``);
-    top-1 agreement is checked only where the output's top-1 is a decision
-    (``decisions``: class or token logits, not embeddings).
+    The allowed error is a fraction (by ``precision``) of the largest |torch output|,
+    capped at :data:`MAX_TOLERANCE_SCALE`; integer or bool outputs must match exactly, and
+    a NaN or infinity in one output that the other does not have fails the check. Top-1
+    agreement is checked only where the output's top-1 is a decision (``decisions``:
+    class or token logits, not embeddings).
 
     >>> check = ParityCheck("int8", decisions=True)               # doctest: +SKIP
     >>> check.update(torch_batch, ort_batch); check.result().ok
@@ -118,18 +151,21 @@ class ParityCheck:
             )
         self.precision = precision
         self.decisions = decisions
+        self.exact = False
         self.max_error = self.error_sum = self.scale = 0.0
-        self.values = self.agree = self.rows = self.samples = 0
+        self.values = self.agree = self.rows = self.samples = self.nonfinite = 0
 
     def update(self, reference: np.ndarray, actual: np.ndarray) -> None:
         if reference.shape != actual.shape:
             raise CompressKitError(
                 f"ONNX output shape {actual.shape} differs from torch's {reference.shape}"
             )
-        diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
+        self.exact = self.exact or reference.dtype.kind in "biu"
+        diff, nonfinite, scale = output_errors(reference, actual)
+        self.nonfinite += nonfinite
         if diff.size:
             self.max_error = max(self.max_error, float(diff.max()))
-            self.scale = max(self.scale, float(np.abs(reference).max()))
+            self.scale = max(self.scale, scale)
         self.error_sum += float(diff.sum())
         self.values += diff.size
         self.samples += len(reference)
@@ -139,15 +175,16 @@ class ParityCheck:
             self.rows += same.size
 
     def result(self) -> Parity:
-        relative, min_agreement = PARITY_TOLERANCES[self.precision]
+        min_agreement = PARITY_TOLERANCES[self.precision][1]
         return Parity(
             max_abs_error=self.max_error,
             mean_abs_error=self.error_sum / max(self.values, 1),
             agreement=self.agree / self.rows if self.rows else 1.0,
             samples=self.samples,
-            tolerance=relative * (self.scale or 1.0),
+            tolerance=tolerance_for(self.precision, self.scale, exact=self.exact),
             min_agreement=min_agreement if self.decisions else 0.0,
             precision=self.precision,
+            nonfinite=self.nonfinite,
         )
 
 
@@ -196,6 +233,7 @@ def parity_tolerance(precision: Precision | bool, reference: np.ndarray) -> tupl
         precision = "int8" if precision else "fp32"
     if precision not in PARITY_TOLERANCES:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PARITY_TOLERANCES)}")
-    relative, min_agreement = PARITY_TOLERANCES[precision]
-    scale = float(np.abs(reference).max()) or 1.0
-    return relative * scale, min_agreement
+    finite = reference[np.isfinite(reference)] if reference.dtype.kind == "f" else reference
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    exact = reference.dtype.kind in "biu"
+    return tolerance_for(precision, scale, exact=exact), PARITY_TOLERANCES[precision][1]

@@ -1,21 +1,35 @@
 """Loading models: built-in examples, state dicts with an architecture factory, full
-pickles on explicit opt-in, Hugging Face directories, and compresskit's own saved models."""
+pickles on explicit opt-in, Hugging Face directories, and compresskit's own saved models.
+
+Loading runs no code the user did not name: a pickle only with ``trust_pickle``; the
+architecture factory a compresskit file records only when the user names it (``arch``) or
+allows it (``trust_factory``), unless it is a module class of compresskit itself; a Hugging
+Face directory never with ``trust_remote_code``, and a ``pytorch_model.bin`` holding pickled
+objects not at all.
+"""
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError, MissingDependencyError, first_line
-from compresskit.imports import import_object
+from compresskit.imports import call_factory
 from compresskit.models.checkpoint import RestoreError, is_saved_model, restore_model
 from compresskit.models.examples import EXAMPLES, load_example
+from compresskit.models.reading import (
+    check_finite,
+    load_strict,
+    pickle_refusal,
+    pickled_globals,
+    read_checkpoint,
+    state_dict_of,
+)
+from compresskit.paths import regular_file
 
 DEFAULT_CHECKPOINT = "example:digits-cnn"
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -37,6 +51,7 @@ class LoadedModel:
         if isinstance(model, LoadedModel):
             return model
         if isinstance(model, nn.Module):
+            check_finite(model, "the model")
             return cls(model.eval(), {"kind": "python"})
         return load_model(model)
 
@@ -55,13 +70,26 @@ class LoadedModel:
 
 
 def load_model(
-    checkpoint: str | Path | None = None, *, arch: str | None = None, trust_pickle: bool = False
+    checkpoint: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    trust_factory: bool = False,
 ) -> LoadedModel:
-    """Load ``checkpoint``; see the module docstring for the accepted forms.
+    """Load ``checkpoint``; see the module docstring for the accepted forms and for what
+    ``trust_pickle`` and ``trust_factory`` allow.
 
     >>> load_model("example:digits-cnn").model                    # doctest: +SKIP
     >>> load_model("weights.pt", arch="mypkg.nets:resnet18")       # doctest: +SKIP
     """
+    loaded = _load(checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory)
+    check_finite(loaded.model, f"checkpoint {loaded.describe()}")
+    return loaded
+
+
+def _load(
+    checkpoint: str | Path | None, *, arch: str | None, trust_pickle: bool, trust_factory: bool
+) -> LoadedModel:
     ref = str(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if ref.startswith("example:"):
         name = ref.removeprefix("example:")
@@ -74,32 +102,32 @@ def load_model(
             f"(built-in examples: {', '.join('example:' + n for n in EXAMPLES)})"
         )
     if path.is_dir():
-        return _load_hf(path)
+        return _load_hf(path, trust_pickle=trust_pickle)
+    regular_file(path, what="checkpoint")
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CompressKitError(
             f"checkpoint {path}: unknown file type {path.suffix!r}; expected one of "
             f"{', '.join(STATE_DICT_SUFFIXES)} or a Hugging Face model directory"
         )
-    obj = _read(path, trust_pickle=trust_pickle)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):
         return LoadedModel(obj.eval(), {"kind": "pickle", "path": str(path)})
     if isinstance(obj, dict) and is_saved_model(obj):
-        return _restore(obj, path, arch=arch)
-    state = _state_dict_of(obj, path)
+        return _restore(obj, path, arch=arch, trust_factory=trust_factory)
+    state = state_dict_of(obj, path)
     if arch is None:
         raise CompressKitError(
             f"checkpoint {path} is a state dict: give its architecture with "
             "--arch MODULE:FACTORY (a function returning the nn.Module)"
         )
     model = build_arch(arch)
-    _load_strict(model, state, path, arch)
+    load_strict(model, state, path, arch)
     return LoadedModel(model.eval(), {"kind": "arch", "factory": arch})
 
 
 def build_arch(spec: str) -> nn.Module:
     """Call the ``module:factory`` architecture and check it returns a module."""
-    factory = import_object(spec, what="--arch")
-    model = factory()
+    model = call_factory(spec, what="--arch")
     if not isinstance(model, nn.Module):
         raise CompressKitError(
             f"--arch {spec}: returned {type(model).__name__}, not a torch.nn.Module"
@@ -107,130 +135,147 @@ def build_arch(spec: str) -> nn.Module:
     return model
 
 
-def _read(path: Path, *, trust_pickle: bool) -> object:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own untyped errors
-            raise CompressKitError(
-                f"checkpoint {path}: not a readable safetensors file ({error})"
-            ) from None
-    if not _looks_like_torch_file(path):
-        raise CompressKitError(
-            f"checkpoint {path}: not a readable torch file (neither torch.save's zip format "
-            "nor a pickle)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as error:
-        if not trust_pickle and "weights_only" in str(error):
-            raise CompressKitError(
-                f"checkpoint {path} contains pickled Python objects (a full model?); loading it "
-                "runs code from the file: pass --trust-pickle only if you trust its source"
-            ) from None
-        raise CompressKitError(f"checkpoint {path}: not a readable torch file ({error})") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CompressKitError(
-            f"checkpoint {path}: not a readable torch file ({first_line(error)})"
-        ) from None
-
-
-def _looks_like_torch_file(path: Path) -> bool:
-    import zipfile
-
-    with path.open("rb") as f:
-        first = f.read(1)
-    return zipfile.is_zipfile(path) or first == b"\x80"  # zip, or a pickle's PROTO opcode
-
-
-def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if (
-                isinstance(inner, dict)
-                and inner
-                and all(isinstance(v, torch.Tensor) for v in inner.values())
-            ):
-                return inner
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise CompressKitError(
-        f"checkpoint {path}: holds a {type(obj).__name__}, not a state dict or model; save "
-        "it with torch.save(model.state_dict(), path)"
-    )
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if wrong:
-        k = wrong[0]
-        problems.append(
-            f"{k} is {tuple(state[k].shape)} in the file but {tuple(expected[k].shape)} in the "
-            f"architecture" + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
-        )
-    if problems:
-        raise CompressKitError(
-            f"checkpoint {path} does not match --arch {arch}: {'; '.join(problems)}; "
-            "check that the factory builds the same architecture the weights were saved from"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def _few(keys: list[str]) -> str:
-    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-
-def _restore(payload: dict[str, Any], path: Path, *, arch: str | None) -> LoadedModel:
-    source = payload["source"]
+def _restore(
+    payload: dict[str, Any], path: Path, *, arch: str | None, trust_factory: bool
+) -> LoadedModel:
+    raw = payload.get("source")
+    source: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    kind = source.get("kind")
     build: Callable[[], nn.Module]
-    if source["kind"] == "example":
+    if kind == "example" and source.get("name") in EXAMPLES:
         build = EXAMPLES[source["name"]].build
-    elif source["kind"] == "arch":
-        factory = arch or source["factory"]
+    elif kind == "arch":
+        factory = _consented_factory(source, path, arch=arch, trust_factory=trust_factory)
 
         def build() -> nn.Module:
             return build_arch(factory)
-    elif source["kind"] == "hf":
+    elif kind == "hf" and isinstance(source.get("config"), dict):
         build = _hf_builder(source)
+    elif kind in ("pickle", "python"):
+        raise CompressKitError(
+            f"checkpoint {path}: saved from a {kind} model, which cannot be rebuilt "
+            "from data alone; load the .onnx file instead"
+        )
     else:
         raise CompressKitError(
-            f"checkpoint {path}: saved from a {source['kind']} model, which cannot be rebuilt "
-            "from data alone; load the .onnx file instead"
+            f"checkpoint {path}: a compresskit model file whose source is unreadable "
+            f"({_short(raw)}); re-save it with compresskit.save_model"
         )
     try:
         model = restore_model(payload, build)
-    except (ValueError, RuntimeError, RestoreError) as error:
+    except RestoreError as error:
         raise CompressKitError(f"checkpoint {path}: cannot restore ({error})") from None
-    default = EXAMPLES[source["name"]].data if source["kind"] == "example" else None
+    except CompressKitError:
+        raise
+    except Exception as error:  # a damaged structure or state dict in the file
+        raise CompressKitError(f"checkpoint {path}: cannot restore ({first_line(error)})") from None
+    default = EXAMPLES[source["name"]].data if kind == "example" else None
     return LoadedModel(model, source, default)
 
 
-def _load_hf(path: Path) -> LoadedModel:
-    if not (path / "config.json").is_file():
+def _short(value: object) -> str:
+    import reprlib
+
+    return reprlib.repr(value)
+
+
+def _consented_factory(
+    source: dict[str, Any], path: Path, *, arch: str | None, trust_factory: bool
+) -> str:
+    """The factory to rebuild a saved model with: the one the user names, else the one the
+    file records when the user allows it (or it is a module class of compresskit)."""
+    if arch is not None:
+        return arch
+    recorded = source.get("factory")
+    if not isinstance(recorded, str) or ":" not in recorded:
+        raise CompressKitError(
+            f"checkpoint {path}: records no usable architecture factory; give it with "
+            "--arch MODULE:FACTORY"
+        )
+    if trust_factory or _compresskit_module_class(recorded):
+        return recorded
+    raise CompressKitError(
+        f"checkpoint {path}: rebuilding it would run {recorded}, the architecture factory "
+        f"the file names; if you trust that code pass --arch {recorded} (or --trust-factory)"
+    )
+
+
+def _compresskit_module_class(spec: str) -> bool:
+    """An ``nn.Module`` class defined in compresskit itself (the test and example models):
+    importing our own package runs nothing foreign."""
+    import importlib
+
+    module_ref, _, attr = spec.rpartition(":")
+    if not module_ref.startswith("compresskit.") or module_ref.endswith(".py"):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module_ref), attr, None)
+    except ImportError:
+        return False
+    return (
+        isinstance(obj, type)
+        and issubclass(obj, nn.Module)
+        and (obj.__module__ == "compresskit" or obj.__module__.startswith("compresskit."))
+    )
+
+
+def _load_hf(path: Path, *, trust_pickle: bool = False) -> LoadedModel:
+    import json
+
+    config_path = path / "config.json"
+    if not config_path.is_file():
         raise CompressKitError(
             f"checkpoint {path} is a directory without config.json; give a Hugging Face model "
             "directory (save_pretrained) or a file"
         )
     try:
+        config = json.loads(regular_file(config_path, what="checkpoint").read_text("utf-8"))
+    except (ValueError, OSError) as error:
+        raise CompressKitError(
+            f"checkpoint {config_path}: not valid JSON ({first_line(error)}); "
+            "re-save the model with save_pretrained"
+        ) from None
+    if not isinstance(config, dict):
+        raise CompressKitError(f"checkpoint {config_path}: expected a JSON object")
+    _check_hf_weights(path, trust_pickle=trust_pickle)
+    try:
         from transformers import AutoModel
     except ImportError:
         raise MissingDependencyError("transformers", "hf", "loading a Hugging Face model") from None
-    model = AutoModel.from_pretrained(str(path))
+    try:
+        # Never the directory's own Python code (auto_map): a model directory is data.
+        model = AutoModel.from_pretrained(str(path), trust_remote_code=False)
+    except (Exception, SystemExit) as error:
+        raise CompressKitError(
+            f"checkpoint {path}: transformers cannot load it ({first_line(error)})"
+        ) from None
     return LoadedModel(
         model.eval(),
         {"kind": "hf", "path": str(path), "config": model.config.to_dict()},
     )
+
+
+def _check_hf_weights(path: Path, *, trust_pickle: bool) -> None:
+    """Weights present, and none that transformers would have to unpickle objects from."""
+    if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(path.glob("pytorch_model*.bin"))
+    if not pickles:
+        raise CompressKitError(
+            f"checkpoint {path}: has config.json but no weights (model.safetensors or "
+            "pytorch_model.bin); save the model with save_pretrained"
+        )
+    for file in pickles:
+        found = pickled_globals(file)
+        if found is None:
+            raise CompressKitError(f"checkpoint {file}: not a readable torch file")
+        if found:
+            # transformers reads .bin files with weights_only: no flag can make it run the
+            # objects, so even --trust-pickle only gets the advice.
+            fix = "re-save the model as safetensors (save_pretrained)"
+            if trust_pickle:
+                fix = "transformers reads these files as weights only; " + fix
+            raise CompressKitError(pickle_refusal(file, found, fix))
 
 
 def _hf_builder(source: dict[str, Any]) -> Callable[[], nn.Module]:
@@ -243,7 +288,13 @@ def _hf_builder(source: dict[str, Any]) -> Callable[[], nn.Module]:
 
     def build() -> nn.Module:
         config = dict(source["config"])
-        config_class = AutoConfig.for_model(config.pop("model_type"))
-        return AutoModel.from_config(type(config_class).from_dict(config))  # type: ignore[no-any-return]
+        try:
+            config_class = AutoConfig.for_model(config.pop("model_type"))
+            hf_config = type(config_class).from_dict(config)
+            return AutoModel.from_config(hf_config, trust_remote_code=False)  # type: ignore[no-any-return]
+        except (Exception, SystemExit) as error:
+            raise CompressKitError(
+                f"the saved Hugging Face config cannot be rebuilt ({first_line(error)})"
+            ) from None
 
     return build

@@ -90,10 +90,10 @@ class DistillConfig(PassConfig):
         return frozenset({DataNeed.TRAIN})
 
 
-def load_teacher(path: str) -> nn.Module:
+def load_teacher(path: str, *, trust_factory: bool = False) -> nn.Module:
     from compresskit.models.loading import load_model
 
-    teacher = load_model(path).model
+    teacher = load_model(path, trust_factory=trust_factory).model
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher.eval()
@@ -137,7 +137,11 @@ class Distill(Pass[DistillConfig]):
         check_losses(specs, config, task)
         monitor = task.monitor(config.train.monitor, what="distill")
         needs_teacher = any(spec.kind != "task" for spec in specs)
-        teacher = load_teacher(config.teacher) if config.teacher else ctx.teacher
+        teacher = (
+            load_teacher(config.teacher, trust_factory=ctx.trust_factory)
+            if config.teacher
+            else ctx.teacher
+        )
         if teacher is None and needs_teacher:
             raise CompressKitError(
                 "distill: no teacher in the context; set teacher: PATH, or alpha: 1 to "

@@ -26,7 +26,11 @@ def policy_text(name_or_path: str | Path) -> tuple[str, str]:
         return entry.read_text(encoding="utf-8"), f"policies/{ref}.yaml"
     path = Path(ref)
     if not path.is_file():
-        kind = "a directory" if path.is_dir() else "no such file"
+        kind = (
+            "a directory"
+            if path.is_dir()
+            else ("not a regular file" if path.exists() else "no such file")
+        )
         raise CompressKitError(
             f"policy {ref!r}: {kind}, and not a built-in policy "
             f"({', '.join(builtin_policy_names())}); see `compresskit policies list`"

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compresskit.errors import CompressKitError
 from compresskit.kinds import module_kind
 from compresskit.quantization.calibration import choose_range
 from compresskit.quantization.observers import CalibrationMethod, observer_for, sample_values
@@ -103,8 +104,14 @@ class ActQuant(nn.Module):
             self.scale.copy_(self.tied_to.scale)
             self.zero_point.copy_(self.tied_to.zero_point)
             return
-        if not torch.isfinite(self.min_val):
+        seen_low, seen_high = float(self.min_val), float(self.max_val)
+        if seen_low == math.inf and seen_high == -math.inf:
             raise RuntimeError("activation observer saw no data; run calibration first")
+        if not (math.isfinite(seen_low) and math.isfinite(seen_high)):
+            raise CompressKitError(
+                "int8 calibration saw NaN or infinite activations; check the calibration data "
+                "and the model's weights for NaN/inf"
+            )
         low, high = choose_range(self, self.samples)
         self.samples = []
         self._set_range(low, high)
@@ -216,6 +223,11 @@ class _QuantMixin:
 
     @torch.no_grad()
     def freeze_(self) -> None:
+        if not bool(torch.isfinite(self.weight).all()):
+            raise CompressKitError(
+                "int8 quantization found NaN or infinite weights (training diverged?); "
+                "lower the learning rate or check the model's weights"
+            )
         self.w_scale.copy_(symmetric_scale(self.weight))
 
     def _fake_quant_weight(self) -> torch.Tensor:

@@ -98,9 +98,11 @@ def test_compress_writes_a_complete_run_directory(inputs: dict[str, Path], tmp_p
         str(out),
         "--latency-seconds",
         "0.05",
+        "--json",
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
+    assert json.loads(result.stdout) == report  # --json: the report alone on stdout
     assert report["schema_version"] == 3
     assert [c["name"] for c in report["candidates"]] == ["int8", "only-int8"]
     # the machine-readable verdict, per candidate and for the run

@@ -33,6 +33,18 @@ def test_npz(tmp_path: Path) -> None:
     assert len(bundle.eval) == 20
 
 
+def test_npz_token_ids_stay_integers_and_images_become_floats(tmp_path: Path) -> None:
+    ids = np.random.default_rng(0).integers(0, 30_000, (40, 12))
+    np.savez(tmp_path / "t.npz", x=ids, y=np.arange(40) % 2)
+    tokens = load_data(str(tmp_path / "t.npz"))
+    assert tokens.train.tensors[0].dtype == torch.int64
+    assert set(tokens.train.tensors[0].flatten().tolist()) <= set(ids.flatten().tolist())
+    pixels = np.full((40, 1, 4, 4), 200, dtype=np.uint8)
+    np.savez(tmp_path / "p.npz", x=pixels, y=np.arange(40) % 2)
+    images = load_data(str(tmp_path / "p.npz"))
+    assert images.train.tensors[0].dtype == torch.float32
+
+
 def test_npz_missing_arrays(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", inputs=np.zeros((3, 2)))
     with pytest.raises(CompressKitError, match=r"missing array\(s\) \['x', 'y'\]"):
