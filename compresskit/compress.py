@@ -11,7 +11,7 @@ import datetime as dt
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from compresskit.bench.probe import measure_p50
 from compresskit.bench.report import Report
 from compresskit.bench.verdict import judge
 from compresskit.context import Context
-from compresskit.data import DataBundle, load_data
+from compresskit.data import Columns, DataBundle, load_data
 from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
 from compresskit.evaluation import evaluate_models
@@ -33,6 +33,7 @@ from compresskit.export.onnx import Exporter
 from compresskit.models.loading import LoadedModel, load_model
 from compresskit.pipeline import Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
+from compresskit.tasks import get_task
 from compresskit.training import distributed
 
 
@@ -54,9 +55,11 @@ def run(
     seed: int = 0,
     exporter: Exporter = "auto",
     latency_seconds: float = 1.0,
+    columns: Columns | None = None,
 ) -> RunResult:
     """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
     :class:`Pipeline` built in code) and measure every candidate against the baseline.
+    ``columns`` names the text and label columns of a table given as ``data``.
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
@@ -69,7 +72,7 @@ def run(
         policy = load_policy(policy)
     pipeline = pipeline_of(policy, where=f"policy {policy.name}")
     loaded = LoadedModel.of(model)
-    bundle = _bundle(data, loaded, seed)
+    bundle = _bundle(data, loaded, seed, columns, policy.sequence_length)
     torch.manual_seed(seed)
     bundle.check_model(loaded.model)
     teacher = _teacher(policy, loaded)
@@ -110,16 +113,34 @@ def run(
     return RunResult(report, models, final)
 
 
-def _bundle(data: DataBundle | str | None, loaded: LoadedModel, seed: int) -> DataBundle:
+def _bundle(
+    data: DataBundle | str | None,
+    loaded: LoadedModel,
+    seed: int,
+    columns: Columns | None,
+    sequence_length: int | None,
+) -> DataBundle:
     if isinstance(data, DataBundle):
         return data
     spec = data or loaded.default_data
     if spec is None:
         raise CompressKitError(
             "no data given and the model has no default dataset: pass --data "
-            "(digits, fashion-mnist, a .npz file or module:factory)"
+            "(digits, fashion-mnist, a .npz file, a .csv of texts, an image folder or "
+            "module:factory)"
         )
-    return load_data(spec, seed=seed)
+    bundle = load_data(
+        spec,
+        seed=seed,
+        preprocessing=loaded.preprocessing,
+        columns=columns,
+        sequence_length=sequence_length,
+    )
+    task = loaded.source.get("task")  # a Hugging Face model says what it computes
+    if isinstance(task, str) and task != bundle.task:
+        labelled = get_task(task).labelled
+        bundle = replace(bundle, task=task, num_classes=bundle.num_classes if labelled else None)
+    return bundle
 
 
 def _teacher(policy: Policy, loaded: LoadedModel) -> nn.Module:

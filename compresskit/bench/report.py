@@ -153,6 +153,9 @@ class Entry(_Model):
     )
     steps: list[StepEntry] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(
+        default_factory=list, description="what the run could not write or do for it"
+    )
     verdict: Verdict | None = Field(default=None, description="None for the baseline")
 
     @property

@@ -46,7 +46,21 @@ def cli() -> None:
 @click.option(
     "--policy", default="default", show_default=True, help="Built-in policy name or YAML file."
 )
-@click.option("--data", "data_spec", help="digits, fashion-mnist, FILE.npz or MODULE:FACTORY.")
+@click.option(
+    "--data",
+    "data_spec",
+    help="digits, fashion-mnist, FILE.npz, a .csv/.jsonl/.parquet of texts and labels, a "
+    "folder of class folders of images, or MODULE:FACTORY.",
+)
+@click.option("--text-column", help="Column of a --data table holding the text (default: text).")
+@click.option(
+    "--label-column", help="Column of a --data table holding the label (default: label)."
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "embedding"]),
+    help="What a Hugging Face model computes (default: its config's architecture).",
+)
 @click.option("--arch", help="MODULE:FACTORY building the architecture of a state-dict checkpoint.")
 @click.option(
     "--trust-pickle",
@@ -93,6 +107,9 @@ def compress(
     checkpoint: str | None,
     policy: str,
     data_spec: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    task: str | None,
     arch: str | None,
     trust_pickle: bool,
     out: Path | None,
@@ -109,6 +126,7 @@ def compress(
     """
     from compresskit.cli.tables import print_report
     from compresskit.compress import run
+    from compresskit.data import Columns
     from compresskit.models.loading import load_model
     from compresskit.policies import load_policy
     from compresskit.training import distributed
@@ -121,7 +139,7 @@ def compress(
         return
     with distributed.session(backend) as world:
         loaded_policy = load_policy(policy)
-        loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        loaded = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle, task=task)
         result = run(
             loaded_policy,
             model=loaded,
@@ -130,6 +148,7 @@ def compress(
             seed=seed,
             exporter=exporter,  # type: ignore[arg-type]
             latency_seconds=latency_seconds,
+            columns=Columns(text_column, label_column),
         )
     if world.is_main:
         print_report(result.report)

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.errors import CompressKitError, MissingDependencyError, first_line
+from compresskit.data.preprocessing import Preprocessing
+from compresskit.errors import CompressKitError, first_line
 from compresskit.imports import import_object
 from compresskit.models.checkpoint import RestoreError, is_saved_model, restore_model
 from compresskit.models.examples import EXAMPLES, load_example
@@ -29,6 +30,8 @@ class LoadedModel:
     source: dict[str, Any]
     default_data: str | None = None
     notes: list[str] = field(default_factory=list)
+    # How raw text or images become its inputs (a Hugging Face tokenizer or processor).
+    preprocessing: Preprocessing | None = None
 
     @classmethod
     def of(cls, model: LoadedModel | nn.Module | str | Path | None) -> LoadedModel:
@@ -55,7 +58,11 @@ class LoadedModel:
 
 
 def load_model(
-    checkpoint: str | Path | None = None, *, arch: str | None = None, trust_pickle: bool = False
+    checkpoint: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    task: str | None = None,
 ) -> LoadedModel:
     """Load ``checkpoint``; see the module docstring for the accepted forms.
 
@@ -74,7 +81,7 @@ def load_model(
             f"(built-in examples: {', '.join('example:' + n for n in EXAMPLES)})"
         )
     if path.is_dir():
-        return _load_hf(path)
+        return _load_hf(path, task)
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CompressKitError(
             f"checkpoint {path}: unknown file type {path.suffix!r}; expected one of "
@@ -202,7 +209,9 @@ def _restore(payload: dict[str, Any], path: Path, *, arch: str | None) -> Loaded
         def build() -> nn.Module:
             return build_arch(factory)
     elif source["kind"] == "hf":
-        build = _hf_builder(source)
+        from compresskit.models.hf import builder
+
+        build = builder(source)
     else:
         raise CompressKitError(
             f"checkpoint {path}: saved from a {source['kind']} model, which cannot be rebuilt "
@@ -216,34 +225,15 @@ def _restore(payload: dict[str, Any], path: Path, *, arch: str | None) -> Loaded
     return LoadedModel(model, source, default)
 
 
-def _load_hf(path: Path) -> LoadedModel:
+def _load_hf(path: Path, task: str | None) -> LoadedModel:
     if not (path / "config.json").is_file():
         raise CompressKitError(
             f"checkpoint {path} is a directory without config.json; give a Hugging Face model "
             "directory (save_pretrained) or a file"
         )
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise MissingDependencyError("transformers", "hf", "loading a Hugging Face model") from None
-    model = AutoModel.from_pretrained(str(path))
+    from compresskit.models.hf import load_hf_directory
+
+    loaded = load_hf_directory(path, task=task)
     return LoadedModel(
-        model.eval(),
-        {"kind": "hf", "path": str(path), "config": model.config.to_dict()},
+        loaded.model, loaded.source, notes=loaded.notes, preprocessing=loaded.preprocessing
     )
-
-
-def _hf_builder(source: dict[str, Any]) -> Callable[[], nn.Module]:
-    try:
-        from transformers import AutoConfig, AutoModel
-    except ImportError:
-        raise MissingDependencyError(
-            "transformers", "hf", "restoring a Hugging Face model"
-        ) from None
-
-    def build() -> nn.Module:
-        config = dict(source["config"])
-        config_class = AutoConfig.for_model(config.pop("model_type"))
-        return AutoModel.from_config(type(config_class).from_dict(config))  # type: ignore[no-any-return]
-
-    return build

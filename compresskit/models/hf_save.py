@@ -1,0 +1,119 @@
+"""A compressed Hugging Face model written back as a Hugging Face directory: a config with
+the new sizes, safetensors weights and the tokenizer or image processor, which
+``from_pretrained`` reloads with no compresskit code.
+
+The config says what changed where it can: the number of layers (depth pruning) and a
+feed-forward width that every layer shares (channel pruning). Quantized layers are
+written as the float layers they replace, holding the weights as int8 rounds them (the
+int8 model itself is ``model.onnx``). Conv1D layers go back to their transposed layout.
+What a config cannot express (a different head count per layer, per-layer FFN widths)
+is refused with the reason; ``model.pt`` and ``model.onnx`` still hold the model.
+
+>>> reason = save_hf_directory(candidate, run_dir / "pruned" / "hf")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compresskit.errors import first_line
+from compresskit.models.hf import HuggingFaceModel
+
+# model type -> (the config field of the feed-forward width, its first layer's name suffix)
+FFN_WIDTH = {
+    "bert": ("intermediate_size", "intermediate.dense"),
+    "roberta": ("intermediate_size", "intermediate.dense"),
+    "xlm-roberta": ("intermediate_size", "intermediate.dense"),
+    "vit": ("intermediate_size", "intermediate.dense"),
+    "distilbert": ("hidden_dim", "ffn.lin1"),
+    "gpt2": ("n_inner", "mlp.c_fc"),
+}
+
+
+def _weight(module: nn.Module, attr: str) -> torch.Tensor:
+    """The float value of ``module.attr`` as the compressed model computes with it."""
+    fake_quant = getattr(module, "_fake_quant_weight", None)
+    if attr == "weight" and callable(fake_quant):
+        return fake_quant().detach()  # type: ignore[no-any-return]
+    value = getattr(module, attr)
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _config(wrapper: HuggingFaceModel) -> Any:  # noqa: ANN401
+    """A copy of the model's config with its layer count and FFN width as pruned."""
+    inner = wrapper.model
+    config = copy.deepcopy(inner.config)
+    fresh = type(inner)(copy.deepcopy(inner.config))
+    for name, module in inner.named_modules():
+        if isinstance(module, nn.ModuleList) and name:
+            built = fresh.get_submodule(name)
+            if isinstance(built, nn.ModuleList) and len(built) != len(module):
+                config.num_hidden_layers = len(module)
+    field_suffix = FFN_WIDTH.get(config.model_type)
+    if field_suffix is not None:
+        field, suffix = field_suffix
+        widths = {
+            m.out_features
+            for n, m in inner.named_modules()
+            if n.endswith(suffix) and isinstance(m, nn.Linear)
+        }
+        if len(widths) == 1:
+            setattr(config, field, widths.pop())
+    return config
+
+
+def hf_state(wrapper: HuggingFaceModel, fresh: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict ``fresh`` (a float build of the same class) takes, from ``wrapper``."""
+    compressed = dict(wrapper.model.named_modules())
+    state = {}
+    for key, expected in fresh.state_dict().items():
+        owner, _, attr = key.rpartition(".")
+        module = compressed.get(owner)
+        if module is None or not hasattr(module, attr):
+            state[key] = expected  # e.g. a buffer built from the config (position ids)
+            continue
+        value = _weight(module, attr).float()
+        if owner in wrapper.conv1d and attr == "weight":
+            value = value.t()
+        state[key] = value.contiguous()
+    return state
+
+
+def save_hf_directory(wrapper: HuggingFaceModel, directory: Path) -> str | None:
+    """Write ``wrapper`` as a Hugging Face directory; None when written, else why not."""
+    config = _config(wrapper)
+    inner = wrapper.model
+    try:
+        fresh = type(inner)(copy.deepcopy(config)).eval()
+        fresh.load_state_dict(hf_state(wrapper, fresh), strict=True)
+    except RuntimeError as error:
+        return (
+            f"its sizes do not fit a {type(config).__name__} "
+            f"(a head count or FFN width that differs by layer?): {first_line(error, limit=160)}"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        fresh.save_pretrained(str(tmp), safe_serialization=True)
+        preprocessing = wrapper.preprocessing
+        for maker in (
+            getattr(preprocessing, "tokenizer", None),
+            getattr(preprocessing, "image_processor", None),
+        ):
+            if maker is not None:
+                maker.save_pretrained(str(tmp))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return None
