@@ -22,7 +22,7 @@ from compresskit.bench.harness import measure_entries
 from compresskit.bench.measurement import machine_info
 from compresskit.bench.output import write_reports
 from compresskit.bench.probe import measure_p50
-from compresskit.bench.report import Report
+from compresskit.bench.report import FailedCandidate, Report
 from compresskit.bench.verdict import judge
 from compresskit.context import Context
 from compresskit.data import Columns, DataBundle, load_data
@@ -31,7 +31,8 @@ from compresskit.errors import CompressKitError
 from compresskit.evaluation import evaluate_models
 from compresskit.export.onnx import Exporter
 from compresskit.models.loading import LoadedModel, load_model
-from compresskit.pipeline import Candidate, Pipeline, run_pipeline
+from compresskit.models.size import position_limit
+from compresskit.pipeline import BranchFailure, Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
 from compresskit.tasks import get_task
 from compresskit.training import distributed
@@ -88,7 +89,8 @@ def run(
     if world.is_main and final.exists() and any(final.iterdir()):
         raise CompressKitError(f"--out {final} exists and is not empty; choose another directory")
     # Every rank runs every pass (training passes together, through DDP) ...
-    candidates = run_pipeline(pipeline, loaded.model, ctx)
+    failures: list[BranchFailure] = []
+    candidates = run_pipeline(pipeline, loaded.model, ctx, failures=failures)
 
     def write_outputs() -> Report:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,12 @@ def run(
             report = _evaluate(
                 policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds
             )
+            report.failed = [
+                FailedCandidate(name=name, node=f.node, pass_name=f.pass_name, error=f.error)
+                for f in failures
+                for name in f.candidates
+            ]
+            report = judge(report, policy.budget)
             report.seconds = time.perf_counter() - started
             write_reports(report, tmp)
             if final.exists():
@@ -189,6 +197,7 @@ def _evaluate(
         sequence_length=policy.sequence_length,
         max_seconds=latency_seconds,
         dynamic_sequence=bundle.dynamic_sequence,
+        max_sequence_length=position_limit(loaded.model),
     )
     baseline, *rest = entries
     report = Report(
@@ -207,5 +216,6 @@ def _evaluate(
         backend=distributed.current().backend,
         baseline=baseline,
         candidates=rest,
+        labels=list(bundle.labels) if bundle.labels else None,
     )
-    return judge(report, policy.budget)
+    return report

@@ -169,6 +169,19 @@ class Entry(_Model):
         )
 
 
+class FailedCandidate(_Model):
+    """A candidate the run could not make: the node that failed, its pass and why."""
+
+    name: str
+    node: str
+    pass_name: str
+    error: str = Field(description="one line: what failed and how to get past it")
+
+    @property
+    def line(self) -> str:
+        return f"FAILED in node {self.node!r} ({self.pass_name}): {self.error}"
+
+
 class Report(_Model):
     """What ``compresskit compress`` measured; ``report.json`` in the run directory."""
 
@@ -193,6 +206,12 @@ class Report(_Model):
     machine: dict[str, Any] = Field(default_factory=dict)
     baseline: Entry
     candidates: list[Entry]
+    failed: list[FailedCandidate] = Field(
+        default_factory=list, description="candidates whose branch failed (not measured)"
+    )
+    labels: list[str] | None = Field(
+        default=None, description="class names by label id, when the data named its classes"
+    )
     verdict: RunVerdict | None = None
 
     @field_validator("task")

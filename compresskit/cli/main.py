@@ -53,9 +53,7 @@ def cli() -> None:
     "folder of class folders of images, or MODULE:FACTORY.",
 )
 @click.option("--text-column", help="Column of a --data table holding the text (default: text).")
-@click.option(
-    "--label-column", help="Column of a --data table holding the label (default: label)."
-)
+@click.option("--label-column", help="Column of a --data table holding the label (default: label).")
 @click.option(
     "--task",
     type=click.Choice(["classification", "embedding"]),

@@ -43,6 +43,16 @@ CAUSAL_TYPES = frozenset(
 )
 # Position tables that start after the padding index (fairseq's convention).
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+# model type -> (config field of the feed-forward width, name suffixes of its first and
+# second layer): the one width channel pruning may change and the config still express.
+FFN_LAYERS = {
+    "bert": ("intermediate_size", "intermediate.dense", "output.dense"),
+    "roberta": ("intermediate_size", "intermediate.dense", "output.dense"),
+    "xlm-roberta": ("intermediate_size", "intermediate.dense", "output.dense"),
+    "vit": ("intermediate_size", "intermediate.dense", "output.dense"),
+    "distilbert": ("hidden_dim", "ffn.lin1", "ffn.lin2"),
+    "gpt2": ("n_inner", "mlp.c_fc", "mlp.c_proj"),
+}
 # Head class name suffix -> the task it computes.
 HEAD_TASKS = {
     "ForSequenceClassification": "classification",
@@ -102,6 +112,16 @@ class HuggingFaceModel(nn.Module):
     @property
     def config(self) -> Any:  # noqa: ANN401
         return self.model.config
+
+    def fixed_widths(self) -> list[str]:
+        """Linear layers whose output width the config fixes: every one but the first
+        layer of each feed-forward block (all of them for an unknown model type)."""
+        ffn = FFN_LAYERS.get(self.config.model_type)
+        return [
+            name
+            for name, module in self.named_modules()
+            if isinstance(module, nn.Linear) and not (ffn and name.endswith("." + ffn[1]))
+        ]
 
     def additive_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(batch, 1, 1 or length, length): 0 where a position may be attended, -1e4 where not."""

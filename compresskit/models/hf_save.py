@@ -24,18 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.errors import first_line
-from compresskit.models.hf import HuggingFaceModel
-
-# model type -> (the config field of the feed-forward width, its first layer's name suffix)
-FFN_WIDTH = {
-    "bert": ("intermediate_size", "intermediate.dense"),
-    "roberta": ("intermediate_size", "intermediate.dense"),
-    "xlm-roberta": ("intermediate_size", "intermediate.dense"),
-    "vit": ("intermediate_size", "intermediate.dense"),
-    "distilbert": ("hidden_dim", "ffn.lin1"),
-    "gpt2": ("n_inner", "mlp.c_fc"),
-}
+from compresskit.models.hf import FFN_LAYERS, HuggingFaceModel
 
 
 def _weight(module: nn.Module, attr: str) -> torch.Tensor:
@@ -57,9 +46,9 @@ def _config(wrapper: HuggingFaceModel) -> Any:  # noqa: ANN401
             built = fresh.get_submodule(name)
             if isinstance(built, nn.ModuleList) and len(built) != len(module):
                 config.num_hidden_layers = len(module)
-    field_suffix = FFN_WIDTH.get(config.model_type)
-    if field_suffix is not None:
-        field, suffix = field_suffix
+    ffn = FFN_LAYERS.get(config.model_type)
+    if ffn is not None:
+        field, suffix, _ = ffn
         widths = {
             m.out_features
             for n, m in inner.named_modules()
@@ -91,14 +80,17 @@ def save_hf_directory(wrapper: HuggingFaceModel, directory: Path) -> str | None:
     """Write ``wrapper`` as a Hugging Face directory; None when written, else why not."""
     config = _config(wrapper)
     inner = wrapper.model
-    try:
-        fresh = type(inner)(copy.deepcopy(config)).eval()
-        fresh.load_state_dict(hf_state(wrapper, fresh), strict=True)
-    except RuntimeError as error:
+    fresh = type(inner)(copy.deepcopy(config)).eval()
+    state = hf_state(wrapper, fresh)
+    expected = fresh.state_dict()
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
         return (
-            f"its sizes do not fit a {type(config).__name__} "
-            f"(a head count or FFN width that differs by layer?): {first_line(error, limit=160)}"
+            f"{wrong[0]} is {tuple(state[wrong[0]].shape)} but a {type(config).__name__} "
+            f"builds {tuple(expected[wrong[0]].shape)} (a head count or width that differs "
+            "by layer has no config field)"
         )
+    fresh.load_state_dict(state, strict=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:

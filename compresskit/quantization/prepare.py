@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from compresskit.errors import CompressKitError
+from compresskit.models.attention import explicit_attention_
 from compresskit.quantization.modules import QUANT_TYPES, QuantConv2d, QuantLinear
 
 # Ops that keep a quantized tensor on the same (scale, zero point) grid.
@@ -100,11 +101,14 @@ def excluded(name: str, exclude: list[str]) -> bool:
 
 def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quantize") -> None:
     """Fail with the layer's name when a compute layer cannot be quantized (and is not
-    excluded), instead of leaving it float without a word."""
+    excluded), instead of leaving it float without a word. ``nn.MultiheadAttention`` is
+    supported: :func:`prepare` makes its projections explicit Linear layers."""
     for name, module in model.named_modules():
         if not name or excluded(name, exclude):
             continue
         reason = None
+        if isinstance(module, nn.MultiheadAttention):
+            continue
         if isinstance(module, _UNSUPPORTED):
             reason = f"is a {type(module).__name__}, which this pass cannot quantize"
         elif type(module) is nn.Conv2d and module.padding_mode != "zeros":
@@ -122,6 +126,12 @@ def prepare(model: nn.Module, *, exclude: list[str] | None = None) -> Preparatio
     exclude = exclude or []
     check_supported(model, exclude)
     result = Preparation()
+    explicit = explicit_attention_(model, keep=lambda name: excluded(name, exclude))
+    if explicit:
+        result.notes.append(
+            f"rewrote {len(explicit)} nn.MultiheadAttention with explicit q/k/v/out Linear "
+            "layers (quantized like any Linear)"
+        )
     model.eval()
     try:
         graph: _Graph | None = _Graph(model)
