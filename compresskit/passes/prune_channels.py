@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -32,6 +32,7 @@ from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
 from compresskit.passes.records import PruneChannelsRecord
 from compresskit.progress import status
+from compresskit.pruning.channels import run_torch_pruning
 from compresskit.pruning.criteria import CalibrationSet, channel_importance
 from compresskit.pruning.heads import (
     AttentionBlock,
@@ -48,7 +49,7 @@ from compresskit.pruning.scope import (
     prunable_widths,
 )
 from compresskit.pruning.sizing import SizeTarget
-from compresskit.pruning.tracing import describe, failing_module, unknown_parameter_owners
+from compresskit.pruning.tracing import describe, failing_module
 
 __all__ = ["PruneChannels", "PruneChannelsConfig", "classifier_name", "prunable_widths"]
 
@@ -294,7 +295,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             pruned = _copy_with_gradients(model)
             modules = dict(pruned.named_modules())
             torch.manual_seed(ctx.seed)
-            pruner = _run_torch_pruning(
+            pruner = run_torch_pruning(
                 pruned,
                 ctx.example_inputs,
                 importance=channel_importance(config.importance),
@@ -354,30 +355,6 @@ def _copy_with_gradients(model: nn.Module) -> nn.Module:
         if source.grad is not None:
             target.grad = source.grad.clone()
     return pruned
-
-
-def _run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) -> Any:
-    import torch_pruning as tp
-
-    # torch-pruning traces the graph through autograd, so gradients must be on.
-    with torch.enable_grad():
-        try:
-            pruner = tp.pruner.MetaPruner(model, example_inputs=example_inputs, **options)
-            pruner.step()
-        except CompressKitError:
-            raise
-        except Exception as error:
-            suspects = unknown_parameter_owners(model)
-            hint = (
-                f"likely {suspects[0]}, whose parameters it has no rule for; add it to `ignore`"
-                if suspects
-                else "add the module whose op fails to `ignore`"
-            )
-            raise CompressKitError(
-                f"prune_channels: torch-pruning could not trace or prune the model "
-                f"({describe(error)}); {hint}"
-            ) from None
-    return pruner
 
 
 def _check_result(model: nn.Module, example_inputs: tuple, amount: float) -> None:
