@@ -49,7 +49,7 @@ FFN_LAYERS = {
     "bert": ("intermediate_size", "intermediate.dense", "output.dense"),
     "roberta": ("intermediate_size", "intermediate.dense", "output.dense"),
     "xlm-roberta": ("intermediate_size", "intermediate.dense", "output.dense"),
-    "vit": ("intermediate_size", "intermediate.dense", "output.dense"),
+    "vit": ("intermediate_size", "mlp.fc1", "mlp.fc2"),
     "distilbert": ("hidden_dim", "ffn.lin1", "ffn.lin2"),
     "gpt2": ("n_inner", "mlp.c_fc", "mlp.c_proj"),
 }
@@ -249,6 +249,10 @@ def wrap(
     modality = _modality(config)
     causal = config.model_type in CAUSAL_TYPES or bool(getattr(config, "is_decoder", False))
     conv1d = conv1d_to_linear(model)
+    # No key/value cache: one forward over the whole sequence (a cache's concatenations
+    # are all torch-pruning and the exporters would see of it).
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
     return HuggingFaceModel(
         model,
         task=task,

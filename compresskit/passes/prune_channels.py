@@ -32,7 +32,7 @@ from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
 from compresskit.passes.records import PruneChannelsRecord
 from compresskit.progress import status
-from compresskit.pruning.channels import run_torch_pruning
+from compresskit.pruning.channels import check_traceable, run_torch_pruning
 from compresskit.pruning.criteria import CalibrationSet, channel_importance
 from compresskit.pruning.heads import (
     AttentionBlock,
@@ -157,11 +157,19 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 for name, m in probe.named_modules()
                 if isinstance(m, nn.RNNBase | nn.MultiheadAttention)
             ]
+            if isinstance(probe, HuggingFaceModel):
+                raise CompressKitError(
+                    f"prune_channels: no feed-forward layout known for Hugging Face model type "
+                    f"{probe.config.model_type!r}, and the other widths are fixed by its "
+                    "config; set attention: heads (no Hugging Face directory then) or use "
+                    "prune_transformer"
+                )
             raise CompressKitError(
                 "prune_channels: no conv or linear layer to prune outside the ignored ones"
                 + (f"; it cannot prune {', '.join(others[:3])}" if others else "")
                 + "; remove the prune node or narrow `ignore`"
             )
+        check_traceable(probe, ctx.example_inputs)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

@@ -45,6 +45,28 @@ def _feeding(pruner: Any, layer: nn.Linear) -> list[nn.Module]:  # noqa: ANN401
     ]
 
 
+def _hint(model: nn.Module) -> str:
+    suspects = unknown_parameter_owners(model)
+    if suspects:
+        return f"likely {suspects[0]}, whose parameters it has no rule for; add it to `ignore`"
+    return "add the module whose op fails to `ignore`"
+
+
+def check_traceable(model: nn.Module, example_inputs: tuple) -> None:
+    """Raise a one-line error now if torch-pruning cannot build ``model``'s dependency
+    graph (what pruning would otherwise find out only when it runs)."""
+    import torch_pruning as tp
+
+    with torch.enable_grad():
+        try:
+            tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        except Exception as error:
+            raise CompressKitError(
+                f"prune_channels: torch-pruning cannot trace the model ({describe(error)}); "
+                f"{_hint(model)}"
+            ) from None
+
+
 def run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) -> Any:  # noqa: ANN401
     """A stepped ``MetaPruner`` over ``model`` (pruned in place); one-line errors."""
     import torch_pruning as tp
@@ -63,14 +85,8 @@ def run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) -
         except CompressKitError:
             raise
         except Exception as error:
-            suspects = unknown_parameter_owners(model)
-            hint = (
-                f"likely {suspects[0]}, whose parameters it has no rule for; add it to `ignore`"
-                if suspects
-                else "add the module whose op fails to `ignore`"
-            )
             raise CompressKitError(
                 f"prune_channels: torch-pruning could not trace or prune the model "
-                f"({describe(error)}); {hint}"
+                f"({describe(error)}); {_hint(model)}"
             ) from None
     return pruner
