@@ -57,10 +57,13 @@ def run(
     exporter: Exporter = "auto",
     latency_seconds: float = 1.0,
     columns: Columns | None = None,
+    task: str | None = None,
 ) -> RunResult:
     """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
     :class:`Pipeline` built in code) and measure every candidate against the baseline.
-    ``columns`` names the text and label columns of a table given as ``data``.
+    ``columns`` names the text and label columns of a table given as ``data``; ``task``
+    says how the model is judged (default: what a Hugging Face model's head computes, else
+    the data's task).
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
@@ -73,7 +76,7 @@ def run(
         policy = load_policy(policy)
     pipeline = pipeline_of(policy, where=f"policy {policy.name}")
     loaded = LoadedModel.of(model)
-    bundle = _bundle(data, loaded, seed, columns, policy.sequence_length)
+    bundle = _bundle(data, loaded, seed, columns, policy.sequence_length, task)
     torch.manual_seed(seed)
     bundle.check_model(loaded.model)
     teacher = _teacher(policy, loaded)
@@ -127,9 +130,10 @@ def _bundle(
     seed: int,
     columns: Columns | None,
     sequence_length: int | None,
+    task: str | None,
 ) -> DataBundle:
     if isinstance(data, DataBundle):
-        return data
+        return _with_task(data, task)
     spec = data or loaded.default_data
     if spec is None:
         raise CompressKitError(
@@ -144,11 +148,15 @@ def _bundle(
         columns=columns,
         sequence_length=sequence_length,
     )
-    task = loaded.source.get("task")  # a Hugging Face model says what it computes
-    if isinstance(task, str) and task != bundle.task:
-        labelled = get_task(task).labelled
-        bundle = replace(bundle, task=task, num_classes=bundle.num_classes if labelled else None)
-    return bundle
+    model_task = loaded.source.get("task")  # a Hugging Face model says what it computes
+    return _with_task(bundle, task or (model_task if isinstance(model_task, str) else None))
+
+
+def _with_task(bundle: DataBundle, task: str | None) -> DataBundle:
+    if task is None or task == bundle.task:
+        return bundle
+    labelled = get_task(task).labelled
+    return replace(bundle, task=task, num_classes=bundle.num_classes if labelled else None)
 
 
 def _teacher(policy: Policy, loaded: LoadedModel) -> nn.Module:

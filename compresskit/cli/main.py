@@ -56,8 +56,9 @@ def cli() -> None:
 @click.option("--label-column", help="Column of a --data table holding the label (default: label).")
 @click.option(
     "--task",
-    type=click.Choice(["classification", "embedding"]),
-    help="What a Hugging Face model computes (default: its config's architecture).",
+    type=click.Choice(["classification", "embedding", "fidelity"]),
+    help="How the model is judged (default: its Hugging Face architecture, else "
+    "classification); fidelity: agreement with the original, no labels.",
 )
 @click.option("--arch", help="MODULE:FACTORY building the architecture of a state-dict checkpoint.")
 @click.option(
@@ -147,6 +148,7 @@ def compress(
             exporter=exporter,  # type: ignore[arg-type]
             latency_seconds=latency_seconds,
             columns=Columns(text_column, label_column),
+            task=task,
         )
     if world.is_main:
         print_report(result.report)

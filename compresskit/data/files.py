@@ -124,8 +124,8 @@ def label_ids(
             names[index] = name
         return torch.tensor([known[t.lower()] for t in texts], dtype=torch.long), tuple(names)
     classes = sorted(set(texts))
-    index = {name: i for i, name in enumerate(classes)}
-    return torch.tensor([index[t] for t in texts], dtype=torch.long), tuple(classes)
+    number = {name: i for i, name in enumerate(classes)}
+    return torch.tensor([number[t] for t in texts], dtype=torch.long), tuple(classes)
 
 
 def tokenize(

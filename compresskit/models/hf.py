@@ -75,8 +75,8 @@ class HuggingFaceModel(nn.Module):
     """A Hugging Face model as compresskit calls it: ``model(*inputs) -> tensor``.
 
     Text models take ``(input_ids, attention_mask)``, vision models ``(pixel_values,)``.
-    ``task`` picks the output: ``classification`` returns ``.logits``, ``embedding`` the
-    last hidden state mean-pooled over real tokens (sentence-transformers' pooling).
+    ``task`` picks the output: ``embedding`` returns the last hidden state mean-pooled
+    over real tokens (sentence-transformers' pooling), any other task ``.logits``.
 
     >>> wrapped = HuggingFaceModel(bert_classifier, task="classification", modality="text",
     ...                            causal=False)                  # doctest: +SKIP
@@ -141,7 +141,7 @@ class HuggingFaceModel(nn.Module):
             ids, mask = inputs
             dtype = next(self.model.parameters()).dtype
             raw = self.model(input_ids=ids, attention_mask=self.additive_mask(mask, dtype))
-        if self.task == "classification":
+        if self.task != "embedding":  # classification, fidelity: the class logits
             return raw.logits  # type: ignore[no-any-return]
         hidden = raw.last_hidden_state
         if mask is None:
@@ -192,8 +192,8 @@ def head_class(config: Any, task: str | None, *, where: str) -> tuple[type, str]
         task is None and architecture is not None and "For" not in architecture
     ):
         return transformers.AutoModel, "embedding"
-    if suffix is not None and task in (None, HEAD_TASKS[suffix]):
-        return getattr(transformers, architecture), HEAD_TASKS[suffix]
+    if suffix is not None and task in (None, HEAD_TASKS[suffix], "fidelity"):
+        return getattr(transformers, architecture), task or HEAD_TASKS[suffix]
     head = architecture or "no architectures in config.json"
     raise CompressKitError(
         f"{where}: {head} has no head compresskit scores "

@@ -17,7 +17,7 @@ from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
 from compresskit.passes.records import StaticQuantRecord
 from compresskit.quantization.modules import is_quantized
-from compresskit.quantization.prepare import check_supported, excluded
+from compresskit.quantization.prepare import check_supported, excluded, plain_layer
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
 
 
@@ -46,7 +46,7 @@ class Quantize(Pass[QuantizeConfig]):
         layers = [
             name
             for name, m in model.named_modules()
-            if type(m) in (nn.Conv2d, nn.Linear) and not excluded(name, self.config.exclude)
+            if plain_layer(m) and not excluded(name, self.config.exclude)
         ]
         if not layers and not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
             raise CompressKitError(

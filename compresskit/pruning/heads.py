@@ -86,7 +86,8 @@ def _block(name: str, module: nn.Module, parent: nn.Module | None) -> AttentionB
         if rest:
             return None
     output = next((prefix + n for n in OUTPUTS if _linear(module, n)), None)
-    if output is None and parent is not None and _linear(getattr(parent, "output", None), "dense"):
+    sibling = getattr(parent, "output", None)
+    if output is None and isinstance(sibling, nn.Module) and _linear(sibling, "dense"):
         output = f"{name.rpartition('.')[0]}.output.dense"  # BERT: BertSelfOutput
     if output is None or width % heads:
         return None

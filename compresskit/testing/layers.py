@@ -66,6 +66,7 @@ class TinyFusedViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch(x.flatten(1, 2))
         for block in self.blocks:
+            assert isinstance(block, nn.ModuleDict)
             x = x + block["attn"](block["norm1"](x))
             x = x + block["fc2"](torch.nn.functional.gelu(block["fc1"](block["norm2"](x))))
         return self.head(self.norm(x).mean(1))
@@ -74,7 +75,7 @@ class TinyFusedViT(nn.Module):
 class TinyRecurrent(nn.Module):
     """``nn.GRU`` or ``nn.LSTM`` over the 8 rows, the last state into a head."""
 
-    def __init__(self, cell: type[nn.RNNBase] = nn.GRU, num_classes: int = 4) -> None:
+    def __init__(self, cell: type[nn.GRU | nn.LSTM] = nn.GRU, num_classes: int = 4) -> None:
         super().__init__()
         self.rnn = cell(8, 16, batch_first=True)
         self.head = nn.Linear(16, num_classes)
