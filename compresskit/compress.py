@@ -30,10 +30,13 @@ from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
 from compresskit.evaluation import evaluate_models
 from compresskit.export.onnx import Exporter
+from compresskit.models.hf import HuggingFaceModel
+from compresskit.models.hf_head import fit_head
 from compresskit.models.loading import LoadedModel, load_model
 from compresskit.models.size import position_limit
 from compresskit.pipeline import BranchFailure, Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
+from compresskit.progress import status
 from compresskit.tasks import get_task
 from compresskit.training import distributed
 
@@ -77,6 +80,8 @@ def run(
     pipeline = pipeline_of(policy, where=f"policy {policy.name}")
     loaded = LoadedModel.of(model)
     bundle = _bundle(data, loaded, seed, columns, policy.sequence_length, task)
+    if isinstance(loaded.model, HuggingFaceModel) and loaded.model.needs_head:
+        status(fit_head(loaded.model, bundle, loaded.source))
     torch.manual_seed(seed)
     bundle.check_model(loaded.model)
     teacher = _teacher(policy, loaded)

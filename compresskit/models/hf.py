@@ -99,6 +99,18 @@ class HuggingFaceModel(nn.Module):
         self.causal = causal
         self.conv1d = conv1d  # modules that were Conv1D (names inside ``model``)
         self._preprocessing = _Shared(preprocessing)
+        # A bare encoder judged as a classifier: a linear head on its normalised mean-pooled
+        # embedding, fitted on the training split (:mod:`compresskit.models.hf_head`).
+        self.head: nn.Linear | None = None
+
+    @property
+    def needs_head(self) -> bool:
+        """A bare encoder asked to classify, whose head is not fitted yet."""
+        return self.task == "classification" and self.head is None and not self._has_logits
+
+    @property
+    def _has_logits(self) -> bool:
+        return type(self.model).__name__.endswith(tuple(HEAD_TASKS))
 
     @property
     def preprocessing(self) -> Preprocessing | None:
@@ -141,13 +153,22 @@ class HuggingFaceModel(nn.Module):
             ids, mask = inputs
             dtype = next(self.model.parameters()).dtype
             raw = self.model(input_ids=ids, attention_mask=self.additive_mask(mask, dtype))
-        if self.task != "embedding":  # classification, fidelity: the class logits
+        if self._has_logits:  # classification, fidelity: the class logits
             return raw.logits  # type: ignore[no-any-return]
         hidden = raw.last_hidden_state
         if mask is None:
-            return hidden.mean(1)  # type: ignore[no-any-return]
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # type: ignore[no-any-return]
+            pooled = hidden.mean(1)
+        else:
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        if self.task == "embedding":
+            return pooled  # type: ignore[no-any-return]
+        if self.head is None:
+            raise CompressKitError(
+                "a bare encoder classifies through a head fitted on the data; run it through "
+                "compresskit compress with --data"
+            )
+        return self.head(nn.functional.normalize(pooled, dim=-1))  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -188,10 +209,11 @@ def head_class(config: Any, task: str | None, *, where: str) -> tuple[type, str]
             f"{transformers.__version__}; upgrade transformers or re-save the model"
         )
     suffix = next((s for s in HEAD_TASKS if architecture and architecture.endswith(s)), None)
-    if task == "embedding" or (
-        task is None and architecture is not None and "For" not in architecture
-    ):
+    bare = architecture is not None and "For" not in architecture
+    if task == "embedding" or (task is None and bare):
         return transformers.AutoModel, "embedding"
+    if task == "classification" and bare:
+        return transformers.AutoModel, "classification"  # a head is fitted on the data
     if suffix is not None and task in (None, HEAD_TASKS[suffix], "fidelity"):
         return getattr(transformers, architecture), task or HEAD_TASKS[suffix]
     head = architecture or "no architectures in config.json"
@@ -356,6 +378,10 @@ def builder(source: dict[str, Any]) -> Any:  # noqa: ANN401  (a () -> nn.Module)
         location = Path(source.get("path", ""))
         if source.get("path") and (location / "config.json").is_file():
             preprocessing = _preprocessing(location, model.config, [])
-        return wrap(model.float(), task=source["task"], preprocessing=preprocessing)
+        wrapped = wrap(model.float(), task=source["task"], preprocessing=preprocessing)
+        if source.get("head_classes"):
+            width = int(model.config.hidden_size)
+            wrapped.head = nn.Linear(width, int(source["head_classes"]))
+        return wrapped
 
     return build

@@ -78,6 +78,11 @@ def hf_state(wrapper: HuggingFaceModel, fresh: nn.Module) -> dict[str, torch.Ten
 
 def save_hf_directory(wrapper: HuggingFaceModel, directory: Path) -> str | None:
     """Write ``wrapper`` as a Hugging Face directory; None when written, else why not."""
+    if wrapper.head is not None:
+        return (
+            f"its classification head was fitted by compresskit on a bare "
+            f"{type(wrapper.model).__name__}, which has no head of its own"
+        )
     config = _config(wrapper)
     inner = wrapper.model
     fresh = type(inner)(copy.deepcopy(config)).eval()

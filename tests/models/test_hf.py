@@ -152,3 +152,25 @@ def test_refusals_name_the_way_around(tmp_path: Path) -> None:
     (tmp_path / "mlm" / "config.json").write_text(json.dumps(custom))
     with pytest.raises(CompressKitError, match="never runs code from a model directory"):
         load_model(tmp_path / "mlm")
+
+
+def test_a_bare_encoder_classifies_through_a_fitted_head(tmp_path: Path, csv_file: Path) -> None:
+    from compresskit.models.hf_head import fit_head
+    from compresskit.models.hf_save import save_hf_directory
+
+    directory = save_tiny_text_model("minilm", tmp_path / "minilm")
+    loaded = load_model(directory, task="classification")
+    assert loaded.model.needs_head
+    bundle = load_data(str(csv_file), preprocessing=loaded.preprocessing)
+    note = fit_head(loaded.model, bundle, loaded.source)
+    assert "3 classes" in note and not loaded.model.needs_head
+    bundle.check_model(loaded.model)
+    ids, mask, y = next(iter(bundle.loader("train", batch_size=256)))
+    with torch.no_grad():
+        logits = loaded.model(ids, mask)
+    accuracy = float((logits.argmax(-1) == y).float().mean())
+    assert logits.shape == (len(y), 3) and accuracy > 0.5  # logistic regression on 3 classes
+    save_model(loaded.model, tmp_path / "m.pt", source=loaded.source)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "m.pt").model(ids, mask), logits)
+    assert "fitted by compresskit" in (save_hf_directory(loaded.model, tmp_path / "hf") or "")
