@@ -18,6 +18,9 @@ Schema history:
   ``budget`` it was judged against is kept. Step ``records`` are the passes' typed
   records as JSON (:mod:`compresskit.records`).
 
+Within version 3, with defaults: ``failed`` (candidates whose branch failed, with the
+node, pass and reason), ``labels`` (class names by label id) and each entry's ``notes``.
+
 Versions 1 and 2 still load: :func:`upgrade` rewrites them to version 3 in memory
 (their verdict lines and summary kept, the machine-readable fields left null; the run's
 ``verdict`` and ``budget`` null).

@@ -37,6 +37,16 @@ def judge(report: Report, budget: Budget) -> Report:
     for entry in report.candidates:
         entry.verdict = judge_candidate(entry, report, task=task, budget=budget)
     report.verdict = judge_run(report.candidates, report.failed)
+    unmeasured = [
+        run.target
+        for run in report.targets
+        if not run.skipped
+        and not any(x.target == run.target and x.workload is None for x in report.baseline.latency)
+    ]
+    if unmeasured:  # no speedup can be claimed for anything on those targets
+        report.verdict.measured = False
+        report.verdict.reasons += [f"baseline: not_measured_{target}" for target in unmeasured]
+        report.verdict.summary += f"; baseline NOT measured on {', '.join(unmeasured)}"
     return report
 
 
