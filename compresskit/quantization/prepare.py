@@ -137,11 +137,12 @@ def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quanti
     """Fail with the layer's name when a compute layer cannot be quantized (and is not
     excluded), instead of leaving it float without a word. ``nn.MultiheadAttention`` is
     supported: :func:`prepare` makes its projections explicit Linear layers."""
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     for name, module in model.named_modules():
         if not name or excluded(name, exclude):
             continue
         reason = None
-        if isinstance(module, nn.MultiheadAttention):
+        if name in attention or excluded(name, attention):  # made explicit Linear layers
             continue
         if isinstance(module, _UNSUPPORTED):
             reason = f"is a {type(module).__name__}, which this pass cannot quantize"

@@ -152,3 +152,9 @@ def test_tied_embeddings_stay_tied() -> None:
     save_model(pruned, Path("tied.pt"), source={"kind": "python"})
     restored = restore_model(torch.load("tied.pt", weights_only=True), TinyTiedTokens)
     assert restored.out.weight is restored.embed.weight
+
+
+def test_quantize_checks_an_encoder_as_the_user_built_it() -> None:
+    data = tiny_data()
+    Quantize(QuantizeConfig()).check(TinyEncoderClassifier(), _ctx(data))  # no refusal
+    QuantizeDynamic(QuantizeDynamicConfig()).check(TinyEncoderClassifier(), _ctx(data))
