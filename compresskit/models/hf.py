@@ -191,7 +191,7 @@ def _transformers() -> Any:  # noqa: ANN401
     return transformers
 
 
-def head_class(config: Any, task: str | None, *, where: str) -> tuple[type, str]:  # noqa: ANN401
+def head_class(config: Any, task: str | None, *, where: str) -> tuple[Any, str]:  # noqa: ANN401
     """The transformers class to load and the task it computes: the one ``architectures``
     names, or the head ``task`` asks for; never a class from outside transformers."""
     transformers = _transformers()
@@ -267,7 +267,7 @@ def wrap(
     model: nn.Module, *, task: str, preprocessing: Preprocessing | None = None
 ) -> HuggingFaceModel:
     """``model`` (a transformers model) wrapped, its Conv1D layers turned into Linear."""
-    config = model.config
+    config: Any = model.config
     modality = _modality(config)
     causal = config.model_type in CAUSAL_TYPES or bool(getattr(config, "is_decoder", False))
     conv1d = conv1d_to_linear(model)

@@ -38,7 +38,7 @@ def _weight(module: nn.Module, attr: str) -> torch.Tensor:
 
 def _config(wrapper: HuggingFaceModel) -> Any:  # noqa: ANN401
     """A copy of the model's config with its layer count and FFN width as pruned."""
-    inner = wrapper.model
+    inner: Any = wrapper.model
     config = copy.deepcopy(inner.config)
     fresh = type(inner)(copy.deepcopy(inner.config))
     for name, module in inner.named_modules():
@@ -84,7 +84,7 @@ def save_hf_directory(wrapper: HuggingFaceModel, directory: Path) -> str | None:
             f"{type(wrapper.model).__name__}, which has no head of its own"
         )
     config = _config(wrapper)
-    inner = wrapper.model
+    inner: Any = wrapper.model
     fresh = type(inner)(copy.deepcopy(config)).eval()
     state = hf_state(wrapper, fresh)
     expected = fresh.state_dict()

@@ -155,18 +155,19 @@ def save_tiny_vit(directory: Path, *, num_labels: int = 3, image_size: int = 16)
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=image_size,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=num_labels,
-        id2label={i: name for i, name in enumerate(["circle", "square", "stripes"][:num_labels])},
-    )
-    config.label2id = {v: k for k, v in config.id2label.items()}
+    names = ["circle", "square", "stripes"][:num_labels]
+    fields: dict[str, Any] = {
+        "image_size": image_size,
+        "patch_size": 4,
+        "num_channels": 3,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+    config = transformers.ViTConfig(**fields)
     transformers.ViTForImageClassification(config).eval().save_pretrained(directory)
     processor = transformers.ViTImageProcessor(size={"height": image_size, "width": image_size})
     processor.save_pretrained(directory)
