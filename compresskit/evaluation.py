@@ -25,6 +25,7 @@ from compresskit.export.onnx import Exporter, ExportResult, export_onnx
 from compresskit.export.qdq import not_exportable_reason
 from compresskit.export.verify import ParityCheck, model_precision, ort_session, run_session
 from compresskit.models.checkpoint import save_model
+from compresskit.models.hf import HuggingFaceModel
 from compresskit.models.size import count_macs, count_params
 from compresskit.pipeline import NodeResult
 from compresskit.progress import status
@@ -54,9 +55,12 @@ def evaluate_models(
         status(f"exporting and verifying {name} ({index + 1} of {len(models)})")
         directory = run_dir / name
         files: dict[str, str] = {}
+        notes: list[str] = []
         if index > 0:
             save_model(model, directory / "model.pt", source=source or {"kind": "python"})
             files["model"] = f"{name}/model.pt"
+            if isinstance(model, HuggingFaceModel):
+                notes += _save_hf(model, directory, files, name)
         no_export = not_exportable_reason(model) if index > 0 else None
         exported: ExportResult | None = None
         precision = model_precision(model)
@@ -68,9 +72,14 @@ def evaluate_models(
                 model,
                 example,
                 directory / "model.onnx",
-                exporter=exporter,
+                # The legacy exporter's graph of a Hugging Face model is the compact one
+                # ORT's quantization tooling takes (and it exports in a fraction of the time).
+                exporter="legacy"
+                if exporter == "auto" and isinstance(model, HuggingFaceModel)
+                else exporter,
                 dynamic_sequence=bundle.dynamic_sequence,
                 metadata={**metadata, "model": name},
+                input_names=model.input_names if isinstance(model, HuggingFaceModel) else None,
             )
             files["onnx"] = f"{name}/model.onnx"
             onnx_paths[name] = exported.path
@@ -111,6 +120,21 @@ def evaluate_models(
                     for s in steps
                 ],
                 files=files,
+                notes=notes,
             )
         )
     return entries, onnx_paths
+
+
+def _save_hf(
+    model: HuggingFaceModel, directory: Path, files: dict[str, str], name: str
+) -> list[str]:
+    """Write the candidate as a Hugging Face directory too; the reason when it cannot be."""
+    from compresskit.models.hf_save import save_hf_directory
+
+    reason = save_hf_directory(model, directory / "hf")
+    if reason is None:
+        files["hf"] = f"{name}/hf"
+        return []
+    status(f"{name}: no Hugging Face directory: {reason}", style="yellow")
+    return [f"no Hugging Face directory (model.pt and model.onnx hold it): {reason}"]

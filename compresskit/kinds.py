@@ -34,7 +34,8 @@ from torch import nn
 
 from compresskit.errors import CompressKitError
 
-WeightPrecision = Literal["int8", "int4", "nf4", "fp4"]
+# fp32: a float module a pass swaps in for another (explicit attention projections).
+WeightPrecision = Literal["int8", "int4", "nf4", "fp4", "fp32"]
 # How the exporter treats a kind:
 #   qdq: fake quant that the legacy TorchScript exporter turns into Q/DQ (int8 kernels);
 #   ort-dynamic: exported as float, then rewritten by ORT dynamic quantization (int8);
@@ -54,6 +55,7 @@ Attach = Callable[[nn.Module, str, Mapping[str, Any]], None]
 # registers kinds for names under it (None: the module part of the name itself).
 ALLOWED_PREFIXES: dict[str, str | None] = {
     "compresskit.quantization.": None,
+    "compresskit.models.attention.": "compresskit.models.attention",
     "bitsandbytes.": "compresskit.quantization.bnb_kinds",
 }
 

@@ -282,14 +282,28 @@ def measure_entries(
     max_seconds: float = 1.0,
     dynamic_sequence: bool = False,
     profile: bool = False,
+    max_sequence_length: int | None = None,
 ) -> list[TargetRun]:
     """A run's models (``(name, torch module)``, baseline first; ORT targets time their
-    ONNX files) on every target at ``batch_sizes``, added to the report ``entries``."""
-    update: dict[str, Any] = {"batch_sizes": list(batch_sizes)}
-    if sequence_length is not None:
-        update["sequence_length"] = sequence_length
+    ONNX files) on every target at ``batch_sizes``, added to the report ``entries``.
+    Text is timed at ``sequence_length`` (else each target's own), never longer than
+    ``max_sequence_length``, the positions the model has."""
+    loaded = []
+    for name in targets:
+        update: dict[str, Any] = {"batch_sizes": list(batch_sizes)}
+        target = load_target(name)
+        length = sequence_length or target.sequence_length
+        if dynamic_sequence and length and max_sequence_length and length > max_sequence_length:
+            status(
+                f"{name}: timing text at {max_sequence_length} tokens, the model's positions "
+                f"(not {length})"
+            )
+            length = max_sequence_length
+        if length is not None:
+            update["sequence_length"] = length
+        loaded.append(target.model_copy(update=update))
     runs = measure_targets(
-        [load_target(name).model_copy(update=update) for name in targets],
+        loaded,
         [BenchModel(name, onnx=onnx_paths.get(name), module=module) for name, module in models],
         sample,
         max_seconds=max_seconds,

@@ -108,14 +108,19 @@ def render_html(report: Report) -> str:
         html_table(header, rows),
         *(f"<p class='note'>{escape(note)}</p>" for note in notes(report)),
     ]
-    if report.candidates:
+    if report.candidates or report.failed:
         body.append("<h2>Verdict</h2>")
         if report.verdict is not None:
             body.append(f"<p>{escape(report.verdict.summary)}.</p>")
         budget = budget_line(report)
         if budget:
             body.append(f"<p class='note'>{escape(budget)}</p>")
-        body.append(_list([f"**{e.name}**: {e.summary}" for e in report.candidates]))
+        body.append(
+            _list(
+                [f"**{e.name}**: {e.summary}" for e in report.candidates]
+                + [f"**{f.name}**: {f.line}" for f in report.failed]
+            )
+        )
     chart = f"{primary(report).title} vs latency"
     body += [
         f"<h2>{escape(chart[0].upper() + chart[1:])}</h2>",

@@ -51,7 +51,7 @@ def render_markdown(report: Report) -> str:
     ]
     for note in notes(report):
         lines += [note, ""]
-    if report.candidates:
+    if report.candidates or report.failed:
         lines += ["## Verdict", ""]
         if report.verdict is not None:
             lines += [f"{report.verdict.summary}.", ""]
@@ -59,6 +59,7 @@ def render_markdown(report: Report) -> str:
         if budget:
             lines += [budget, ""]
         lines += [f"- **{e.name}**: {e.summary}" for e in report.candidates]
+        lines += [f"- **{f.name}**: {f.line}" for f in report.failed]
         lines.append("")
     targets = target_lines(report)
     if targets:

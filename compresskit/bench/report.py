@@ -19,6 +19,9 @@ Schema history:
   records as JSON (:mod:`compresskit.records`). ``profiles`` (where each model's time
   goes, per torch module) was added within version 3 with a default.
 
+Within version 3, with defaults: ``failed`` (candidates whose branch failed, with the
+node, pass and reason), ``labels`` (class names by label id) and each entry's ``notes``.
+
 Versions 1 and 2 still load: :func:`upgrade` rewrites them to version 3 in memory
 (their verdict lines and summary kept, the machine-readable fields left null; the run's
 ``verdict`` and ``budget`` null).
@@ -160,6 +163,9 @@ class Entry(_Model):
     )
     steps: list[StepEntry] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(
+        default_factory=list, description="what the run could not write or do for it"
+    )
     verdict: Verdict | None = Field(default=None, description="None for the baseline")
 
     @property
@@ -177,6 +183,19 @@ class Entry(_Model):
             (x for x in self.profiles if (x.target, x.batch, x.workload) == (target, batch, None)),
             None,
         )
+
+
+class FailedCandidate(_Model):
+    """A candidate the run could not make: the node that failed, its pass and why."""
+
+    name: str
+    node: str
+    pass_name: str
+    error: str = Field(description="one line: what failed and how to get past it")
+
+    @property
+    def line(self) -> str:
+        return f"FAILED in node {self.node!r} ({self.pass_name}): {self.error}"
 
 
 class Report(_Model):
@@ -203,6 +222,12 @@ class Report(_Model):
     machine: dict[str, Any] = Field(default_factory=dict)
     baseline: Entry
     candidates: list[Entry]
+    failed: list[FailedCandidate] = Field(
+        default_factory=list, description="candidates whose branch failed (not measured)"
+    )
+    labels: list[str] | None = Field(
+        default=None, description="class names by label id, when the data named its classes"
+    )
     verdict: RunVerdict | None = None
 
     @field_validator("task")

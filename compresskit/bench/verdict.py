@@ -9,8 +9,8 @@ codes of ``compresskit compress``:
 - ``0`` (:data:`EXIT_OK`): every candidate measured, ONNX parity held, budget met or not set;
 - ``3`` (:data:`EXIT_BUDGET_MISSED`): a candidate misses the budget (quality or int8
   coverage). Speed is reported (``faster``) but is not part of the budget;
-- ``4`` (:data:`EXIT_FAILED`): a candidate failed ONNX parity or was not measured on a
-  target that ran (this wins over 3).
+- ``4`` (:data:`EXIT_FAILED`): a candidate failed ONNX parity, was not measured on a
+  target that ran, or could not be made (its branch failed; this wins over 3).
 
 >>> report = judge(report, policy.budget)                           # doctest: +SKIP
 >>> report.candidates[0].verdict.reasons
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from compresskit.bench.report import Entry, Report, RunVerdict, Verdict
+from compresskit.bench.report import Entry, FailedCandidate, Report, RunVerdict, Verdict
 from compresskit.budget import Budget
 from compresskit.tasks import Task, get_task
 
@@ -36,7 +36,17 @@ def judge(report: Report, budget: Budget) -> Report:
     report.budget = budget
     for entry in report.candidates:
         entry.verdict = judge_candidate(entry, report, task=task, budget=budget)
-    report.verdict = judge_run(report.candidates)
+    report.verdict = judge_run(report.candidates, report.failed)
+    unmeasured = [
+        run.target
+        for run in report.targets
+        if not run.skipped
+        and not any(x.target == run.target and x.workload is None for x in report.baseline.latency)
+    ]
+    if unmeasured:  # no speedup can be claimed for anything on those targets
+        report.verdict.measured = False
+        report.verdict.reasons += [f"baseline: not_measured_{target}" for target in unmeasured]
+        report.verdict.summary += f"; baseline NOT measured on {', '.join(unmeasured)}"
     return report
 
 
@@ -136,11 +146,14 @@ def _low_bit(entry: Entry, budget: Budget, verdict: Verdict, clauses: list[str])
     return coverage >= minimum
 
 
-def judge_run(candidates: list[Entry]) -> RunVerdict:
-    """The candidates' verdicts combined (see :class:`RunVerdict`)."""
+def judge_run(candidates: list[Entry], failed: Iterable[FailedCandidate] = ()) -> RunVerdict:
+    """The candidates' verdicts combined (see :class:`RunVerdict`); a failed candidate
+    counts as not measured."""
     verdicts = [(e.name, e.verdict) for e in candidates if e.verdict is not None]
+    failed = list(failed)
     run = RunVerdict(
-        reasons=[f"{name}: {code}" for name, v in verdicts for code in v.reasons],
+        reasons=[f"{name}: {code}" for name, v in verdicts for code in v.reasons]
+        + [f"{f.name}: failed" for f in failed],
     )
     parts = []
     for field, label in (
@@ -155,7 +168,10 @@ def judge_run(candidates: list[Entry]) -> RunVerdict:
         known = [f for f in flags if f is not None]
         if known:
             parts.append(f"{label} {sum(known)} of {len(known)}")
-    count = len(verdicts)
+    if failed:
+        run.measured = False
+        parts.append(f"FAILED {len(failed)} of {len(verdicts) + len(failed)}")
+    count = len(verdicts) + len(failed)
     run.summary = f"{count} candidate{'s' if count != 1 else ''}: " + (", ".join(parts) or "-")
     return run
 
@@ -163,8 +179,8 @@ def judge_run(candidates: list[Entry]) -> RunVerdict:
 def exit_code(report: Report) -> int:
     """The exit code the run's verdict calls for (see the module docstring). Reports
     without a machine-readable verdict (schema 1 and 2) give :data:`EXIT_OK`."""
-    verdict = report.verdict or judge_run(report.candidates)
-    if verdict.measured is False or verdict.parity_ok is False:
+    verdict = report.verdict or judge_run(report.candidates, report.failed)
+    if report.failed or verdict.measured is False or verdict.parity_ok is False:
         return EXIT_FAILED
     if verdict.budget_met is False:
         return EXIT_BUDGET_MISSED

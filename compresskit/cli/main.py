@@ -33,7 +33,20 @@ __all__ = ["cli", "main"]
 @click.option(
     "--policy", default="default", show_default=True, help="Built-in policy name or YAML file."
 )
-@click.option("--data", "data_spec", help="digits, fashion-mnist, FILE.npz or MODULE:FACTORY.")
+@click.option(
+    "--data",
+    "data_spec",
+    help="digits, fashion-mnist, FILE.npz, a .csv/.jsonl/.parquet of texts and labels, a "
+    "folder of class folders of images, or MODULE:FACTORY.",
+)
+@click.option("--text-column", help="Column of a --data table holding the text (default: text).")
+@click.option("--label-column", help="Column of a --data table holding the label (default: label).")
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "embedding", "fidelity"]),
+    help="How the model is judged (default: its Hugging Face architecture, else "
+    "classification); fidelity: agreement with the original, no labels.",
+)
 @click.option("--arch", help="MODULE:FACTORY building the architecture of a state-dict checkpoint.")
 @click.option(
     "--trust-pickle",
@@ -89,6 +102,9 @@ def compress(
     checkpoint: str | None,
     policy: str,
     data_spec: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    task: str | None,
     arch: str | None,
     trust_pickle: bool,
     trust_factory: bool,
@@ -113,6 +129,7 @@ def compress(
     from compresskit.bench.verdict import exit_code
     from compresskit.cli.tables import print_report
     from compresskit.compress import run
+    from compresskit.data import Columns
     from compresskit.models.loading import load_model
     from compresskit.paths import check_output_dir
     from compresskit.policies import load_policy
@@ -128,7 +145,7 @@ def compress(
     with distributed.session(backend) as world:
         loaded_policy = load_policy(policy)
         loaded = load_model(
-            checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory
+            checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory, task=task
         )
         result = run(
             loaded_policy,
@@ -139,6 +156,8 @@ def compress(
             exporter=exporter,  # type: ignore[arg-type]
             latency_seconds=latency_seconds,
             trust_factory=trust_factory,
+            columns=Columns(text_column, label_column),
+            task=task,
         )
     if not world.is_main:
         return

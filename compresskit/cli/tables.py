@@ -94,6 +94,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
             heading = step_heading(step.id, step.name, step.seconds).replace("`", "")
             for index, text in enumerate(lines[:3]):
                 _say(console, f"  {heading}: {text}" if index == 0 else f"    {text}", "dim")
+    for failure in report.failed:
+        _say(console, Text.assemble((failure.name, "bold"), ": ", failure.line), "red")
     if report.verdict is not None:
         _say(console, f"verdict: {report.verdict.summary}")
 

@@ -50,6 +50,9 @@ class DataBundle:
     # Inputs whose second axis varies too (token ids and masks of text models).
     dynamic_sequence: bool = False
     task: str = "classification"
+    # Class names by label id, when the data named its classes (a CSV's label column,
+    # an image folder's class folders): the report keeps the mapping.
+    labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -106,12 +109,20 @@ class DataBundle:
         return tuple(inputs)
 
 
-def tensor_dataset(x: torch.Tensor, y: torch.Tensor) -> TensorDataset:
-    return TensorDataset(x.contiguous(), y.long().contiguous())
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def tensor_dataset(x: Inputs, y: torch.Tensor) -> TensorDataset:
+    inputs = x if isinstance(x, tuple) else (x,)
+    return TensorDataset(*(t.contiguous() for t in inputs), y.long().contiguous())
+
+
+def _take(x: Inputs, index: torch.Tensor) -> Inputs:
+    return tuple(t[index] for t in x) if isinstance(x, tuple) else x[index]
 
 
 def split(
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     name: str,
@@ -119,34 +130,37 @@ def split(
     eval_fraction: float = 0.2,
     val_fraction: float = 0.1,
     calibration_size: int = 256,
-    x_eval: torch.Tensor | None = None,
+    x_eval: Inputs | None = None,
     y_eval: torch.Tensor | None = None,
 ) -> DataBundle:
     """Split arrays into a bundle. The eval split comes from ``x_eval``/``y_eval`` when a
-    dataset has its own test set, else from a permutation with a fixed seed (0)."""
-    if len(x) != len(y):
-        raise CompressKitError(f"data {name}: x has {len(x)} samples but y has {len(y)}")
-    if len(x) < MIN_SAMPLES or (x_eval is not None and len(x_eval) < 1):
+    dataset has its own test set, else from a permutation with a fixed seed (0). A model
+    with several inputs (token ids and a mask) takes a tuple of arrays as ``x``."""
+    first = x[0] if isinstance(x, tuple) else x
+    if len(first) != len(y):
+        raise CompressKitError(f"data {name}: x has {len(first)} samples but y has {len(y)}")
+    eval_first = x_eval[0] if isinstance(x_eval, tuple) else x_eval
+    if len(first) < MIN_SAMPLES or (eval_first is not None and len(eval_first) < 1):
         raise CompressKitError(
-            f"data {name}: {len(x)} training sample(s) cannot be split into training, "
+            f"data {name}: {len(first)} training sample(s) cannot be split into training, "
             f"validation and evaluation; give at least {MIN_SAMPLES}"
         )
     if x_eval is None or y_eval is None:
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-        n_eval = max(1, int(round(len(x) * eval_fraction)))
-        x_eval, y_eval = x[order[:n_eval]], y[order[:n_eval]]
-        x, y = x[order[n_eval:]], y[order[n_eval:]]
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
-    n_val = max(1, int(round(len(x) * val_fraction)))
-    val = tensor_dataset(x[order[:n_val]], y[order[:n_val]])
-    train = tensor_dataset(x[order[n_val:]], y[order[n_val:]])
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        n_eval = max(1, int(round(len(y) * eval_fraction)))
+        x_eval, y_eval = _take(x, order[:n_eval]), y[order[:n_eval]]
+        x, y = _take(x, order[n_eval:]), y[order[n_eval:]]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    n_val = max(1, int(round(len(y) * val_fraction)))
+    val = tensor_dataset(_take(x, order[:n_val]), y[order[:n_val]])
+    train = tensor_dataset(_take(x, order[n_val:]), y[order[n_val:]])
     calibration_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     calibration = Subset(train, calibration_order[: min(calibration_size, len(train))].tolist())
     num_classes = int(max(int(y.max()), int(y_eval.max()))) + 1
     return DataBundle(
         name=name,
         num_classes=num_classes,
-        input_shape=tuple(x.shape[1:]),
+        input_shape=tuple((x[0] if isinstance(x, tuple) else x).shape[1:]),
         train=train,
         val=val,
         calibration=calibration,

@@ -1,4 +1,6 @@
-"""Where data comes from: ``digits``, ``fashion-mnist``, a ``.npz`` file, or ``module:factory``."""
+"""Where data comes from: ``digits``, ``fashion-mnist``, a ``.npz`` file, a table of texts
+(``.csv``, ``.jsonl``, ``.parquet``), a folder of class folders of images, or
+``module:factory``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import numpy as np
 import torch
 
 from compresskit.data.bundle import DataBundle, split
+from compresskit.data.files import TABLE_SUFFIXES, Columns, load_table
+from compresskit.data.images import load_image_folder
+from compresskit.data.preprocessing import Preprocessing
 from compresskit.errors import CompressKitError, first_line
 from compresskit.imports import call_factory
 from compresskit.paths import regular_file
@@ -19,15 +24,42 @@ from compresskit.paths import regular_file
 # Debian's dataset-fashion-mnist installs here; $COMPRESSKIT_FASHION_MNIST overrides it.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-DATA_SPEC_HELP = "use digits, fashion-mnist, a .npz file with arrays x and y, or module:factory"
+DATA_SPEC_HELP = (
+    "use digits, fashion-mnist, a .npz file with arrays x and y, a .csv/.jsonl/.parquet "
+    "table of texts and labels, a folder of class folders of images, or module:factory"
+)
 
 
-def load_data(spec: str, *, seed: int = 0, calibration_size: int = 256) -> DataBundle:
-    """Load a dataset by spec and split it deterministically (see :class:`DataBundle`)."""
+def load_data(
+    spec: str,
+    *,
+    seed: int = 0,
+    calibration_size: int = 256,
+    preprocessing: Preprocessing | None = None,
+    columns: Columns | None = None,
+    sequence_length: int | None = None,
+) -> DataBundle:
+    """Load a dataset by spec and split it deterministically (see :class:`DataBundle`).
+
+    Texts and images from files are made into inputs by ``preprocessing`` (the model's
+    tokenizer or image processor); texts are tokenized to ``sequence_length`` at most."""
     if spec == "digits":
         return _digits(seed, calibration_size)
     if spec == "fashion-mnist":
         return _fashion_mnist(seed, calibration_size)
+    if spec.endswith(TABLE_SUFFIXES):
+        return load_table(
+            Path(spec),
+            preprocessing=preprocessing,
+            columns=columns,
+            seed=seed,
+            calibration_size=calibration_size,
+            sequence_length=sequence_length,
+        )
+    if Path(spec).is_dir():
+        return load_image_folder(
+            Path(spec), preprocessing=preprocessing, seed=seed, calibration_size=calibration_size
+        )
     if spec.endswith(".npz"):
         return _npz(Path(spec), seed, calibration_size)
     if ":" in spec:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +72,7 @@ def export_onnx(
     dynamic_sequence: bool = False,
     metadata: Mapping[str, str] | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    input_names: Sequence[str] | None = None,
 ) -> ExportResult:
     """Write ``model`` to ``path`` (atomically) with a dynamic batch axis, and a dynamic
     second axis on every input when ``dynamic_sequence`` (token ids, masks).
@@ -79,7 +80,8 @@ def export_onnx(
     The result is one ``.onnx`` file, checked with ``onnx.checker``, unless its weights
     exceed ``external_data_threshold`` bytes: then they go to ``<path>.data`` beside it.
     ``metadata`` (e.g. policy, source checkpoint hash) is written to the model's
-    ``metadata_props`` with the compresskit version and the exporter used."""
+    ``metadata_props`` with the compresskit version and the exporter used. ``input_names``
+    name the graph's inputs (default ``input``, or ``input_0``, ``input_1`` ...)."""
     from compresskit.export.qdq import NotExportableError, export_preparation, not_exportable_reason
 
     reason = not_exportable_reason(model)
@@ -100,12 +102,15 @@ def export_onnx(
     # directory and move the finished files into place at the end.
     workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     raw = workdir / "raw.onnx"
+    names = list(input_names) if input_names else _input_names(len(example_inputs))
     post_quantization = None
     try:
         with export_preparation(model) as post_process:
             if chosen == "dynamo":
                 try:
-                    _export_dynamo(model, example_inputs, raw, opset, dynamic_sequence, large)
+                    _export_dynamo(
+                        model, example_inputs, raw, opset, dynamic_sequence, large, names
+                    )
                 except Exception as error:
                     if exporter == "dynamo":
                         raise CompressKitError(
@@ -118,7 +123,9 @@ def export_onnx(
                         stale.unlink()
             if chosen == "legacy":
                 try:
-                    _export_legacy(model, example_inputs, raw, min(opset, 17), dynamic_sequence)
+                    _export_legacy(
+                        model, example_inputs, raw, min(opset, 17), dynamic_sequence, names
+                    )
                 except Exception as error:
                     raise CompressKitError(f"ONNX export failed: {first_line(error)}") from None
             post_quantization = post_process(raw)
@@ -209,7 +216,8 @@ def _export_dynamo(
     path: Path,
     opset: int,
     dynamic_sequence: bool,
-    large: bool = False,
+    large: bool,
+    names: list[str],
 ) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     axes: dict[int, Any] = {0: batch}
@@ -229,7 +237,7 @@ def _export_dynamo(
             dynamo=True,
             dynamic_shapes=dynamic_shapes,
             opset_version=opset,
-            input_names=_input_names(len(inputs)),
+            input_names=names,
             output_names=[OUTPUT_NAME],
         )
         assert program is not None
@@ -243,8 +251,8 @@ def _export_legacy(
     path: Path,
     opset: int,
     dynamic_sequence: bool,
+    names: list[str],
 ) -> None:
-    names = _input_names(len(example_inputs))
     input_axes = {0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"}
     axes: dict[str, dict[int, str]] = {name: dict(input_axes) for name in names}
     axes[OUTPUT_NAME] = {0: "batch"}

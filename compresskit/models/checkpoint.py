@@ -111,11 +111,11 @@ def _apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> 
         container = model.get_submodule(name) if name else model
         while isinstance(container, nn.ModuleList | nn.Sequential) and len(container) > length:
             del container[len(container) - 1]
-    modules = dict(model.named_modules())
     added = []
     for name, entry in structure.items():
-        module = modules.get(name)
-        if module is None:
+        try:  # looked up afresh: a restored parent brings new children (explicit attention)
+            module = model.get_submodule(name) if name else model
+        except AttributeError:
             added.append((name, entry))
             continue
         attrs = entry.get("attrs", {})

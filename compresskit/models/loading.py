@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from compresskit.errors import CompressKitError, MissingDependencyError, first_line
+from compresskit.data.preprocessing import Preprocessing
+from compresskit.errors import CompressKitError, first_line
 from compresskit.imports import call_factory
 from compresskit.models.checkpoint import RestoreError, is_saved_model, restore_model
 from compresskit.models.examples import EXAMPLES, load_example
@@ -43,6 +44,8 @@ class LoadedModel:
     source: dict[str, Any]
     default_data: str | None = None
     notes: list[str] = field(default_factory=list)
+    # How raw text or images become its inputs (a Hugging Face tokenizer or processor).
+    preprocessing: Preprocessing | None = None
 
     @classmethod
     def of(cls, model: LoadedModel | nn.Module | str | Path | None) -> LoadedModel:
@@ -75,6 +78,7 @@ def load_model(
     arch: str | None = None,
     trust_pickle: bool = False,
     trust_factory: bool = False,
+    task: str | None = None,
 ) -> LoadedModel:
     """Load ``checkpoint``; see the module docstring for the accepted forms and for what
     ``trust_pickle`` and ``trust_factory`` allow.
@@ -82,13 +86,20 @@ def load_model(
     >>> load_model("example:digits-cnn").model                    # doctest: +SKIP
     >>> load_model("weights.pt", arch="mypkg.nets:resnet18")       # doctest: +SKIP
     """
-    loaded = _load(checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory)
+    loaded = _load(
+        checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory, task=task
+    )
     check_finite(loaded.model, f"checkpoint {loaded.describe()}")
     return loaded
 
 
 def _load(
-    checkpoint: str | Path | None, *, arch: str | None, trust_pickle: bool, trust_factory: bool
+    checkpoint: str | Path | None,
+    *,
+    arch: str | None,
+    trust_pickle: bool,
+    trust_factory: bool,
+    task: str | None,
 ) -> LoadedModel:
     ref = str(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if ref.startswith("example:"):
@@ -102,7 +113,7 @@ def _load(
             f"(built-in examples: {', '.join('example:' + n for n in EXAMPLES)})"
         )
     if path.is_dir():
-        return _load_hf(path, trust_pickle=trust_pickle)
+        return _load_hf(path, task, trust_pickle=trust_pickle)
     regular_file(path, what="checkpoint")
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CompressKitError(
@@ -219,7 +230,7 @@ def _compresskit_module_class(spec: str) -> bool:
     )
 
 
-def _load_hf(path: Path, *, trust_pickle: bool = False) -> LoadedModel:
+def _load_hf(path: Path, task: str | None, *, trust_pickle: bool = False) -> LoadedModel:
     import json
 
     config_path = path / "config.json"
@@ -238,20 +249,11 @@ def _load_hf(path: Path, *, trust_pickle: bool = False) -> LoadedModel:
     if not isinstance(config, dict):
         raise CompressKitError(f"checkpoint {config_path}: expected a JSON object")
     _check_hf_weights(path, trust_pickle=trust_pickle)
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise MissingDependencyError("transformers", "hf", "loading a Hugging Face model") from None
-    try:
-        # Never the directory's own Python code (auto_map): a model directory is data.
-        model = AutoModel.from_pretrained(str(path), trust_remote_code=False)
-    except (Exception, SystemExit) as error:
-        raise CompressKitError(
-            f"checkpoint {path}: transformers cannot load it ({first_line(error)})"
-        ) from None
+    from compresskit.models.hf import load_hf_directory
+
+    loaded = load_hf_directory(path, task=task)
     return LoadedModel(
-        model.eval(),
-        {"kind": "hf", "path": str(path), "config": model.config.to_dict()},
+        loaded.model, loaded.source, notes=loaded.notes, preprocessing=loaded.preprocessing
     )
 
 
@@ -279,19 +281,16 @@ def _check_hf_weights(path: Path, *, trust_pickle: bool) -> None:
 
 
 def _hf_builder(source: dict[str, Any]) -> Callable[[], nn.Module]:
-    try:
-        from transformers import AutoConfig, AutoModel
-    except ImportError:
-        raise MissingDependencyError(
-            "transformers", "hf", "restoring a Hugging Face model"
-        ) from None
+    """A saved Hugging Face model's class from its saved config, failing in one line."""
+    from compresskit.models.hf import builder
+
+    build_hf = builder(source)
 
     def build() -> nn.Module:
-        config = dict(source["config"])
         try:
-            config_class = AutoConfig.for_model(config.pop("model_type"))
-            hf_config = type(config_class).from_dict(config)
-            return AutoModel.from_config(hf_config, trust_remote_code=False)  # type: ignore[no-any-return]
+            return build_hf()  # type: ignore[no-any-return]
+        except CompressKitError:
+            raise
         except (Exception, SystemExit) as error:
             raise CompressKitError(
                 f"the saved Hugging Face config cannot be rebuilt ({first_line(error)})"

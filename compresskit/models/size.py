@@ -121,3 +121,25 @@ def _ancestors(name: str) -> list[str]:
 def count_macs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
     """MACs per sample of ``model`` (every matrix product; see :func:`layer_macs`)."""
     return layer_macs(model, example_inputs).get("", 0)
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The longest sequence ``model`` accepts, where it says: a Hugging Face model's
+    positions (config and tokenizer), else the rows of a position table, an
+    ``nn.Embedding`` or a 2-D parameter named like ``pos`` (None: no limit found)."""
+    from compresskit.models.hf import HuggingFaceModel, max_positions
+
+    if isinstance(model, HuggingFaceModel):
+        known = model.preprocessing.max_length if model.preprocessing else None
+        return known or max_positions(model.config)
+    limits = [
+        module.num_embeddings
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Embedding) and "pos" in name.rpartition(".")[2].lower()
+    ]
+    limits += [
+        int(parameter.shape[0])
+        for name, parameter in model.named_parameters()
+        if parameter.dim() == 2 and "pos" in name.rpartition(".")[2].lower()
+    ]
+    return min(limits) if limits else None

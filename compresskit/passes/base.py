@@ -3,9 +3,11 @@
 A pass is registered by name with :func:`register_pass` and imported explicitly in
 ``passes/__init__.py``. What a configured pass needs and does is asked of it before
 anything runs: the data splits it reads (``config.data_needs()``, checked against the
-data) and what it does to the model's precision (:class:`Effects`, checked along every
-chain of the graph: two passes that quantize the same layers, or a float-only pass after
-a quantizing one, are refused when the graph is validated).
+data), whether it can handle the model's layers (``check(model, ctx)``, every node on
+the input model before the first node runs) and what it does to the model's precision
+(:class:`Effects`, checked along every chain of the graph: two passes that quantize the
+same layers, or a float-only pass after a quantizing one, are refused when the graph is
+validated).
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ class Pass(ABC, Generic[ConfigT]):
     def data_needs(self) -> frozenset[DataNeed]:
         """The data splits this configured pass reads."""
         return self.config.data_needs()
+
+    def check(self, model: nn.Module, ctx: Context) -> None:
+        """Raise a one-line :class:`~compresskit.errors.CompressKitError` naming the layer,
+        its type and the option that gets past it when this pass cannot handle ``model``
+        (the input model: the runner asks every node before the first one runs, so a
+        refusal comes in seconds, not after training). Must not change ``model``."""
 
     @abstractmethod
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:

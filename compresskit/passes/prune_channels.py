@@ -2,8 +2,16 @@
 
 Layers become physically smaller (no masks): every layer coupled to a pruned channel
 (BatchNorm and LayerNorm, the next layer's input, residual partners, concatenations,
-depthwise and grouped convs) is cut with it. Custom attention modules keep whole heads
-when ``heads`` gives the head count of their projections.
+depthwise and grouped convs) is cut with it.
+
+Attention is pruned by whole heads, never inside one: blocks of a known layout
+(:mod:`compresskit.pruning.heads`: separate or fused q/k/v, ``nn.MultiheadAttention``
+made explicit, BERT, DistilBERT, ViT and GPT-2 attention) are left to torch-pruning only
+as the residual stream they read and write, and lose the same share of heads
+(``attention: heads``). A Hugging Face model keeps its heads by default
+(``attention: auto``): its config cannot express a head count that changes, and the run
+writes the result back as a Hugging Face directory. ``heads`` gives the head count of
+other custom projections (torch-pruning then removes whole heads).
 """
 
 from __future__ import annotations
@@ -18,10 +26,21 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
+from compresskit.models.attention import explicit_attention_
+from compresskit.models.hf import HuggingFaceModel
 from compresskit.models.size import count_macs, count_params
 from compresskit.passes.base import DataNeed, Effects, Pass, PassConfig, register_pass
 from compresskit.passes.records import PruneChannelsRecord
+from compresskit.progress import status
+from compresskit.pruning.channels import check_traceable, run_torch_pruning
 from compresskit.pruning.criteria import CalibrationSet, channel_importance
+from compresskit.pruning.heads import (
+    AttentionBlock,
+    attention_blocks,
+    head_scores,
+    heads_to_keep,
+    keep_heads,
+)
 from compresskit.pruning.schedule import FinetuneConfig, prune_in_steps, scaled_ratio
 from compresskit.pruning.scope import (
     classifier_name,
@@ -30,7 +49,7 @@ from compresskit.pruning.scope import (
     prunable_widths,
 )
 from compresskit.pruning.sizing import LayerEmptiedError, SizeTarget
-from compresskit.pruning.tracing import describe, failing_module, unknown_parameter_owners
+from compresskit.pruning.tracing import describe, failing_module
 from compresskit.pruning.widths import WidthSweepConfig, sweep_round_to
 
 __all__ = ["PruneChannels", "PruneChannelsConfig", "classifier_name", "prunable_widths"]
@@ -83,6 +102,12 @@ class PruneChannelsConfig(PassConfig):
     steps: int = Field(default=1, ge=1, description="prune in this many steps")
     finetune: FinetuneConfig | None = Field(default=None, description="train after each step")
     calibration_batches: int = Field(default=4, ge=1, description="batches for taylor")
+    attention: Literal["auto", "heads", "keep"] = Field(
+        default="auto",
+        description="attention blocks: remove whole heads at the ratio (heads), leave them "
+        "whole (keep); auto: keep for Hugging Face models (their config cannot express "
+        "pruned heads), heads otherwise",
+    )
 
     @field_validator("ignore")
     @classmethod
@@ -123,13 +148,48 @@ class PruneChannels(Pass[PruneChannelsConfig]):
     effects = Effects(float_only=True)
     record_cls = PruneChannelsRecord
 
+    def check(self, model: nn.Module, ctx: Context) -> None:
+        probe = copy.deepcopy(model)
+        if self._attention_mode(probe) == "heads":
+            explicit_attention_(probe)
+        ignored, _, heads = self._scope(probe)
+        blocks = self._blocks(probe, ignored, heads)
+        free = [
+            n
+            for n in prunable_widths(probe)
+            if n not in ignored and n not in heads and not any(n in b.linears for b in blocks)
+        ]
+        if not free and not blocks and not heads:
+            others = [
+                f"{name} ({type(m).__name__})"
+                for name, m in probe.named_modules()
+                if isinstance(m, nn.RNNBase | nn.MultiheadAttention)
+            ]
+            if isinstance(probe, HuggingFaceModel):
+                raise CompressKitError(
+                    f"prune_channels: no feed-forward layout known for Hugging Face model type "
+                    f"{probe.config.model_type!r}, and the other widths are fixed by its "
+                    "config; set attention: heads (no Hugging Face directory then) or use "
+                    "prune_transformer"
+                )
+            raise CompressKitError(
+                "prune_channels: no conv or linear layer to prune outside the ignored ones"
+                + (f"; it cannot prune {', '.join(others[:3])}" if others else "")
+                + "; remove the prune node or narrow `ignore`"
+            )
+        check_traceable(probe, ctx.example_inputs)
+
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
         model.eval()
+        mode = self._attention_mode(model)
+        explicit = explicit_attention_(model) if mode == "heads" else []
         before = prunable_widths(model)
         heads_before = _head_counts(model, config.heads)
         params, macs = count_params(model), count_macs(model, ctx.example_inputs)
-        self._scope(model)  # every pattern must match before any work is done
+        ignored, _, heads = self._scope(model)  # every pattern must match before any work
+        blocks = self._blocks(model, ignored, heads)
+        block_heads = {b.name: b.heads for b in blocks}
         round_to = config.round_to
         if round_to == "auto":
             round_to, sweep = self._sweep(model, ctx)
@@ -146,16 +206,61 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         )
         model.zero_grad(set_to_none=True)
         after = prunable_widths(model)
+        params_after = count_params(model)
         ctx.record(
             widths={name: [before[name], after.get(name, 0)] for name in before},
-            params=[params, count_params(model)],
+            params=[params, params_after],
             macs=[macs, count_macs(model, ctx.example_inputs)],
             steps=steps,
         )
-        if heads_before:
+        notes = (
+            [f"rewrote {len(explicit)} nn.MultiheadAttention with explicit q/k/v/out projections"]
+            if explicit
+            else []
+        )
+        if blocks and mode == "keep":
+            notes.append(
+                f"kept every head of {len(blocks)} attention blocks (attention: {config.attention})"
+            )
+        if params_after == params:
+            notes.append(
+                "WARNING: nothing was removed (every prunable layer is ignored, recurrent or "
+                "too narrow for the ratio); the model is unchanged"
+            )
+            status("prune_channels: nothing was removed; the model is unchanged", style="yellow")
+        if notes:
+            ctx.record(notes=notes)
+        counts = dict(heads_before)
+        if mode == "heads":
+            counts.update(block_heads)
+        if counts:
             heads_after = _head_counts(model, config.heads)
-            ctx.record(heads={k: [v, heads_after[k]] for k, v in heads_before.items()})
+            heads_after.update(
+                {b.name: b.heads for b in self._blocks(model, ignored, heads)}
+                if mode == "heads"
+                else {}
+            )
+            ctx.record(heads={k: [v, heads_after.get(k, v)] for k, v in counts.items()})
         return model
+
+    def _attention_mode(self, model: nn.Module) -> Literal["heads", "keep"]:
+        if self.config.attention == "auto":
+            return "keep" if isinstance(model, HuggingFaceModel) else "heads"
+        return self.config.attention
+
+    @staticmethod
+    def _blocks(
+        model: nn.Module, ignored: list[str], heads: dict[str, int]
+    ) -> list[AttentionBlock]:
+        """Attention blocks this pass prunes by heads itself (or keeps whole)."""
+        return [
+            b
+            for b in attention_blocks(model)
+            if not any(n in heads for n in b.linears)
+            and not any(
+                n == i or n.startswith(i + ".") for n in (b.name, *b.linears) for i in ignored if i
+            )
+        ]
 
     def _scope(self, model: nn.Module) -> tuple[list[str], dict[str, float], dict[str, int]]:
         """Names of ignored modules, per-layer ratios and head counts (patterns resolved)."""
@@ -163,6 +268,9 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         ignored = ignored_modules(
             model, config.ignore, defaults=config.ignore_embeddings, what="prune ignore"
         )
+        if isinstance(model, HuggingFaceModel) and self._attention_mode(model) == "keep":
+            # Only widths its config can express, so the result saves as an HF directory.
+            ignored.update({name: model.get_submodule(name) for name in model.fixed_widths()})
         ratios = {
             name: ratio
             for pattern, ratio in config.layer_ratios.items()
@@ -217,14 +325,27 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 model
             )
         ignored, ratios, heads = self._scope(model)
+        blocks = self._blocks(model, ignored, heads)
+        prune_heads = self._attention_mode(model) == "heads"
+        criterion = "l2" if config.importance == "bn_scale" else config.importance
+        scores = (
+            {b.name: head_scores(model, b, criterion, ctx.seed) for b in blocks}
+            if prune_heads
+            else {}
+        )
+        # torch-pruning never cuts inside an attention block (it cannot follow fused or
+        # einsum heads): its projections are left to the head pruning below.
+        inside = [n for b in blocks for n in b.linears] + [
+            n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        ]
 
         def prune(amount: float) -> nn.Module:
             if not config.global_ranking:
-                _check_not_emptied(model, ignored, ratios, heads, amount, config, round_to)
+                _check_not_emptied(model, ignored + inside, ratios, heads, amount, config, round_to)
             pruned = _copy_with_gradients(model)
             modules = dict(pruned.named_modules())
             torch.manual_seed(ctx.seed)
-            pruner = _run_torch_pruning(
+            pruner = run_torch_pruning(
                 pruned,
                 ctx.example_inputs,
                 importance=channel_importance(config.importance),
@@ -234,7 +355,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                     for n, r in ratios.items()
                 },
                 global_pruning=config.global_ranking,
-                ignored_layers=[modules[n] for n in ignored],
+                ignored_layers=[modules[n] for n in [*ignored, *inside]],
                 round_to=round_to,
                 num_heads={modules[n]: c for n, c in heads.items()},
                 prune_num_heads=bool(heads),
@@ -244,6 +365,8 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             )
             if heads:
                 _fix_head_attributes(pruned, {n: pruner.num_heads[modules[n]] for n in heads})
+            for block in blocks if prune_heads else []:
+                keep_heads(pruned, block, heads_to_keep(scores[block.name], amount))
             _check_result(pruned, ctx.example_inputs, amount)
             return pruned
 
@@ -283,30 +406,6 @@ def _copy_with_gradients(model: nn.Module) -> nn.Module:
         if source.grad is not None:
             target.grad = source.grad.clone()
     return pruned
-
-
-def _run_torch_pruning(model: nn.Module, example_inputs: tuple, **options: Any) -> Any:
-    import torch_pruning as tp
-
-    # torch-pruning traces the graph through autograd, so gradients must be on.
-    with torch.enable_grad():
-        try:
-            pruner = tp.pruner.MetaPruner(model, example_inputs=example_inputs, **options)
-            pruner.step()
-        except CompressKitError:
-            raise
-        except Exception as error:
-            suspects = unknown_parameter_owners(model)
-            hint = (
-                f"likely {suspects[0]}, whose parameters it has no rule for; add it to `ignore`"
-                if suspects
-                else "add the module whose op fails to `ignore`"
-            )
-            raise CompressKitError(
-                f"prune_channels: torch-pruning could not trace or prune the model "
-                f"({describe(error)}); {hint}"
-            ) from None
-    return pruner
 
 
 def _check_result(model: nn.Module, example_inputs: tuple, amount: float) -> None:

@@ -17,6 +17,7 @@ from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
 from compresskit.passes.records import StaticQuantRecord
 from compresskit.quantization.modules import is_quantized
+from compresskit.quantization.prepare import check_supported, excluded, plain_layer
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
 
 
@@ -39,6 +40,19 @@ class Quantize(Pass[QuantizeConfig]):
     config_cls = QuantizeConfig
     effects = Effects(quantizes=frozenset({"layers"}))
     record_cls = StaticQuantRecord
+
+    def check(self, model: nn.Module, ctx: Context) -> None:
+        check_supported(model, list(self.config.exclude), what="quantize")
+        layers = [
+            name
+            for name, m in model.named_modules()
+            if plain_layer(m) and not excluded(name, self.config.exclude)
+        ]
+        if not layers and not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+            raise CompressKitError(
+                "quantize: no Conv2d or Linear layer to quantize outside `exclude`; "
+                "remove the node or narrow `exclude`"
+            )
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if is_quantized(model):

@@ -16,11 +16,16 @@ from torch import nn
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
+from compresskit.models.attention import explicit_attention_
 from compresskit.passes.base import Effects, Pass, PassConfig, register_pass
 from compresskit.passes.records import QuantizeDynamicRecord
 from compresskit.quantization.dynamic import DynamicQuantLinear, dynamic_layers
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import excluded
+
+# Recurrent layers (the bulk of a GRU/LSTM net's work) that dynamic int8 would leave
+# float: refused unless excluded. Convolutions stay float as before (int8 coverage says so).
+UNQUANTIZED = (nn.RNNBase,)
 
 
 class QuantizeDynamicConfig(PassConfig):
@@ -87,11 +92,32 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     effects = Effects(quantizes=frozenset({"layers"}))
     record_cls = QuantizeDynamicRecord
 
+    def check(self, model: nn.Module, ctx: Context) -> None:
+        for name, module in model.named_modules():
+            if isinstance(module, UNQUANTIZED) and not excluded(name, self.config.exclude):
+                raise CompressKitError(
+                    f"quantize_dynamic: layer {name!r} is a {type(module).__name__}, which "
+                    "this pass leaves float (ONNX Runtime's dynamic int8 here covers Linear "
+                    f"layers only); add {name!r} to exclude to keep it float"
+                )
+        linears = [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Linear | nn.MultiheadAttention)
+            and not excluded(n, self.config.exclude)
+        ]
+        if not linears:
+            raise CompressKitError(
+                "quantize_dynamic: no nn.Linear layer to quantize outside `exclude`; use "
+                "quantize for conv models"
+            )
+
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         if is_quantized(model) or dynamic_layers(model):
             raise CompressKitError(
                 "quantize_dynamic: the model is already quantized; remove one quantization node"
             )
+        explicit = explicit_attention_(model, keep=lambda n: excluded(n, self.config.exclude))
         called = _called_linears(model, ctx.example_inputs)
         converted, kept, unused = [], [], []
         for name, module in list(model.named_modules()):
@@ -117,6 +143,10 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
         with torch.no_grad():
             model(*ctx.example_inputs)  # fails here, not at export, if something is off
         ctx.record(quantized_layers=len(converted), float_layers=kept, scheme="ort-dynamic")
+        if explicit:
+            ctx.record(
+                notes=[f"rewrote {len(explicit)} nn.MultiheadAttention with explicit projections"]
+            )
         if unused:
             ctx.record(unused_layers=unused)
         return model

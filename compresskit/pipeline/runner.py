@@ -3,6 +3,12 @@
 The input model is never modified: every root starts from its own copy, and a node
 with several children hands each child its own copy, so no change leaks across
 branches. Each leaf's result is a candidate.
+
+Before any node runs, every node's pass checks the input model (``Pass.check``): a pass
+that cannot handle a layer says so in seconds, not after the training of another node.
+Given a ``failures`` list, a node that fails takes only its own branch down: the failure
+is recorded there (node, pass, one-line reason, the candidates it cost) and the other
+branches run on.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ from typing import Any
 from torch import nn
 
 from compresskit.context import Context
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, first_line
 from compresskit.passes.base import DataNeed
 from compresskit.pipeline.graph import Node, Pipeline
 from compresskit.progress import status
-from compresskit.records import PassRecord
+from compresskit.records import PassRecord, RecordError
 
 
 @dataclass
@@ -63,17 +69,61 @@ def check_data_needs(pipeline: Pipeline, ctx: Context) -> None:
                 )
 
 
-def run_pipeline(pipeline: Pipeline, model: nn.Module, ctx: Context) -> list[Candidate]:
+@dataclass
+class BranchFailure:
+    """A node that failed: its pass, the one-line reason, and the candidates it cost."""
+
+    node: str
+    pass_name: str
+    error: str
+    candidates: list[str]
+
+
+def check_passes(pipeline: Pipeline, model: nn.Module, ctx: Context) -> None:
+    """Ask every node's pass whether it can handle ``model``, before anything runs."""
+    for node in pipeline:
+        try:
+            node.pass_.check(model, ctx)
+        except CompressKitError as error:
+            raise CompressKitError(f"node {node.id!r} ({node.pass_.name}): {error}") from None
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    model: nn.Module,
+    ctx: Context,
+    *,
+    failures: list[BranchFailure] | None = None,
+) -> list[Candidate]:
     """Run every node once; return one candidate per leaf (and per node marked
-    ``candidate``), in declaration order."""
+    ``candidate``), in declaration order. With ``failures``, a failing node is recorded
+    there and its branch dropped instead of stopping the run."""
     check_data_needs(pipeline, ctx)
+    check_passes(pipeline, model, ctx)
     candidates: dict[str, Candidate] = {}
+    wanted = {node.id for node in pipeline.candidates()}
+
+    def lost(node: Node) -> list[str]:
+        below = [node.id] + [
+            n.id for c in pipeline.children(node.id) for n in _subtree(pipeline, c)
+        ]
+        return [name for name in below if name in wanted]
 
     def visit(node: Node, model: nn.Module, history: list[NodeResult]) -> None:
         status(f"[{node.id}] {node.pass_.name}")
         node_ctx = ctx.for_node()
         start = time.perf_counter()
-        model = node.pass_.apply(model, node_ctx)
+        try:
+            model = node.pass_.apply(model, node_ctx)
+        except RecordError:
+            raise  # a pass's own bug, not the model's
+        except Exception as error:
+            if failures is None:
+                raise
+            reason = str(error) if isinstance(error, CompressKitError) else first_line(error)
+            failures.append(BranchFailure(node.id, node.pass_.name, reason, lost(node)))
+            status(f"[{node.id}] failed: {reason}", style="red")
+            return
         seconds = time.perf_counter() - start
         where = f"node {node.id!r} ({node.pass_.name})"
         record = type(node.pass_).record_cls.from_facts(node_ctx.records, where=where)
@@ -90,4 +140,8 @@ def run_pipeline(pipeline: Pipeline, model: nn.Module, ctx: Context) -> list[Can
 
     for root in pipeline.children(None):
         visit(root, copy.deepcopy(model), [])
-    return [candidates[node.id] for node in pipeline.candidates()]
+    return [candidates[node.id] for node in pipeline.candidates() if node.id in candidates]
+
+
+def _subtree(pipeline: Pipeline, node: Node) -> list[Node]:
+    return [node] + [n for child in pipeline.children(node.id) for n in _subtree(pipeline, child)]

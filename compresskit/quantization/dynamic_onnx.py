@@ -19,14 +19,15 @@ from torch import nn
 from compresskit.errors import CompressKitError
 
 
-def _matmul_weights(model: Any) -> dict[bytes, str]:
+def _matmul_weights(model: Any) -> dict[bytes, list[str]]:
     """MatMul nodes whose second input is a constant, keyed by that constant's bytes as
-    the transposed (out, in) float32 weight a Linear holds."""
+    the transposed (out, in) float32 weight a Linear holds (several nodes share a key when
+    layers hold equal weights: the copies of ``nn.TransformerEncoder``'s layer)."""
     from onnx import numpy_helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
-    found: dict[bytes, str] = {}
+    found: dict[bytes, list[str]] = {}
     for node in model.graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2:
             continue
@@ -34,12 +35,13 @@ def _matmul_weights(model: Any) -> dict[bytes, str]:
         if source in constants:
             value = constants[source]
             if value.ndim == 2:
-                found[np.ascontiguousarray(value.T, dtype=np.float32).tobytes()] = node.name
+                key = np.ascontiguousarray(value.T, dtype=np.float32).tobytes()
+                found.setdefault(key, []).append(node.name)
         elif source in producers and producers[source].op_type == "Transpose":
             inner = producers[source].input[0]
             if inner in constants and constants[inner].ndim == 2:
                 value = np.ascontiguousarray(constants[inner], dtype=np.float32)
-                found[value.tobytes()] = node.name
+                found.setdefault(value.tobytes(), []).append(node.name)
     return found
 
 
@@ -58,8 +60,8 @@ def ort_dynamic_quantization(path: Path, layers: Sequence[nn.Module]) -> str:
     for module in layers:
         layer: Any = module
         key = layer.weight.detach().cpu().float().contiguous().numpy().tobytes()
-        if key in by_weight:
-            nodes.append(by_weight[key])
+        if by_weight.get(key):
+            nodes.append(by_weight[key].pop(0))
         else:
             missing.append(layer)
     if missing:

@@ -310,6 +310,9 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = self._modules.get("static_padding")  # a "same padding" conv pads first
+        if padding is not None:
+            x = padding(x)
         return self._quant_forward(x, self._conv_forward)
 
 

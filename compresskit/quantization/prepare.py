@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from compresskit.errors import CompressKitError
+from compresskit.kinds import kind_of
+from compresskit.models.attention import explicit_attention_
 from compresskit.quantization.modules import QUANT_TYPES, QuantConv2d, QuantLinear
 from compresskit.quantization.residual_plan import rewrite_residuals
 from compresskit.quantization.residuals import ResidualResult
@@ -61,9 +63,16 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None
         conv.bias.copy_(folded)
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with padded convs kept whole (a module, as a Conv2d is)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return is_padded_conv(module) or super().is_leaf_module(module, qualified_name)
+
+
 class _Graph:
     def __init__(self, model: nn.Module) -> None:
-        self.graph_module = fx.symbolic_trace(model)
+        self.graph_module = fx.GraphModule(model, _Tracer().trace(model))
         self.modules = dict(model.named_modules())
         self.calls = Counter(
             n.target for n in self.graph_module.graph.nodes if n.op == "call_module"
@@ -92,6 +101,32 @@ _UNSUPPORTED = (
 )
 
 
+# Padding modules a "same padding" conv applies before convolving (EfficientNet's
+# Conv2dStaticSamePadding and its copies: a Conv2d subclass with a ``static_padding`` child).
+_PADDING = (nn.ZeroPad2d, nn.Identity)
+
+
+def is_padded_conv(module: nn.Module) -> bool:
+    """A Conv2d subclass whose only child is ``static_padding`` (zero padding, applied
+    before the convolution): quantized as a Conv2d that pads first."""
+    children = dict(module.named_children())
+    return (
+        isinstance(module, nn.Conv2d)
+        and type(module) is not nn.Conv2d
+        and set(children) == {"static_padding"}
+        and (
+            isinstance(children["static_padding"], _PADDING)
+            # the model's own Identity class (efficientnet_pytorch defines one)
+            or type(children["static_padding"]).__name__ == "Identity"
+        )
+    )
+
+
+def plain_layer(module: nn.Module) -> bool:
+    """A Conv2d or Linear this pass converts (a padded conv counts as a Conv2d)."""
+    return type(module) in (nn.Conv2d, nn.Linear) or is_padded_conv(module)
+
+
 def excluded(name: str, exclude: list[str]) -> bool:
     """Whether module ``name`` matches one of the ``exclude`` patterns: the name itself, a
     parent of it, or an fnmatch pattern."""
@@ -103,16 +138,32 @@ def excluded(name: str, exclude: list[str]) -> bool:
 
 def check_supported(model: nn.Module, exclude: list[str], *, what: str = "quantize") -> None:
     """Fail with the layer's name when a compute layer cannot be quantized (and is not
-    excluded), instead of leaving it float without a word."""
+    excluded), instead of leaving it float without a word. ``nn.MultiheadAttention`` is
+    supported: :func:`prepare` makes its projections explicit Linear layers."""
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     for name, module in model.named_modules():
         if not name or excluded(name, exclude):
             continue
         reason = None
+        if name in attention or excluded(name, attention):  # made explicit Linear layers
+            continue
         if isinstance(module, _UNSUPPORTED):
             reason = f"is a {type(module).__name__}, which this pass cannot quantize"
-        elif type(module) is nn.Conv2d and module.padding_mode != "zeros":
+        elif (
+            plain_layer(module) and isinstance(module, nn.Conv2d) and module.padding_mode != "zeros"
+        ):
             reason = (
                 f"is a Conv2d with padding_mode {module.padding_mode!r}, which int8 kernels lack"
+            )
+        elif (
+            isinstance(module, nn.Conv2d | nn.Linear)
+            and not plain_layer(module)
+            and kind_of(module) is None
+        ):
+            base = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+            reason = (
+                f"is a {type(module).__name__}, a {base} subclass with a forward of its own, "
+                "which this pass cannot quantize"
             )
         if reason:
             raise CompressKitError(
@@ -129,6 +180,12 @@ def prepare(
     exclude = exclude or []
     check_supported(model, exclude)
     result = Preparation()
+    explicit = explicit_attention_(model, keep=lambda name: excluded(name, exclude))
+    if explicit:
+        result.notes.append(
+            f"rewrote {len(explicit)} nn.MultiheadAttention with explicit q/k/v/out Linear "
+            "layers (quantized like any Linear)"
+        )
     model.eval()
     try:
         graph: _Graph | None = _Graph(model)
@@ -145,12 +202,12 @@ def prepare(
             )
     relu_plan = _fold_and_plan(model, graph, result) if graph else {}
     for name, module in list(model.named_modules()):
-        if type(module) not in (nn.Conv2d, nn.Linear):
+        if not plain_layer(module):
             continue
         if excluded(name, exclude):
             result.excluded.append(name)
             continue
-        if type(module) is nn.Conv2d:
+        if isinstance(module, nn.Conv2d):
             QuantConv2d.convert_(module)  # type: ignore[arg-type]
         else:
             QuantLinear.convert_(module)  # type: ignore[arg-type]
@@ -200,7 +257,12 @@ def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict
             continue
         source = node.args[0]
         conv = graph.module(source) if isinstance(source, fx.Node) else None
-        if type(conv) is not nn.Conv2d or not isinstance(source, fx.Node):
+        if (
+            conv is None
+            or not plain_layer(conv)
+            or not isinstance(conv, nn.Conv2d)
+            or not isinstance(source, fx.Node)
+        ):
             result.notes.append(f"{node.target}: BatchNorm not after a Conv2d, left in float")
             continue
         if (
@@ -225,7 +287,8 @@ def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict
         producer = graph.module(source) if isinstance(source, fx.Node) else None
         if (
             isinstance(source, fx.Node)
-            and type(producer) in (nn.Conv2d, nn.Linear)
+            and producer is not None
+            and plain_layer(producer)
             and len(source.users) == 1
             and graph.calls[source.target] == 1
         ):

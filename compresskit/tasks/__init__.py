@@ -17,8 +17,9 @@ from compresskit.tasks.base import (
 )
 from compresskit.tasks.classification import Classification
 from compresskit.tasks.embedding import Embedding
+from compresskit.tasks.fidelity import Fidelity
 
-_TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Embedding())}
+_TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Embedding(), Fidelity())}
 
 
 def register_task(task: Task) -> Task:

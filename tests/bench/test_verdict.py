@@ -119,3 +119,22 @@ def test_export_skipped_and_each_task_reads_its_own_budget() -> None:
     assert "export_skipped" in verdict.reasons
     assert "not exported (bitsandbytes layers)" in verdict.summary
     assert "budget min_cosine does not apply to the classification task; ignored" in verdict.lines
+
+
+def test_an_unmeasured_baseline_or_a_failed_candidate_fails_the_run() -> None:
+    def drop_baseline_latency(data: dict) -> None:
+        data["baseline"]["latency"] = []
+
+    report = judged(Budget(), drop_baseline_latency)
+    assert report.verdict is not None and report.verdict.measured is False
+    assert "baseline: not_measured_cpu-ort" in report.verdict.reasons
+    assert exit_code(report) == EXIT_FAILED
+
+    def add_failure(data: dict) -> None:
+        data["failed"] = [
+            {"name": "x", "node": "q", "pass_name": "quantize", "error": "layer 'rnn' ..."}
+        ]
+
+    report = judged(Budget(), add_failure)
+    assert "x: failed" in report.verdict.reasons and "FAILED 1 of 3" in report.verdict.summary
+    assert exit_code(report) == EXIT_FAILED
