@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from compresskit.errors import CompressKitError
 
 Split = Literal["train", "val", "calibration", "eval"]
-Task = Literal["classification", "embedding"]
-TASKS: tuple[Task, ...] = ("classification", "embedding")
+Task = Literal["classification", "embedding", "causal-lm"]
+TASKS: tuple[Task, ...] = ("classification", "embedding", "causal-lm")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,9 @@ class DataBundle:
     shape ``(batch, num_classes)``, scored by accuracy. ``embedding``: a vector of shape
     ``(batch, num_classes)``, so ``num_classes`` is the embedding width; the labels in the
     splits are ignored (any placeholder tensor, e.g. zeros) and candidates are scored by
-    the cosine of their embeddings to the baseline's.
+    the cosine of their embeddings to the baseline's. ``causal-lm``: token windows
+    ``(batch, seq_len)`` whose labels are the ids themselves; ``num_classes`` is the
+    vocabulary (see :mod:`compresskit.data.text`).
 
     ``eval`` is a fixed hold-out (it does not move with the seed, so runs compare) that
     reports use and training never sees; ``val`` (carved from the training data) is what

@@ -15,10 +15,13 @@ from compresskit.tasks.base import (
     first_tensor,
     points,
 )
+from compresskit.tasks.causal_lm import CausalLM
 from compresskit.tasks.classification import Classification
 from compresskit.tasks.embedding import Embedding
 
-_TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Embedding())}
+_TASKS: dict[str, Task] = {
+    task.name: task for task in (Classification(), Embedding(), CausalLM())
+}
 
 
 def register_task(task: Task) -> Task:
