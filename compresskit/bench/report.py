@@ -129,7 +129,7 @@ class Report(_Model):
     policy: str
     checkpoint: str
     data: str
-    task: Literal["classification", "embedding"] = Field(
+    task: Literal["classification", "embedding", "causal-lm"] = Field(
         default="classification",
         description="what the metrics score: accuracy (classification) or the cosine of "
         "each embedding to the baseline's (embedding)",

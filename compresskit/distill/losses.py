@@ -17,6 +17,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
+from compresskit.distill.lm_losses import (
+    ForwardKLLoss,
+    JSDLoss,
+    OnPolicyLoss,
+    ReverseKLLoss,
+    SkewKLLoss,
+    SkewReverseKLLoss,
+)
+
 EPS = 1e-12
 
 
@@ -149,7 +158,13 @@ LossSpec = Annotated[
     | HiddenLoss
     | AttentionLoss
     | RKDDistanceLoss
-    | RKDAngleLoss,
+    | RKDAngleLoss
+    | ForwardKLLoss
+    | ReverseKLLoss
+    | JSDLoss
+    | SkewKLLoss
+    | SkewReverseKLLoss
+    | OnPolicyLoss,
     Field(discriminator="kind"),
 ]
 

@@ -61,9 +61,10 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> L
 
     _check_causal_head(path)
     tokenizer = load_tokenizer(path)
-    model, info = AutoModelForCausalLM.from_pretrained(
+    loaded: Any = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, output_loading_info=True
     )
+    model, info = loaded
     missing = [k for k in info.get("missing_keys", ()) if not _tied_head(model, k)]
     if missing:
         raise CompressKitError(

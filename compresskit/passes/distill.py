@@ -26,11 +26,14 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from compresskit.context import Context
+from compresskit.distill.lm_losses import LM_LOSS_KINDS
+from compresskit.distill.lm_objective import LMDistillObjective
 from compresskit.distill.losses import KDLoss, LossSpec, TaskLoss, kd_loss
 from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Pass, PassConfig, Stage, register_pass
 from compresskit.progress import status
+from compresskit.tasks import get_task
 from compresskit.training.loop import (
     Runtime,
     TrainConfig,
@@ -91,10 +94,11 @@ class DistillConfig(PassConfig):
         return specs
 
 
-def load_teacher(path: str) -> nn.Module:
+def load_teacher(path: str, *, causal_lm: bool = False) -> nn.Module:
+    from compresskit.models.causal_lm import load_causal_lm
     from compresskit.models.loading import load_model
 
-    teacher = load_model(path).model
+    teacher = load_causal_lm(path).model if causal_lm else load_model(path).model
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher.eval()
@@ -195,9 +199,16 @@ class Distill(Pass[DistillConfig]):
         specs = config.loss_specs()
         if ctx.data.is_embedding:
             check_embedding_losses(specs, config, ctx.data.name)
+        lm = ctx.data.task == "causal-lm"
+        lm_only = sorted({spec.kind for spec in specs} & LM_LOSS_KINDS)
+        if lm_only and not lm:
+            raise CompressKitError(
+                f"distill: losses {', '.join(lm_only)} are token-level losses of causal "
+                f"language models but {ctx.data.name} is a {ctx.data.task} task; use kd"
+            )
         monitor = resolve_monitor(config.train, ctx.data, what="distill")
         needs_teacher = any(spec.kind != "task" for spec in specs)
-        teacher = load_teacher(config.teacher) if config.teacher else ctx.teacher
+        teacher = load_teacher(config.teacher, causal_lm=lm) if config.teacher else ctx.teacher
         if teacher is None and needs_teacher:
             raise CompressKitError(
                 "distill: no teacher in the context; set teacher: PATH, or alpha: 1 to "
@@ -214,14 +225,23 @@ class Distill(Pass[DistillConfig]):
         try:
             torch.manual_seed(ctx.seed)
             example = tuple(x.to(device) for x in ctx.example_inputs)
-            objective = DistillObjective(specs, model, teacher, example_inputs=example)
-            data = self._maybe_cache(objective, ctx, example)
-            metric_fn: TeacherAgreement | TeacherCosine
-            if ctx.data.is_embedding:
-                assert teacher is not None  # every embedding loss reads the teacher
-                metric_fn = TeacherCosine(teacher)
+            objective: DistillObjective | LMDistillObjective
+            metric_fn: Any
+            if lm:
+                # Logits of a whole vocabulary per position are never cached or kept whole.
+                objective = LMDistillObjective(
+                    specs, model, teacher, example_inputs=example, seed=ctx.seed
+                )
+                data = ctx.data
+                metric_fn = get_task(ctx.data.task).validation(teacher)
             else:
-                metric_fn = TeacherAgreement(teacher)
+                objective = DistillObjective(specs, model, teacher, example_inputs=example)
+                data = self._maybe_cache(objective, ctx, example)
+                if ctx.data.is_embedding:
+                    assert teacher is not None  # every embedding loss reads the teacher
+                    metric_fn = TeacherCosine(teacher)
+                else:
+                    metric_fn = TeacherAgreement(teacher)
             stop_at = self._stop_at(ctx, monitor, teacher, device)
             with objective.student_taps, objective.teacher_taps or contextlib.nullcontext():
                 history = train(
@@ -283,6 +303,14 @@ class Distill(Pass[DistillConfig]):
         budget = ctx.budget
         if not train_config.stop_at_budget or budget is None:
             return None
+        if monitor == "log_likelihood":
+            task = get_task(ctx.data.task)
+            val = [to_device(b, device) for b in ctx.data.loader("val", batch_size=8)]
+            return task.stop_value(
+                monitor,
+                budget,
+                lambda: task.validation(None)(teacher, val),  # type: ignore[arg-type]
+            )
         if monitor == "cosine":
             return budget.min_cosine
         if monitor == "agreement":

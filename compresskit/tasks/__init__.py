@@ -19,9 +19,7 @@ from compresskit.tasks.causal_lm import CausalLM
 from compresskit.tasks.classification import Classification
 from compresskit.tasks.embedding import Embedding
 
-_TASKS: dict[str, Task] = {
-    task.name: task for task in (Classification(), Embedding(), CausalLM())
-}
+_TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Embedding(), CausalLM())}
 
 
 def register_task(task: Task) -> Task:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from compresskit.data.bundle import DataBundle
 from compresskit.errors import CompressKitError
 from compresskit.progress import progress_bar, status
+from compresskit.tasks import get_task
 from compresskit.training import distributed
 
 Inputs = tuple[torch.Tensor, ...]
@@ -57,11 +58,13 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
     grad_clip: float | None = Field(default=1.0, gt=0)
     keep_best: bool = True
-    monitor: Literal["accuracy", "agreement", "cosine"] | None = Field(
+    monitor: Literal["accuracy", "agreement", "cosine", "log_likelihood"] | None = Field(
         default=None,
         description="validation metric that picks the best state and early stopping "
         "(agreement: with the teacher, for unlabelled data; cosine: of the embeddings to "
-        "the teacher's, for embedding tasks); default: accuracy, or cosine for embedding tasks",
+        "the teacher's, for embedding tasks; log_likelihood: mean per-token log-likelihood "
+        "of the val windows, for causal LMs); default: the task's first (accuracy, cosine, "
+        "log_likelihood)",
     )
     patience: int | None = Field(
         default=None, ge=1, description="stop after this many validations without improvement"
@@ -161,16 +164,10 @@ class Runtime:
 
 
 def resolve_monitor(config: TrainConfig, data: DataBundle, *, what: str) -> str:
-    """The validation metric ``config`` monitors on ``data``: its own, else accuracy
-    (cosine for embedding tasks, which have no classes to be accurate about)."""
-    if config.monitor is None:
-        return "cosine" if data.is_embedding else "accuracy"
-    if data.is_embedding and config.monitor != "cosine":
-        raise CompressKitError(
-            f"{what}: train.monitor is {config.monitor!r} but {data.name} is an embedding "
-            "task (no classes to predict); use monitor: cosine (to the teacher's embeddings)"
-        )
-    return config.monitor
+    """The validation metric ``config`` monitors on ``data``: its own if the data's task
+    validates by it, else the task's first (accuracy; cosine for embeddings, which have no
+    classes to be accurate about; log_likelihood for causal language models)."""
+    return get_task(data.task).monitor(config.monitor, what=what)
 
 
 def cross_entropy(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
@@ -262,7 +259,9 @@ def train(
             "task; recover with a distill node (losses: [{kind: output, metric: cosine}])"
         )
     if config.stop_at_budget and stop_at is None:
-        budget = "min_cosine" if monitor == "cosine" else "max_accuracy_drop"
+        budget = {"cosine": "min_cosine", "log_likelihood": "max_perplexity_increase"}.get(
+            monitor, "max_accuracy_drop"
+        )
         raise CompressKitError(
             f"{description}: train.stop_at_budget needs a budget "
             f"(budget.{budget} in the policy); remove stop_at_budget or set one"
