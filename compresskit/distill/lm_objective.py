@@ -156,7 +156,6 @@ class LMDistillObjective:
         seed: int = 0,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> None:
-        self.student = student
         self.teacher = teacher
         self.chunk = chunk_tokens
         self.terms: list[Term] = []
@@ -313,20 +312,22 @@ class LMDistillObjective:
                 t_values = dict(self.teacher_taps.values)
         # Off-policy steps score the on_policy term on the windows, with the others.
         terms = self._window_terms(
-            h_s[:batch], None if h_t is None else h_t[:batch], y, on_policy=sampled is None
+            model, h_s[:batch], None if h_t is None else h_t[:batch], y, on_policy=sampled is None
         )
         for term in on_policy if sampled is not None else []:
             assert h_t is not None and spec is not None
             start, stop = spec.prompt_tokens - 1, spec.prompt_tokens + spec.max_new_tokens - 1
             terms[term.name] = term.spec.weight * self._mean(
-                divergence(term.spec), h_s[batch:, start:stop], h_t[batch:, start:stop]
+                model, divergence(term.spec), h_s[batch:, start:stop], h_t[batch:, start:stop]
             )
         for term in self.terms:
             if isinstance(term.spec, L.HiddenLoss):
                 terms[term.name] = term.spec.weight * self._hidden(term, s_values, t_values, batch)
         return terms
 
-    def _mean(self, fn: TokenFn, h_s: torch.Tensor, h_t: torch.Tensor | None) -> torch.Tensor:
+    def _mean(
+        self, model: nn.Module, fn: TokenFn, h_s: torch.Tensor, h_t: torch.Tensor | None
+    ) -> torch.Tensor:
         flat_s = h_s.reshape(-1, h_s.shape[-1])
         flat_t = None if h_t is None else h_t.reshape(-1, h_t.shape[-1])
         targets = torch.zeros(len(flat_s), dtype=torch.long, device=flat_s.device)
@@ -335,14 +336,20 @@ class LMDistillObjective:
             flat_s,
             flat_t,
             targets,
-            self._head(self.student),
+            self._head(model),
             None if self.teacher is None else self._head(self.teacher),
             chunk=self.chunk,
         )
         return total[0] / max(len(flat_s), 1)
 
     def _window_terms(
-        self, h_s: torch.Tensor, h_t: torch.Tensor | None, y: torch.Tensor, *, on_policy: bool
+        self,
+        model: nn.Module,
+        h_s: torch.Tensor,
+        h_t: torch.Tensor | None,
+        y: torch.Tensor,
+        *,
+        on_policy: bool,
     ) -> dict[str, torch.Tensor]:
         """Every logit term on the windows, in one chunked pass over the positions."""
         window = [
@@ -362,7 +369,7 @@ class LMDistillObjective:
             flat_s,
             flat_t,
             targets,
-            self._head(self.student),
+            self._head(model),
             None if self.teacher is None else self._head(self.teacher),
             chunk=self.chunk,
         )

@@ -73,6 +73,11 @@ class TrainConfig(BaseModel):
         default=False,
         description="stop as soon as the validation metric is within the policy budget",
     )
+    sharding: distributed.Sharding = Field(
+        default="ddp",
+        description="with --nproc > 1: ddp replicates the model, its gradients and optimizer "
+        "state in every process; fsdp shards them over the processes (torch fully_shard)",
+    )
 
 
 @dataclass
@@ -140,8 +145,17 @@ class Runtime:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def wrap(self, module: nn.Module) -> nn.Module:
-        return distributed.wrap(module)
+    def wrap(self, module: nn.Module, sharding: distributed.Sharding = "ddp") -> nn.Module:
+        return distributed.wrap(module, sharding)
+
+    def trained(self, model: nn.Module, wrapped: nn.Module) -> nn.Module:
+        """The module whose parameters training updates: ``model``, or its sharded copy."""
+        return wrapped if distributed.is_sharded(wrapped) else model
+
+    def finish(self, model: nn.Module, trained: nn.Module) -> None:
+        """Give ``model`` the trained weights (gathered, when a sharded copy trained)."""
+        if trained is not model:
+            model.load_state_dict(distributed.gather_state_dict(trained))
 
     def train_loader(self, dataset: Dataset, *, batch_size: int, seed: int) -> DataLoader:
         return distributed.train_loader(dataset, batch_size=batch_size, seed=seed)
@@ -164,10 +178,19 @@ class Runtime:
 
 
 def resolve_monitor(config: TrainConfig, data: DataBundle, *, what: str) -> str:
-    """The validation metric ``config`` monitors on ``data``: its own if the data's task
-    validates by it, else the task's first (accuracy; cosine for embeddings, which have no
-    classes to be accurate about; log_likelihood for causal language models)."""
-    return get_task(data.task).monitor(config.monitor, what=what)
+    """The validation metric ``config`` monitors on ``data``: its own, else accuracy
+    (cosine for embedding tasks, which have no classes to be accurate about; for causal
+    language models, what their task validates by: log_likelihood)."""
+    if data.task == "causal-lm":
+        return get_task(data.task).monitor(config.monitor, what=what)
+    if config.monitor is None:
+        return "cosine" if data.is_embedding else "accuracy"
+    if data.is_embedding and config.monitor != "cosine":
+        raise CompressKitError(
+            f"{what}: train.monitor is {config.monitor!r} but {data.name} is an embedding "
+            "task (no classes to predict); use monitor: cosine (to the teacher's embeddings)"
+        )
+    return config.monitor
 
 
 def cross_entropy(model: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
@@ -274,11 +297,14 @@ def train(
         module.to(runtime.device)
     # The one place the model is wrapped, e.g. in DDP. Extra modules (projectors) are
     # called by the loss directly, so their gradients are averaged by runtime.sync.
-    wrapped = runtime.wrap(model)
+    wrapped = runtime.wrap(model, config.sharding)
+    # What training updates: the model, or under FSDP its sharded copy, whose weights
+    # runtime.finish gathers back into the model at the end.
+    trained = runtime.trained(model, wrapped)
     extras = list(objective.modules)
     outside = list(extra_parameters)
     outside += [p for m in objective.modules for p in m.parameters() if p.requires_grad]
-    parameters = [p for p in model.parameters() if p.requires_grad] + outside
+    parameters = [p for p in trained.parameters() if p.requires_grad] + outside
     optimizer = _optimizer(parameters, config)
     loader = runtime.train_loader(
         data.train, batch_size=config.batch_size, seed=data.seed if seed is None else seed
@@ -323,7 +349,7 @@ def train(
             loss.backward()
             runtime.sync(outside)
             if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                distributed.clip_grad_norm(parameters, config.grad_clip)
             optimizer.step()
             scheduler.step()
             step_loss = float(loss.detach())
@@ -341,8 +367,8 @@ def train(
             # computed on the whole (small) val split, identically in every process.
             reduced = runtime.all_reduce(sums.clone())
             mean_loss = float(reduced[0] / reduced[1].clamp(min=1))
-            runtime.before_validation(model)
-            metrics = metric_fn(model, val_loader)
+            runtime.before_validation(trained)
+            metrics = metric_fn(trained, val_loader)
             if monitor not in metrics:
                 raise CompressKitError(
                     f"{description}: train.monitor is {monitor!r} but this pass "
@@ -364,7 +390,7 @@ def train(
             if value_now > best_value:
                 best_value, stale = value_now, 0
                 if config.keep_best:
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(trained.state_dict())
                     history.best_epoch = record.epoch
             else:
                 stale += 1
@@ -376,7 +402,8 @@ def train(
                 history.stopped = f"no val improvement in {config.patience} validations"
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        trained.load_state_dict(best_state)
+    runtime.finish(model, trained)
     model.eval()
     last = history.epochs[-1]
     kept = f" (kept validation {history.best_epoch}: {best_value:.4f})" if best_state else ""

@@ -107,10 +107,9 @@ def test_objective_terms_vanish_for_a_copy_and_train_a_different_student(spec, b
     example = bundle.example_inputs(2)
     ids, labels = next(iter(bundle.loader("train", batch_size=4)))
     config = DistillConfig(losses=[spec])
-    same = LMDistillObjective(
-        config.loss_specs(), copy.deepcopy(teacher), teacher, example_inputs=example
-    )
-    value = same.loss(same.student, (ids,), labels)
+    twin = copy.deepcopy(teacher)
+    same = LMDistillObjective(config.loss_specs(), twin, teacher, example_inputs=example)
+    value = same.loss(twin, (ids,), labels)
     if spec["kind"] != "task":
         assert abs(float(sum(value.values()))) < 1e-5
     student = tiny_llama(seed=2)
