@@ -137,7 +137,9 @@ class Runtime:
     """Where training runs, and the single points distributed training replaces.
 
     In one process these are no-ops; under torchrun (training/distributed.py) ``wrap``
-    puts the model in DistributedDataParallel, ``train_loader`` gives each rank its
+    puts the model in DistributedDataParallel (``shard``, for ``train.sharding: fsdp``,
+    trains a copy sharded with fully_shard, and ``finish`` gathers its weights back into
+    the model), ``train_loader`` gives each rank its
     share of every global batch, ``all_reduce`` sums across ranks, ``sync`` averages the
     gradients of modules outside the model (projectors) and ``before_validation`` gives
     every rank rank 0's BatchNorm statistics.
@@ -145,8 +147,12 @@ class Runtime:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def wrap(self, module: nn.Module, sharding: distributed.Sharding = "ddp") -> nn.Module:
-        return distributed.wrap(module, sharding)
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return distributed.wrap(module)
+
+    def shard(self, module: nn.Module) -> nn.Module:
+        """What ``wrap`` is for ``train.sharding: fsdp``: a sharded copy of ``module``."""
+        return distributed.wrap(module, "fsdp")
 
     def trained(self, model: nn.Module, wrapped: nn.Module) -> nn.Module:
         """The module whose parameters training updates: ``model``, or its sharded copy."""
@@ -297,7 +303,7 @@ def train(
         module.to(runtime.device)
     # The one place the model is wrapped, e.g. in DDP. Extra modules (projectors) are
     # called by the loss directly, so their gradients are averaged by runtime.sync.
-    wrapped = runtime.wrap(model, config.sharding)
+    wrapped = runtime.shard(model) if config.sharding == "fsdp" else runtime.wrap(model)
     # What training updates: the model, or under FSDP its sharded copy, whose weights
     # runtime.finish gathers back into the model at the end.
     trained = runtime.trained(model, wrapped)

@@ -1,6 +1,6 @@
-"""Run by torchrun from test_distributed_lm.py: LM distillation of a tiny Llama through the
-distill pass with ``train.sharding: fsdp``. Rank 0 saves the trained weights and history
-to the path in argv[1]; run in one process, the script trains the same way unsharded."""
+"""Run by torchrun from test_fsdp.py: LM distillation of a tiny Llama through the distill
+pass with ``train.sharding`` argv[2] (ddp or fsdp). Rank 0 saves the trained weights and
+history to the path in argv[1]; in one process, the script trains the same way, unsharded."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from compresskit.training import distributed
 from compresskit.training.loop import TrainConfig
 
 
-def main(out: str) -> None:
+def main(out: str, sharding: str) -> None:
     world = distributed.setup()
     bundle = tiny_lm_bundle(tiny_tokenizer(), seq_len=16)
     # A narrower student: the hidden loss trains a projector outside the sharded model.
@@ -23,7 +23,7 @@ def main(out: str) -> None:
     config = DistillConfig(
         losses=[{"kind": "reverse_kl"}, {"kind": "task"}, {"kind": "hidden", "weight": 0.1}],
         train=TrainConfig(
-            steps=4, eval_every=2, batch_size=8, optimizer="sgd", lr=0.1, sharding="fsdp"
+            steps=4, eval_every=2, batch_size=8, optimizer="sgd", lr=0.1, sharding=sharding
         ),
     )
     ctx = Context(data=bundle, teacher=teacher, example_inputs=bundle.example_inputs(2))
@@ -32,9 +32,9 @@ def main(out: str) -> None:
     assert not any(type(p).__name__ == "DTensor" for p in student.parameters())
     if world.is_main:
         torch.save({"state": student.state_dict(), "history": ctx.records["history"]}, out)
-        print(f"fsdp ok on {world.world_size} process(es)", flush=True)
+        print(f"{sharding} ok on {world.world_size} process(es)", flush=True)
 
 
 if __name__ == "__main__":
     with distributed.session():
-        main(sys.argv[1])
+        main(sys.argv[1], sys.argv[2])
