@@ -192,12 +192,14 @@ def text_bundle(
     calibration_windows: int = 64,
     eval_keys: Collection[str] | None = None,
     max_train_windows: int | None = None,
+    max_val_windows: int | None = None,
     max_eval_windows: int | None = None,
 ) -> DataBundle:
     """A causal-LM :class:`DataBundle` of ``documents`` (see the module docstring).
 
     ``eval_keys`` names the held-out documents (a fixed evaluation set); the seed picks
-    only the calibration windows and the training order."""
+    only the calibration windows and the training order. ``max_*_windows`` keep the first
+    windows of a split (a slice of a large corpus; validation runs at every check)."""
     if seq_len < 2:
         raise CompressKitError(f"sequence length {seq_len}: give at least 2 tokens per window")
     docs = [
@@ -224,10 +226,10 @@ def text_bundle(
                 "sequence length"
             )
         windows[split] = packed
-    if max_train_windows is not None:
-        windows["train"] = windows["train"][:max_train_windows]
-    if max_eval_windows is not None:
-        windows["eval"] = windows["eval"][:max_eval_windows]
+    limits = {"train": max_train_windows, "val": max_val_windows, "eval": max_eval_windows}
+    for split, limit in limits.items():
+        if limit is not None:
+            windows[split] = windows[split][:limit]
     train = _dataset(windows["train"])
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     calibration = Subset(train, order[: min(calibration_windows, len(train))].tolist())

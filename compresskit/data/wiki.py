@@ -73,6 +73,7 @@ def wiki_bundle(
     seed: int = 0,
     calibration_windows: int = 64,
     max_train_windows: int | None = None,
+    max_val_windows: int | None = None,
     max_eval_windows: int | None = None,
 ) -> DataBundle:
     """The corpus as a causal-LM bundle whose eval split is exactly ``eval_titles``."""
@@ -85,5 +86,6 @@ def wiki_bundle(
         eval_keys=eval_titles,
         calibration_windows=calibration_windows,
         max_train_windows=max_train_windows,
+        max_val_windows=max_val_windows,
         max_eval_windows=max_eval_windows,
     )

@@ -35,6 +35,9 @@ def test_windows_and_splits_are_deterministic_and_by_document() -> None:
     assert a.calibration.indices != other_seed.calibration.indices  # the seed moves it
     ids, labels = next(iter(a.loader("eval", batch_size=4)))
     assert ids.shape == (4, 16) and torch.equal(ids, labels)
+    capped = text_bundle(documents, tokenizer, seq_len=16, max_val_windows=2, max_train_windows=5)
+    torch.testing.assert_close(capped.val.tensors[0], a.val.tensors[0][:2])
+    assert len(capped.train) == 5 and len(capped.eval) == len(a.eval)
 
     docs = [Document(f"text#{i}", d) for i, d in enumerate(documents)]
     splits = assign_splits(docs)

@@ -69,6 +69,7 @@ def test_smollm2_prune_distill_slice(tmp_path: Path) -> None:
         eval_titles=read_titles(REPO / "benchmarks/data/wiki_eval_titles.json"),
         calibration_windows=8,
         max_train_windows=128,
+        max_val_windows=16,
         max_eval_windows=8,
     )
     base, reference = _evaluate(teacher, bundle)
