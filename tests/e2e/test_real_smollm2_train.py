@@ -16,7 +16,7 @@ from _real import REPO
 
 pytestmark = pytest.mark.e2e
 
-SEQ_LEN = 128
+SEQ_LEN = 64
 
 
 def _require() -> Path:
@@ -69,7 +69,7 @@ def test_smollm2_prune_distill_slice(tmp_path: Path) -> None:
         eval_titles=read_titles(REPO / "benchmarks/data/wiki_eval_titles.json"),
         calibration_windows=8,
         max_train_windows=128,
-        max_val_windows=16,
+        max_val_windows=8,
         max_eval_windows=8,
     )
     base, reference = _evaluate(teacher, bundle)
@@ -94,7 +94,7 @@ def test_smollm2_prune_distill_slice(tmp_path: Path) -> None:
 
     distill = DistillConfig(
         losses=[{"kind": "forward_kl"}],
-        train=TrainConfig(steps=24, eval_every=12, batch_size=8, lr=2e-4, warmup_steps=2),
+        train=TrainConfig(steps=12, eval_every=6, batch_size=4, lr=2e-4, warmup_steps=2),
     )
     ctx = Context(data=bundle, teacher=teacher, example_inputs=bundle.example_inputs(2))
     student = Distill(distill).apply(student, ctx)
