@@ -27,7 +27,9 @@ class DataBundle:
     accuracy on the labels), ``embedding`` (one vector per sample, scored by cosine to the
     baseline; the labels are placeholders nothing reads). ``num_classes`` is how many
     classes the labels imply (largest label + 1): the model may output more (labels may
-    cover a subset of its classes); None where the labels are placeholders.
+    cover a subset of its classes); None where the labels are placeholders. ``causal-lm``:
+    token windows ``(batch, seq_len)`` whose labels are the ids themselves; ``num_classes``
+    is the vocabulary (see :mod:`compresskit.data.text`).
 
     ``eval`` is a fixed hold-out (it does not move with the seed, so runs compare) that
     reports use and training never sees; ``val`` (carved from the training data) is what

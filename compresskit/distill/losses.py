@@ -19,6 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from compresskit.distill.lm_losses import (
+    ForwardKLLoss,
+    JSDLoss,
+    OnPolicyLoss,
+    ReverseKLLoss,
+    SkewKLLoss,
+    SkewReverseKLLoss,
+)
 from compresskit.tasks import Task
 from compresskit.tasks.base import Inputs
 
@@ -154,7 +162,13 @@ LossSpec = Annotated[
     | HiddenLoss
     | AttentionLoss
     | RKDDistanceLoss
-    | RKDAngleLoss,
+    | RKDAngleLoss
+    | ForwardKLLoss
+    | ReverseKLLoss
+    | JSDLoss
+    | SkewKLLoss
+    | SkewReverseKLLoss
+    | OnPolicyLoss,
     Field(discriminator="kind"),
 ]
 

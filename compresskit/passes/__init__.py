@@ -4,6 +4,7 @@ from compresskit.passes import (  # noqa: F401
     distill,
     prune_blocks,
     prune_channels,
+    prune_decoder,
     prune_transformer,
     qat,
     quantize,

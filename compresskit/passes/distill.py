@@ -26,6 +26,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from compresskit.context import Context
+from compresskit.distill.lm_losses import LM_LOSS_KINDS
+from compresskit.distill.lm_objective import LMDistillObjective
 from compresskit.distill.losses import KDLoss, LossSpec, TaskLoss, kd_loss
 from compresskit.distill.objective import DistillObjective, IndexedDataset
 from compresskit.errors import CompressKitError
@@ -90,10 +92,15 @@ class DistillConfig(PassConfig):
         return frozenset({DataNeed.TRAIN})
 
 
-def load_teacher(path: str, *, trust_factory: bool = False) -> nn.Module:
+def load_teacher(path: str, *, trust_factory: bool = False, causal_lm: bool = False) -> nn.Module:
+    from compresskit.models.causal_lm import load_causal_lm
     from compresskit.models.loading import load_model
 
-    teacher = load_model(path, trust_factory=trust_factory).model
+    teacher = (
+        load_causal_lm(path).model
+        if causal_lm
+        else load_model(path, trust_factory=trust_factory).model
+    )
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher.eval()
@@ -135,10 +142,17 @@ class Distill(Pass[DistillConfig]):
         specs = config.loss_specs()
         task = ctx.task
         check_losses(specs, config, task)
+        lm = task.name == "causal-lm"
+        lm_only = sorted({spec.kind for spec in specs} & LM_LOSS_KINDS)
+        if lm_only and not lm:
+            raise CompressKitError(
+                f"distill: losses {', '.join(lm_only)} are token-level losses of causal "
+                f"language models but {ctx.data.name} is a {task.name} task; use kd"
+            )
         monitor = task.monitor(config.train.monitor, what="distill")
         needs_teacher = any(spec.kind != "task" for spec in specs)
         teacher = (
-            load_teacher(config.teacher, trust_factory=ctx.trust_factory)
+            load_teacher(config.teacher, trust_factory=ctx.trust_factory, causal_lm=lm)
             if config.teacher
             else ctx.teacher
         )
@@ -158,8 +172,16 @@ class Distill(Pass[DistillConfig]):
         try:
             torch.manual_seed(ctx.seed)
             example = tuple(x.to(device) for x in ctx.example_inputs)
-            objective = DistillObjective(specs, model, teacher, example_inputs=example)
-            data = self._maybe_cache(objective, ctx, example)
+            objective: DistillObjective | LMDistillObjective
+            if lm:
+                # Logits of a whole vocabulary per position are never cached or kept whole.
+                objective = LMDistillObjective(
+                    specs, model, teacher, example_inputs=example, seed=ctx.seed
+                )
+                data = ctx.data
+            else:
+                objective = DistillObjective(specs, model, teacher, example_inputs=example)
+                data = self._maybe_cache(objective, ctx, example)
             metric_fn = task.validation(teacher)
             stop_at = self._stop_at(ctx, monitor, teacher, device)
             with objective.student_taps, objective.teacher_taps or contextlib.nullcontext():
@@ -224,7 +246,10 @@ class Distill(Pass[DistillConfig]):
         def teacher_metrics() -> dict[str, float]:
             if teacher is None:
                 return {}
-            loader = [to_device(b, device) for b in ctx.data.loader("val", batch_size=256)]
+            loader = [
+                to_device(b, device)
+                for b in ctx.data.loader("val", batch_size=ctx.task.eval_batch_size)
+            ]
             return ctx.task.validation(None)(teacher, loader)
 
         return ctx.task.stop_value(monitor, ctx.budget, teacher_metrics)

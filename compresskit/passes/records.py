@@ -41,8 +41,11 @@ class History(_Part):
     stopped: str = "completed"
 
     def _monitor(self) -> tuple[str, str]:
-        # Embedding tasks validate by cosine to the teacher; there is no accuracy.
+        # Embedding tasks validate by cosine to the teacher, language models by perplexity;
+        # neither has an accuracy.
         metrics = self.epochs[0].metrics if self.epochs else {}
+        if "perplexity" in metrics:
+            return "perplexity", "val ppl"
         return ("cosine", "val cos") if "cosine" in metrics else ("accuracy", "val acc")
 
     def _value(self, epoch: Epoch, key: str) -> float:
@@ -520,3 +523,51 @@ class DistillRecord(PassRecord):
         if self.history is not None:
             blocks += self.history.blocks()
         return blocks + super().summary()
+
+
+class DecoderDepthRecord(PassRecord):
+    """Decoder layers removed, ranked by what the calibration windows notice."""
+
+    importance: dict[str, float] = Field(default_factory=dict)
+    criterion: str | None = None
+    removed: list[int] = Field(default_factory=list)
+    depth: Pair | None = None
+    params: Pair | None = None
+
+    def summary(self) -> list[Line | Table]:
+        depth = f" of {self.depth[0]}" if self.depth else ""
+        blocks: list[Line | Table] = [
+            Line(
+                text=f"removed {len(self.removed)}{depth} decoder layers "
+                f"({', '.join(map(str, self.removed))}) by {self.criterion}"
+                + (f"; {_size_line(self.params, None)}" if self.params else "")
+            )
+        ]
+        if self.importance:
+            rows = [
+                [layer, f"{score:.4g}", "removed" if int(layer) in self.removed else ""]
+                for layer, score in self.importance.items()
+            ]
+            blocks.append(
+                Table(title="layer importance", header=["layer", "importance", ""], rows=rows)
+            )
+        return blocks + super().summary()
+
+
+class DecoderWidthRecord(PassRecord):
+    """Heads, MLP neurons and hidden channels kept in every decoder layer."""
+
+    widths: dict[str, Pair] = Field(default_factory=dict)
+    importance: str | None = None
+    params: Pair | None = None
+
+    def summary(self) -> list[Line | Table]:
+        changed = ", ".join(
+            f"{name} {before} -> {after}"
+            for name, (before, after) in self.widths.items()
+            if before != after
+        )
+        line = f"decoder widths ({self.importance}): {changed or 'unchanged'}"
+        if self.params:
+            line += f"; {_size_line(self.params, None)}"
+        return [Line(text=line), *super().summary()]

@@ -15,11 +15,14 @@ from compresskit.tasks.base import (
     first_tensor,
     points,
 )
+from compresskit.tasks.causal_lm import CausalLM
 from compresskit.tasks.classification import Classification
 from compresskit.tasks.embedding import Embedding
 from compresskit.tasks.fidelity import Fidelity
 
-_TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Embedding(), Fidelity())}
+_TASKS: dict[str, Task] = {
+    task.name: task for task in (Classification(), Embedding(), Fidelity(), CausalLM())
+}
 
 
 def register_task(task: Task) -> Task:

@@ -96,6 +96,9 @@ class Task(ABC):
     measured_note: ClassVar[str]
     # How to recover a model without labels: the hint of errors from label-based passes.
     unlabelled_recovery: ClassVar[str] = ""
+    # Samples per forward when a pass scores a whole split (a causal LM's logits per
+    # position are large: fewer windows at once).
+    eval_batch_size: ClassVar[int] = 256
 
     # -- the model's output --------------------------------------------------------------
 

@@ -35,6 +35,9 @@ from compresskit.digest import state_dict_sha256
 from compresskit.errors import CompressKitError
 
 BackendChoice = Literal["auto", "gloo", "nccl"]
+# How training spreads the model over processes: DDP replicates it (and its gradients and
+# optimizer state) in every process; FSDP shards all three (torch's fully_shard).
+Sharding = Literal["ddp", "fsdp"]
 BACKEND_ENV = "COMPRESSKIT_BACKEND"
 TIMEOUT_ENV = "COMPRESSKIT_DIST_TIMEOUT"  # seconds; every collective fails after this
 DEFAULT_TIMEOUT_S = 1800.0
@@ -152,18 +155,89 @@ def check_same_model(model: nn.Module) -> None:
         )
 
 
-def wrap(model: nn.Module) -> nn.Module:
+def wrap(model: nn.Module, sharding: Sharding = "ddp") -> nn.Module:
     """The module a training step calls: ``model`` itself in one process, else a
-    DistributedDataParallel around it, once the ranks are checked to agree. Rank r draws
-    random numbers from ``initial_seed + r``: deterministic, different per rank, and
-    rank 0 draws what a single process would."""
+    DistributedDataParallel around it, or (``fsdp``) a copy of it sharded with
+    :func:`shard`, once the ranks are checked to agree. Rank r draws random numbers from
+    ``initial_seed + r``: deterministic, different per rank, and rank 0 draws what a single
+    process would."""
     world = current()
     if not world.distributed:
         return model
     check_same_model(model)
     torch.manual_seed(torch.initial_seed() + world.rank)
+    if sharding == "fsdp":
+        return shard(model)
     device_ids = [world.local_rank] if world.backend == "nccl" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The members of the longest ModuleList of same-class modules (transformer layers)."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best):
+            if len({type(child) for child in module}) == 1:
+                best = list(module)
+    return best
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters, gradients and optimizer state are sharded over
+    the ranks (FSDP2 ``fully_shard``): each block of its layer stack is one unit, the rest
+    (embeddings, final norm, head) the root unit. The root keeps its parameters gathered
+    from forward to backward, so a loss may apply the output head to hidden states outside
+    the forward (chunked LM losses do). The caller copies the trained weights back with
+    :func:`gather_state_dict`; the model itself is never changed."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    sharded = copy.deepcopy(model)
+    for block in _blocks(sharded):
+        fully_shard(block)
+    fully_shard(sharded, reshard_after_forward=False)
+    return sharded
+
+
+def is_sharded(module: nn.Module) -> bool:
+    if not current().distributed:
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def clip_grad_norm(parameters: Sequence[nn.Parameter], max_norm: float) -> None:
+    """``clip_grad_norm_`` over parameters that may mix FSDP shards (DTensors, whose norm
+    is reduced over the ranks) and plain tensors (a loss's own modules, already averaged)."""
+    if not current().distributed:
+        nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    from torch.distributed.tensor import DTensor
+
+    with_grad = [p for p in parameters if p.grad is not None]
+    sharded = [p for p in with_grad if isinstance(p.grad, DTensor)]
+    if not sharded:
+        nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    plain = [p for p in with_grad if not isinstance(p.grad, DTensor)]
+    sharded_norm: Any = nn.utils.get_total_norm([p.grad for p in sharded if p.grad is not None])
+    norms = [sharded_norm.full_tensor()]
+    if plain:
+        norms.append(nn.utils.get_total_norm([p.grad for p in plain if p.grad is not None]))
+    total = torch.stack(norms).norm()
+    for group in (sharded, plain):
+        if group:
+            nn.utils.clip_grads_with_norm_(group, max_norm, total)
+
+
+def gather_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of a module sharded by :func:`shard`, on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state: Any = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    return state  # type: ignore[no-any-return]
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, seed: int) -> DataLoader:

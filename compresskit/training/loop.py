@@ -65,11 +65,13 @@ class TrainConfig(BaseModel):
     )
     grad_clip: float | None = Field(default=1.0, gt=0, le=1e6)
     keep_best: bool = True
-    monitor: Literal["accuracy", "agreement", "cosine"] | None = Field(
+    monitor: Literal["accuracy", "agreement", "cosine", "log_likelihood"] | None = Field(
         default=None,
         description="validation metric that picks the best state and early stopping "
         "(agreement: with the teacher, for unlabelled data; cosine: of the embeddings to "
-        "the teacher's, for embedding tasks); default: accuracy, or cosine for embedding tasks",
+        "the teacher's, for embedding tasks; log_likelihood: mean per-token log-likelihood "
+        "of the val windows, for causal LMs); default: the task's first (accuracy, cosine, "
+        "log_likelihood)",
     )
     patience: int | None = Field(
         default=None,
@@ -80,6 +82,11 @@ class TrainConfig(BaseModel):
     stop_at_budget: bool = Field(
         default=False,
         description="stop as soon as the validation metric is within the policy budget",
+    )
+    sharding: distributed.Sharding = Field(
+        default="ddp",
+        description="with --nproc > 1: ddp replicates the model, its gradients and optimizer "
+        "state in every process; fsdp shards them over the processes (torch fully_shard)",
     )
 
 
@@ -140,7 +147,9 @@ class Runtime:
     """Where training runs, and the single points distributed training replaces.
 
     In one process these are no-ops; under torchrun (training/distributed.py) ``wrap``
-    puts the model in DistributedDataParallel, ``train_loader`` gives each rank its
+    puts the model in DistributedDataParallel (``shard``, for ``train.sharding: fsdp``,
+    trains a copy sharded with fully_shard, and ``finish`` gathers its weights back into
+    the model), ``train_loader`` gives each rank its
     share of every global batch, ``all_reduce`` sums across ranks, ``sync`` averages the
     gradients of modules outside the model (projectors) and ``before_validation`` gives
     every rank rank 0's BatchNorm statistics.
@@ -150,6 +159,19 @@ class Runtime:
 
     def wrap(self, module: nn.Module) -> nn.Module:
         return distributed.wrap(module)
+
+    def shard(self, module: nn.Module) -> nn.Module:
+        """What ``wrap`` is for ``train.sharding: fsdp``: a sharded copy of ``module``."""
+        return distributed.wrap(module, "fsdp")
+
+    def trained(self, model: nn.Module, wrapped: nn.Module) -> nn.Module:
+        """The module whose parameters training updates: ``model``, or its sharded copy."""
+        return wrapped if distributed.is_sharded(wrapped) else model
+
+    def finish(self, model: nn.Module, trained: nn.Module) -> None:
+        """Give ``model`` the trained weights (gathered, when a sharded copy trained)."""
+        if trained is not model:
+            model.load_state_dict(distributed.gather_state_dict(trained))
 
     def train_loader(self, dataset: Dataset, *, batch_size: int, seed: int) -> DataLoader:
         return distributed.train_loader(dataset, batch_size=batch_size, seed=seed)
@@ -256,11 +278,14 @@ def train(
         module.to(runtime.device)
     # The one place the model is wrapped, e.g. in DDP. Extra modules (projectors) are
     # called by the loss directly, so their gradients are averaged by runtime.sync.
-    wrapped = runtime.wrap(model)
+    wrapped = runtime.shard(model) if config.sharding == "fsdp" else runtime.wrap(model)
+    # What training updates: the model, or under FSDP its sharded copy, whose weights
+    # runtime.finish gathers back into the model at the end.
+    trained = runtime.trained(model, wrapped)
     extras = list(objective.modules)
     outside = list(extra_parameters)
     outside += [p for m in objective.modules for p in m.parameters() if p.requires_grad]
-    parameters = [p for p in model.parameters() if p.requires_grad] + outside
+    parameters = [p for p in trained.parameters() if p.requires_grad] + outside
     optimizer = _optimizer(parameters, config)
     loader = runtime.train_loader(
         data.train, batch_size=config.batch_size, seed=data.seed if seed is None else seed
@@ -305,7 +330,7 @@ def train(
             loss.backward()
             runtime.sync(outside)
             if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                distributed.clip_grad_norm(parameters, config.grad_clip)
             optimizer.step()
             scheduler.step()
             step_loss = float(loss.detach())
@@ -323,8 +348,8 @@ def train(
             # computed on the whole (small) val split, identically in every process.
             reduced = runtime.all_reduce(sums.clone())
             mean_loss = float(reduced[0] / reduced[1].clamp(min=1))
-            runtime.before_validation(model)
-            metrics = metric_fn(model, val_loader)
+            runtime.before_validation(trained)
+            metrics = metric_fn(trained, val_loader)
             if monitor not in metrics:
                 raise CompressKitError(
                     f"{description}: train.monitor is {monitor!r} but this pass "
@@ -346,7 +371,7 @@ def train(
             if value_now > best_value:
                 best_value, stale = value_now, 0
                 if config.keep_best:
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(trained.state_dict())
                     history.best_epoch = record.epoch
             else:
                 stale += 1
@@ -358,7 +383,8 @@ def train(
                 history.stopped = f"no val improvement in {config.patience} validations"
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        trained.load_state_dict(best_state)
+    runtime.finish(model, trained)
     model.eval()
     last = history.epochs[-1]
     kept = f" (kept validation {history.best_epoch}: {best_value:.4f})" if best_state else ""

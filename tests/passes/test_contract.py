@@ -17,6 +17,7 @@ from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, t
 from compresskit.passes import registered_passes
 from compresskit.policies.loader import dump_config
 from compresskit.testing import TinyBertClassifier, TinyTransformer, tiny_data, tiny_text_data
+from compresskit.testing.tiny_lm import LogitsOnly, tiny_llama, tiny_lm_bundle
 from compresskit.training.loop import TrainConfig
 
 # Small but real settings per pass, so the contract runs in seconds.
@@ -33,6 +34,8 @@ SETTINGS = {
     "quantize_dynamic": {},
     "quantize_embeddings": {},
     "weight_only": {"dtype": "nf4"},
+    "prune_decoder_depth": {"remove": 1, "criterion": "hidden"},
+    "prune_decoder_width": {"heads": 0.5, "mlp": 0.5, "importance": "magnitude"},
 }
 # Passes whose result has no ONNX form (bitsandbytes); export must refuse in one line.
 NOT_EXPORTABLE = {"weight_only"}
@@ -42,7 +45,15 @@ SUBJECTS = {
     "prune_transformer": lambda: (TinyBertClassifier().eval(), tiny_text_data()),
     "prune_blocks": lambda: (TinyTransformer().eval(), tiny_data()),
     "quantize_embeddings": lambda: (TinyBertClassifier().eval(), tiny_text_data()),
+    "prune_decoder_depth": lambda: (tiny_llama(), tiny_lm_bundle(seq_len=16)),
+    "prune_decoder_width": lambda: (tiny_llama(), tiny_lm_bundle(seq_len=16)),
 }
+# Causal LMs return a ModelOutput: their logits are what the checks compare and export.
+LANGUAGE_MODELS = {"prune_decoder_depth", "prune_decoder_width"}
+
+
+def tensor_model(pass_name: str, model: torch.nn.Module) -> torch.nn.Module:
+    return LogitsOnly(model).eval() if pass_name in LANGUAGE_MODELS else model
 
 
 def test_every_builtin_pass_has_contract_settings() -> None:
@@ -88,8 +99,9 @@ def test_apply_is_deterministic_and_keeps_output_shape(
 ) -> None:
     original, tiny = subject(pass_name, trained_tiny_cnn, tiny)
     x = tiny.example_inputs(8)
-    first = apply(pass_name, original, tiny)
-    second = apply(pass_name, original, tiny)
+    first = tensor_model(pass_name, apply(pass_name, original, tiny))
+    second = tensor_model(pass_name, apply(pass_name, original, tiny))
+    original = tensor_model(pass_name, original)
     with torch.no_grad():
         out_first, out_second = first.eval()(*x), second.eval()(*x)
         assert out_first.shape == original(*x).shape
@@ -100,7 +112,7 @@ def test_result_exports_and_onnx_runtime_matches_torch(
     pass_name: str, trained_tiny_cnn, tiny, tmp_path: Path
 ) -> None:
     original, tiny = subject(pass_name, trained_tiny_cnn, tiny)
-    model = apply(pass_name, original, tiny)
+    model = tensor_model(pass_name, apply(pass_name, original, tiny))
     if pass_name in NOT_EXPORTABLE:
         with pytest.raises(NotExportableError, match="no ONNX form"):
             export_onnx(model, tiny.example_inputs(2), tmp_path / "m.onnx")
