@@ -31,7 +31,8 @@ class DecoderSession:
     >>> DecoderSession(Path("onnx")).logits(windows, prefill=8)  # doctest: +SKIP
     """
 
-    def __init__(self, folder: Path, *, threads: int = 0) -> None:
+    def __init__(self, folder: Path, *, threads: int = 0, graph: Path | None = None) -> None:
+        """``graph``: another file for the same decoder (e.g. with extra outputs)."""
         import onnxruntime as ort
 
         config_path = Path(folder) / "genai_config.json"
@@ -48,7 +49,9 @@ class DecoderSession:
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            str(Path(folder) / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+            str(graph or Path(folder) / decoder["filename"]),
+            options,
+            providers=["CPUExecutionProvider"],
         )
         self.input_names = {i.name for i in self.session.get_inputs()}
         past = self.inputs["past_key_names"] % 0
@@ -63,24 +66,28 @@ class DecoderSession:
             values.append(keys[f"{prefix}_value_names"] % layer)
         return values
 
-    def step(
-        self, ids: np.ndarray, cache: list[np.ndarray] | None
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits for ``ids`` [batch, new] after ``cache`` (None: empty), and the new cache."""
+    def feed(self, ids: np.ndarray, cache: list[np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Graph inputs for ``ids`` [batch, new] after ``cache`` (None: an empty cache)."""
         batch, new = ids.shape
         if cache is None:
             shape = (batch, self.kv_heads, 0, self.head_size)
             cache = [np.zeros(shape, self.cache_dtype) for _ in range(2 * self.layers)]
         past = cache[0].shape[2]
-        feed: dict[str, Any] = dict(zip(self._cache_names("in"), cache, strict=True))
+        feed = dict(zip(self._cache_names("in"), cache, strict=True))
         feed[self.inputs["input_ids"]] = ids.astype(np.int64)
         if self.inputs.get("attention_mask") in self.input_names:
             feed[self.inputs["attention_mask"]] = np.ones((batch, past + new), np.int64)
         if self.inputs.get("position_ids") in self.input_names:
             positions = np.arange(past, past + new, dtype=np.int64)
             feed[self.inputs["position_ids"]] = np.broadcast_to(positions, (batch, new)).copy()
+        return feed
+
+    def step(
+        self, ids: np.ndarray, cache: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits for ``ids`` [batch, new] after ``cache`` (None: empty), and the new cache."""
         names = [self.outputs["logits"], *self._cache_names("out")]
-        logits, *present = self.session.run(names, feed)
+        logits, *present = self.session.run(names, self.feed(ids, cache))
         return logits.astype(np.float32), present
 
     def logits(self, windows: np.ndarray, *, prefill: int | None = None) -> np.ndarray:

@@ -1,0 +1,402 @@
+"""Low-bit weights for a decoder ONNX folder, in kernels ONNX Runtime runs on a CPU.
+
+:func:`quantize_decoder_int4` rewrites the fp32 folder of :func:`export_decoder`:
+every MatMul with a constant weight becomes ``MatMulNBits`` (4-bit codes in blocks along
+the input axis, round-to-nearest or GPTQ), and the LM head becomes ``MatMulNBits`` with
+8 bits (or 4, or stays float). When the embedding is tied to the head, the token lookup
+becomes ``GatherBlockQuantized`` on the *same* codes, so the vocabulary matrix is stored
+once. GPTQ's Hessians (sum of x xᵀ of every MatMul input) come from ONNX Runtime running
+the float graph on calibration windows, so the rewrite needs no Hugging Face names.
+
+:func:`quantize_decoder_dynamic_int8` is ONNX Runtime's dynamic int8 (per-channel weights,
+activations quantized at run time; ``DynamicQuantizeMatMul`` once ORT optimizes).
+
+Both write a new folder (atomically) with ``genai_config.json`` and the tokenizer beside
+the graph; onnxruntime-genai runs it as it runs the float one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from compresskit.errors import CompressKitError
+from compresskit.export.blockwise import (
+    BlockQuantized,
+    pack_matmul_nbits,
+    quantize_gptq,
+    quantize_rtn,
+)
+from compresskit.export.decoder import onnx_folder_bytes, replace_dir
+from compresskit.export.decoder_parity import DecoderSession
+
+GRAPH = "model.onnx"
+
+
+class Int4Config(BaseModel):
+    """Block-wise int4 weights (``MatMulNBits``) and the LM head / tied embedding's format.
+
+    >>> Int4Config(algorithm="gptq", block_size=32, head="int8")  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["rtn", "gptq"] = Field(
+        default="gptq", description="rtn: round to nearest; gptq: calibrated (needs windows)"
+    )
+    block_size: Literal[16, 32, 64, 128] = Field(
+        default=32, description="weights per scale along the input axis"
+    )
+    symmetric: bool = Field(default=True, description="no zero points (the builder's default)")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4, description="MatMulNBits compute: 4 = int8 activations (fastest on CPU)"
+    )
+    head: Literal["int8", "int4", "float"] = Field(
+        default="int8", description="LM head and tied embedding: 8-bit blocks, 4-bit, or float"
+    )
+    damp: float = Field(default=0.01, gt=0, lt=1, description="gptq: Hessian dampening")
+    exclude: list[str] = Field(
+        default_factory=list, description="MatMul node-name patterns (fnmatch) kept float"
+    )
+
+    def needs_calibration(self) -> bool:
+        return self.algorithm == "gptq"
+
+
+class DynamicInt8Config(BaseModel):
+    """ONNX Runtime dynamic int8 on the MatMuls (weights per channel)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_channel: bool = True
+    head: bool = Field(default=True, description="quantize the LM head MatMul too")
+
+
+class LowBitResult(BaseModel):
+    """What the rewrite did: which MatMuls, the head's format, the folder's size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    scheme: str
+    quantized_matmuls: int
+    float_matmuls: list[str]
+    head: str
+    tied_embedding: bool
+    calibration_tokens: int
+    onnx_bytes: int
+    seconds: float
+
+
+def _load(folder: Path) -> Any:
+    import onnx
+
+    path = Path(folder) / GRAPH
+    if not path.is_file() or not (Path(folder) / "genai_config.json").is_file():
+        raise CompressKitError(
+            f"{folder}: not a decoder ONNX folder (model.onnx and genai_config.json); "
+            "export it with export_decoder first"
+        )
+    return onnx.load(str(path))
+
+
+def _write(model: Any, source: Path, out_dir: Path) -> None:
+    """Save ``model`` with the source folder's other files, atomically, as ``out_dir``."""
+    import onnx
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        staging = Path(tmp) / "out"
+        staging.mkdir()
+        for item in Path(source).iterdir():
+            if item.is_file() and not item.name.startswith(GRAPH):
+                shutil.copy2(item, staging / item.name)
+        onnx.save(
+            model,
+            str(staging / GRAPH),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{GRAPH}.data",
+            size_threshold=1024,
+        )
+        replace_dir(staging, out_dir)
+
+
+class _Graph:
+    """Index of an ONNX graph: initializers, producers, consumers."""
+
+    def __init__(self, model: Any) -> None:
+        from onnx import numpy_helper
+
+        self.model = model
+        self.graph = model.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.array = lambda name: numpy_helper.to_array(self.inits[name])
+
+    def consumers(self, name: str) -> list[Any]:
+        return [n for n in self.graph.node if name in n.input]
+
+    def add(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def drop_unused(self) -> None:
+        used = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}
+        keep = [i for i in self.graph.initializer if i.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(keep)
+
+    def const_matmuls(self) -> list[Any]:
+        return [
+            n
+            for n in self.graph.node
+            if n.op_type == "MatMul" and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 2
+        ]
+
+
+def _head(graph: _Graph, logits: str) -> Any | None:
+    node = graph.producer.get(logits)
+    if node is not None and node.op_type == "MatMul" and node.input[1] in graph.inits:
+        return node
+    return None
+
+
+def _embedding(graph: _Graph, input_ids: str) -> Any | None:
+    return next(
+        (n for n in graph.graph.node if n.op_type == "Gather" and n.input[1] == input_ids), None
+    )
+
+
+def _quantized_inputs(graph: _Graph, base: str, q: BlockQuantized) -> list[str]:
+    """Initializers for ``q`` in MatMulNBits' layout: codes, scales[, zero points]."""
+    codes, scales, zeros = pack_matmul_nbits(q)
+    names = [graph.add(f"{base}_Q{q.bits}", codes), graph.add(f"{base}_scales", scales)]
+    if zeros is not None:
+        names.append(graph.add(f"{base}_zero_points", zeros))
+    return names
+
+
+def _nbits_node(node: Any, quantized: list[str], q: BlockQuantized, accuracy_level: int) -> Any:
+    from onnx import helper
+
+    return helper.make_node(
+        "MatMulNBits",
+        [node.input[0], *quantized],
+        list(node.output),
+        name=f"{node.name}_Q{q.bits}",
+        domain="com.microsoft",
+        K=q.k,
+        N=q.codes.shape[0],
+        bits=q.bits,
+        block_size=q.block_size,
+        accuracy_level=accuracy_level,
+    )
+
+
+def _gather_nodes(graph: _Graph, gather: Any, quantized: list[str], q: BlockQuantized) -> list[Any]:
+    """GatherBlockQuantized over MatMulNBits-layout codes (reshaped to [vocab, bytes]),
+    sliced back to the hidden size when the last block is padded."""
+    from onnx import helper
+
+    shape = graph.add(f"{gather.name}/shape", np.array([q.codes.shape[0], -1], dtype=np.int64))
+    flat = f"{gather.name}/codes"
+    nodes = [helper.make_node("Reshape", [quantized[0], shape], [flat], name=f"{flat}/Reshape")]
+    padded = q.codes.shape[1] != q.k
+    out = f"{gather.output[0]}/padded" if padded else gather.output[0]
+    nodes.append(
+        helper.make_node(
+            "GatherBlockQuantized",
+            [flat, gather.input[1], *quantized[1:]],
+            [out],
+            name=f"{gather.name}BlockQuantized",
+            domain="com.microsoft",
+            bits=q.bits,
+            block_size=q.block_size,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+    )
+    if padded:
+        bounds = [
+            graph.add(f"{gather.name}/{key}", np.array([value], np.int64))
+            for key, value in (("start", 0), ("end", q.k), ("axis", -1))
+        ]
+        nodes.append(helper.make_node("Slice", [out, *bounds], [gather.output[0]]))
+    return nodes
+
+
+def collect_hessians(
+    folder: Path, model: Any, names: Sequence[str], windows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Mean x xᵀ of each tensor in ``names`` over every token of ``windows`` [n, length],
+    from ONNX Runtime running ``model`` (the float graph of ``folder``)."""
+    import onnx
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    augmented.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    sums: dict[str, np.ndarray] = {}
+    tokens = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / GRAPH
+        onnx.save(augmented, str(path), save_as_external_data=True, location=f"{GRAPH}.data")
+        del augmented
+        session = DecoderSession(folder, graph=path)
+        for window in np.asarray(windows):
+            values = session.session.run(list(names), session.feed(window[None], None))
+            for name, value in zip(names, values, strict=True):
+                x = value.reshape(-1, value.shape[-1]).astype(np.float64)
+                sums[name] = sums.get(name, 0) + x.T @ x
+            tokens += window.size
+    return {name: total / tokens for name, total in sums.items()}
+
+
+def quantize_decoder_int4(
+    folder: Path,
+    out_dir: Path,
+    *,
+    config: Int4Config | None = None,
+    calibration: np.ndarray | None = None,
+) -> LowBitResult:
+    """Write ``out_dir``: ``folder``'s decoder with int4 MatMulNBits weights (see module doc).
+
+    ``calibration``: token windows [n, length] for GPTQ (a few thousand tokens suffice).
+    """
+    import json
+
+    from onnx import helper
+
+    config = config or Int4Config()
+    folder, out_dir = Path(folder), Path(out_dir)
+    if config.needs_calibration() and (calibration is None or len(calibration) == 0):
+        raise CompressKitError(
+            "int4 algorithm gptq needs calibration windows; pass some, or use algorithm: rtn"
+        )
+    start = time.perf_counter()
+    model = _load(folder)
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    graph = _Graph(model)
+    head = _head(graph, decoder["outputs"]["logits"])
+    gather = _embedding(graph, decoder["inputs"]["input_ids"])
+    body = [n for n in graph.const_matmuls() if n is not head]
+    kept = [n.name for n in body if any(fnmatch.fnmatch(n.name, p) for p in config.exclude)]
+    body = [n for n in body if n.name not in kept]
+    if not body:
+        raise CompressKitError(f"{folder}: no MatMul with a constant weight left to quantize")
+    hessians = {}
+    if config.algorithm == "gptq":
+        assert calibration is not None
+        inputs = sorted({n.input[0] for n in body})
+        hessians = collect_hessians(folder, model, inputs, calibration)
+    new: dict[str, list[Any]] = {}
+    for node in body:
+        weight = graph.array(node.input[1]).T
+        settings = dict(bits=4, block_size=config.block_size, symmetric=config.symmetric)
+        q = (
+            quantize_gptq(weight, hessians[node.input[0]], damp=config.damp, **settings)
+            if config.algorithm == "gptq"
+            else quantize_rtn(weight, **settings)
+        )
+        quantized = _quantized_inputs(graph, node.input[1], q)
+        new[node.output[0]] = [_nbits_node(node, quantized, q, config.accuracy_level)]
+    tied = False
+    if head is not None and config.head != "float":
+        settings = dict(
+            bits=8 if config.head == "int8" else 4,
+            block_size=config.block_size,
+            symmetric=config.symmetric,
+        )
+        q = quantize_rtn(graph.array(head.input[1]).T, **settings)
+        quantized = _quantized_inputs(graph, head.input[1], q)
+        new[head.output[0]] = [_nbits_node(head, quantized, q, config.accuracy_level)]
+        source = graph.producer.get(gather.input[0]) if gather is not None else None
+        if gather is not None and source is not None and source.op_type == "Transpose" and (
+            source.input[0] == head.input[1]
+        ):
+            tied = True
+            new[source.output[0]] = []
+            new[gather.output[0]] = _gather_nodes(graph, gather, quantized, q)
+        elif gather is not None and gather.input[0] in graph.inits:
+            table = quantize_rtn(graph.array(gather.input[0]), **settings)
+            table_inputs = _quantized_inputs(graph, gather.input[0], table)
+            new[gather.output[0]] = _gather_nodes(graph, gather, table_inputs, table)
+    nodes = [replacement for n in graph.graph.node for replacement in new.get(n.output[0], [n])]
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    graph.drop_unused()
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _write(model, folder, out_dir)
+    head_format = config.head if head is not None else "none"
+    return LowBitResult(
+        path=out_dir,
+        scheme=f"int4-{config.algorithm}-b{config.block_size}",
+        quantized_matmuls=len(body),
+        float_matmuls=kept + ([head.name] if head is not None and config.head == "float" else []),
+        head=head_format,
+        tied_embedding=tied,
+        calibration_tokens=int(np.asarray(calibration).size) if hessians else 0,
+        onnx_bytes=onnx_folder_bytes(out_dir),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def quantize_decoder_dynamic_int8(
+    folder: Path, out_dir: Path, *, config: DynamicInt8Config | None = None
+) -> LowBitResult:
+    """Write ``out_dir``: ``folder``'s decoder with ONNX Runtime dynamic int8 MatMuls."""
+    import json
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    config = config or DynamicInt8Config()
+    folder, out_dir = Path(folder), Path(out_dir)
+    start = time.perf_counter()
+    model = _load(folder)
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    graph = _Graph(model)
+    head = _head(graph, decoder["outputs"]["logits"])
+    matmuls = graph.const_matmuls()
+    excluded = [head.name] if head is not None and not config.head else []
+    del model, graph
+    with tempfile.TemporaryDirectory() as tmp:
+        quantize_dynamic(
+            str(folder / GRAPH),
+            str(Path(tmp) / GRAPH),
+            weight_type=QuantType.QInt8,
+            per_channel=config.per_channel,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=excluded,
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        _write(_load_graph(Path(tmp) / GRAPH), folder, out_dir)
+    return LowBitResult(
+        path=out_dir,
+        scheme="int8-dynamic" + ("-per-channel" if config.per_channel else ""),
+        quantized_matmuls=len(matmuls) - len(excluded),
+        float_matmuls=excluded,
+        head="int8" if head is not None and config.head else "float",
+        tied_embedding=False,
+        calibration_tokens=0,
+        onnx_bytes=onnx_folder_bytes(out_dir),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _load_graph(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path))
