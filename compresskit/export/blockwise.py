@@ -59,7 +59,9 @@ def _grid(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor
     return torch.where(scale == 0, torch.ones_like(scale), scale), zero
 
 
-def _codes(values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+def _codes(
+    values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+) -> torch.Tensor:
     return torch.clamp(torch.round(values / scale) + zero, 0, 2**bits - 1)
 
 
@@ -72,8 +74,14 @@ def _padded(weight: np.ndarray, block_size: int) -> torch.Tensor:
 
 
 def _result(
-    codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-    *, bits: int, block_size: int, k: int, symmetric: bool,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    *,
+    bits: int,
+    block_size: int,
+    k: int,
+    symmetric: bool,
 ) -> BlockQuantized:
     return BlockQuantized(
         codes=codes.to(torch.uint8).numpy(),
@@ -95,8 +103,15 @@ def quantize_rtn(
     scale, zero = _grid(blocks, bits, symmetric)
     codes = _codes(blocks, scale, zero, bits).reshape(rows, cols)
     shape = (rows, cols // block_size)
-    return _result(codes, scale.reshape(shape), zero.reshape(shape),
-                   bits=bits, block_size=block_size, k=weight.shape[1], symmetric=symmetric)
+    return _result(
+        codes,
+        scale.reshape(shape),
+        zero.reshape(shape),
+        bits=bits,
+        block_size=block_size,
+        k=weight.shape[1],
+        symmetric=symmetric,
+    )
 
 
 def quantize_gptq(

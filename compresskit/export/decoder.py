@@ -199,8 +199,7 @@ def export_decoder(
             )
         except subprocess.TimeoutExpired:
             raise DecoderExportError(
-                f"{model_dir}: the model builder ran over {config.timeout_s:.0f} s; "
-                "raise timeout_s"
+                f"{model_dir}: the model builder ran over {config.timeout_s:.0f} s; raise timeout_s"
             ) from None
         if done.returncode != 0 or not (staging / "genai_config.json").is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]

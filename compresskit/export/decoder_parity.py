@@ -105,6 +105,35 @@ class DecoderSession:
         return np.concatenate(parts, axis=1)
 
 
+def decoder_feed(
+    folder: Path, *, batch: int = 1, past: int = 128, sequence: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Consistent graph inputs for one call of the folder's decoder: ``sequence`` new tokens
+    after ``past`` cached ones (random cache; a decode step by default), ``past`` cut to
+    the model's context length."""
+    import onnx
+
+    config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
+    decoder = config["decoder"]
+    past = max(0, min(past, int(config.get("context_length", past + sequence)) - sequence))
+    graph = onnx.load(str(Path(folder) / decoder["filename"]), load_external_data=False).graph
+    names = {i.name for i in graph.input}
+    rng = np.random.default_rng(seed)
+    shape = (batch, int(decoder["num_key_value_heads"]), past, int(decoder["head_size"]))
+    feed: dict[str, np.ndarray] = {}
+    inputs = decoder["inputs"]
+    for layer in range(int(decoder["num_hidden_layers"])):
+        for key in ("past_key_names", "past_value_names"):
+            feed[inputs[key] % layer] = rng.standard_normal(shape).astype(np.float32)
+    feed[inputs["input_ids"]] = rng.integers(0, 2, (batch, sequence)).astype(np.int64)
+    if inputs.get("attention_mask") in names:
+        feed[inputs["attention_mask"]] = np.ones((batch, past + sequence), np.int64)
+    if inputs.get("position_ids") in names:
+        positions = np.arange(past, past + sequence, dtype=np.int64)
+        feed[inputs["position_ids"]] = np.broadcast_to(positions, (batch, sequence)).copy()
+    return feed
+
+
 class DecoderParity(BaseModel):
     """How closely the ONNX folder's logits follow torch's on the same token windows."""
 
@@ -207,7 +236,9 @@ def greedy_torch(model: Any, prompt: Sequence[int], new_tokens: int) -> list[int
     return [int(t) for t in out[0, ids.shape[1] :]]
 
 
-def greedy_genai(folder: Path, prompt: Sequence[int], new_tokens: int, model: Any = None) -> list[int]:
+def greedy_genai(
+    folder: Path, prompt: Sequence[int], new_tokens: int, model: Any = None
+) -> list[int]:
     """``new_tokens`` greedy tokens of onnxruntime-genai on the folder (``model``: an
     ``og.Model`` to reuse)."""
     import onnxruntime_genai as og

@@ -36,7 +36,8 @@ from compresskit.export.blockwise import (
     quantize_rtn,
 )
 from compresskit.export.decoder import onnx_folder_bytes, replace_dir
-from compresskit.export.decoder_parity import DecoderSession
+from compresskit.export.decoder_parity import DecoderSession, decoder_feed
+from compresskit.export.kernels import KernelReport, kernel_report
 
 GRAPH = "model.onnx"
 
@@ -161,7 +162,9 @@ class _Graph:
         return [
             n
             for n in self.graph.node
-            if n.op_type == "MatMul" and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 2
+            if n.op_type == "MatMul"
+            and n.input[1] in self.inits
+            and len(self.inits[n.input[1]].dims) == 2
         ]
 
 
@@ -303,33 +306,49 @@ def quantize_decoder_int4(
     new: dict[str, list[Any]] = {}
     for node in body:
         weight = graph.array(node.input[1]).T
-        settings = dict(bits=4, block_size=config.block_size, symmetric=config.symmetric)
+        size, symmetric = config.block_size, config.symmetric
         q = (
-            quantize_gptq(weight, hessians[node.input[0]], damp=config.damp, **settings)
+            quantize_gptq(
+                weight,
+                hessians[node.input[0]],
+                bits=4,
+                block_size=size,
+                symmetric=symmetric,
+                damp=config.damp,
+            )
             if config.algorithm == "gptq"
-            else quantize_rtn(weight, **settings)
+            else quantize_rtn(weight, bits=4, block_size=size, symmetric=symmetric)
         )
         quantized = _quantized_inputs(graph, node.input[1], q)
         new[node.output[0]] = [_nbits_node(node, quantized, q, config.accuracy_level)]
     tied = False
     if head is not None and config.head != "float":
-        settings = dict(
-            bits=8 if config.head == "int8" else 4,
+        bits = 8 if config.head == "int8" else 4
+        q = quantize_rtn(
+            graph.array(head.input[1]).T,
+            bits=bits,
             block_size=config.block_size,
             symmetric=config.symmetric,
         )
-        q = quantize_rtn(graph.array(head.input[1]).T, **settings)
         quantized = _quantized_inputs(graph, head.input[1], q)
         new[head.output[0]] = [_nbits_node(head, quantized, q, config.accuracy_level)]
         source = graph.producer.get(gather.input[0]) if gather is not None else None
-        if gather is not None and source is not None and source.op_type == "Transpose" and (
-            source.input[0] == head.input[1]
+        if (
+            gather is not None
+            and source is not None
+            and source.op_type == "Transpose"
+            and (source.input[0] == head.input[1])
         ):
             tied = True
             new[source.output[0]] = []
             new[gather.output[0]] = _gather_nodes(graph, gather, quantized, q)
         elif gather is not None and gather.input[0] in graph.inits:
-            table = quantize_rtn(graph.array(gather.input[0]), **settings)
+            table = quantize_rtn(
+                graph.array(gather.input[0]),
+                bits=bits,
+                block_size=config.block_size,
+                symmetric=config.symmetric,
+            )
             table_inputs = _quantized_inputs(graph, gather.input[0], table)
             new[gather.output[0]] = _gather_nodes(graph, gather, table_inputs, table)
     nodes = [replacement for n in graph.graph.node for replacement in new.get(n.output[0], [n])]
@@ -394,6 +413,16 @@ def quantize_decoder_dynamic_int8(
         onnx_bytes=onnx_folder_bytes(out_dir),
         seconds=time.perf_counter() - start,
     )
+
+
+def lowbit_coverage(
+    folder: Path, *, past: int = 128, sequence: int = 1, threads: int = 1
+) -> KernelReport:
+    """Share of MACs in integer or low-bit kernels of the graph ORT optimises from the
+    decoder folder, for one call with ``sequence`` new tokens after ``past`` cached ones
+    (default: a decode step, where generation spends its time). Attention is float work."""
+    feed = decoder_feed(folder, past=past, sequence=sequence)
+    return kernel_report(Path(folder) / GRAPH, threads=threads, feed=feed)
 
 
 def _load_graph(path: Path) -> Any:
