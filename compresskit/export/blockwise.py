@@ -2,7 +2,8 @@
 
 A weight is ``[N, K]`` (output rows, input columns; an ONNX MatMul's ``B`` transposed).
 Each row is cut into blocks of ``block_size`` input columns (the last one zero-padded);
-each block has a scale and, when asymmetric, an integer zero point. Dequantized:
+each block has a scale and, when asymmetric, a zero point (an integer code, or a float:
+``float_zero`` keeps each block's minimum exactly, as GGUF's Q4_1 does). Dequantized:
 ``(q - zero) * scale``, with ``zero = 2**(bits-1)`` when symmetric.
 :func:`pack_matmul_nbits` lays the codes out as ``MatMulNBits`` reads them (and
 ``GatherBlockQuantized`` reads the same bytes as ``[N, padded K * bits / 8]``).
@@ -43,7 +44,9 @@ class BlockQuantized:
         return values.reshape(rows, -1)[:, : self.k]
 
 
-def _grid(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid(
+    block: torch.Tensor, bits: int, symmetric: bool, float_zero: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point [rows, 1] for the columns of ``block`` [rows, cols]."""
     top = 2**bits - 1
     if symmetric:
@@ -51,6 +54,10 @@ def _grid(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor
         extreme = block.gather(1, index)
         scale = extreme / -(2 ** (bits - 1))
         zero = torch.full_like(scale, 2 ** (bits - 1))
+    elif float_zero:  # the grid spans exactly [min, max]
+        low = block.min(dim=1, keepdim=True).values
+        scale = (block.max(dim=1, keepdim=True).values - low) / top
+        zero = -low / torch.where(scale == 0, 1, scale)
     else:
         low = block.min(dim=1, keepdim=True).values.clamp(max=0)
         high = block.max(dim=1, keepdim=True).values.clamp(min=0)
@@ -62,7 +69,7 @@ def _grid(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor
 def _codes(
     values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
 ) -> torch.Tensor:
-    return torch.clamp(torch.round(values / scale) + zero, 0, 2**bits - 1)
+    return torch.clamp(torch.round(values / scale + zero), 0, 2**bits - 1)
 
 
 def _padded(weight: np.ndarray, block_size: int) -> torch.Tensor:
@@ -82,11 +89,15 @@ def _result(
     block_size: int,
     k: int,
     symmetric: bool,
+    float_zero: bool,
 ) -> BlockQuantized:
+    zero_points = None
+    if not symmetric:
+        zero_points = zeros.to(torch.float32 if float_zero else torch.uint8).numpy()
     return BlockQuantized(
         codes=codes.to(torch.uint8).numpy(),
         scales=scales.to(torch.float32).numpy(),
-        zero_points=None if symmetric else zeros.to(torch.uint8).numpy(),
+        zero_points=zero_points,
         bits=bits,
         block_size=block_size,
         k=k,
@@ -94,13 +105,18 @@ def _result(
 
 
 def quantize_rtn(
-    weight: np.ndarray, *, bits: int = 4, block_size: int = 32, symmetric: bool = True
+    weight: np.ndarray,
+    *,
+    bits: int = 4,
+    block_size: int = 32,
+    symmetric: bool = True,
+    float_zero: bool = False,
 ) -> BlockQuantized:
     """Round-to-nearest codes of ``weight`` [N, K]."""
     w = _padded(weight, block_size)
     rows, cols = w.shape
     blocks = w.reshape(rows * (cols // block_size), block_size)
-    scale, zero = _grid(blocks, bits, symmetric)
+    scale, zero = _grid(blocks, bits, symmetric, float_zero)
     codes = _codes(blocks, scale, zero, bits).reshape(rows, cols)
     shape = (rows, cols // block_size)
     return _result(
@@ -111,6 +127,7 @@ def quantize_rtn(
         block_size=block_size,
         k=weight.shape[1],
         symmetric=symmetric,
+        float_zero=float_zero,
     )
 
 
@@ -121,6 +138,7 @@ def quantize_gptq(
     bits: int = 4,
     block_size: int = 32,
     symmetric: bool = True,
+    float_zero: bool = False,
     damp: float = 0.01,
 ) -> BlockQuantized:
     """GPTQ (Frantar et al. 2022): columns are quantized in order and each one's error is
@@ -149,7 +167,7 @@ def quantize_gptq(
         for i in range(end - start):
             column = start + i
             if column % block_size == 0:
-                scale, zero = _grid(part[:, i : i + block_size], bits, symmetric)
+                scale, zero = _grid(part[:, i : i + block_size], bits, symmetric, float_zero)
                 scales[:, column // block_size] = scale[:, 0]
                 zeros[:, column // block_size] = zero[:, 0]
             q = _codes(part[:, i : i + 1], scale, zero, bits)
@@ -158,19 +176,31 @@ def quantize_gptq(
             part[:, i:] -= error[:, None] * local[i, i:][None, :]
             errors[:, i] = error
         w[:, end:] -= errors @ upper[start:end, end:]
-    return _result(codes, scales, zeros, bits=bits, block_size=block_size, k=k, symmetric=symmetric)
+    return _result(
+        codes,
+        scales,
+        zeros,
+        bits=bits,
+        block_size=block_size,
+        k=k,
+        symmetric=symmetric,
+        float_zero=float_zero,
+    )
 
 
 def pack_matmul_nbits(
     quantized: BlockQuantized,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``MatMulNBits`` inputs: B [N, blocks, block bytes] uint8 (two 4-bit codes a byte,
-    low nibble first), scales [N, blocks] and packed zero points (or None)."""
+    low nibble first), scales [N, blocks] and zero points (or None): integer ones packed
+    like the codes, float ones as they are [N, blocks]."""
     rows, blocks = quantized.scales.shape
     codes = quantized.codes.reshape(rows, blocks, quantized.block_size)
     if quantized.bits == 4:
         codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
     zero = quantized.zero_points
+    if zero is not None and zero.dtype == np.float32:
+        return np.ascontiguousarray(codes, dtype=np.uint8), quantized.scales, zero
     if zero is not None and quantized.bits == 4:
         if blocks % 2:
             zero = np.concatenate([zero, np.zeros((rows, 1), np.uint8)], axis=1)

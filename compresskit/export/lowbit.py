@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compresskit.errors import CompressKitError
 from compresskit.export.blockwise import (
@@ -57,6 +57,11 @@ class Int4Config(BaseModel):
         default=32, description="weights per scale along the input axis"
     )
     symmetric: bool = Field(default=True, description="no zero points (the builder's default)")
+    zero_points: Literal["int", "float"] = Field(
+        default="int",
+        description="asymmetric body weights: float zero points keep each block's minimum "
+        "exactly (GGUF Q4_1's grid); ORT may then run MatMulNBits in float",
+    )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=4, description="MatMulNBits compute: 4 = int8 activations (fastest on CPU)"
     )
@@ -70,6 +75,12 @@ class Int4Config(BaseModel):
 
     def needs_calibration(self) -> bool:
         return self.algorithm == "gptq"
+
+    @model_validator(mode="after")
+    def _float_zero_points_need_asymmetry(self) -> Int4Config:
+        if self.symmetric and self.zero_points == "float":
+            raise ValueError("zero_points: float needs symmetric: false (symmetric has none)")
+        return self
 
 
 class DynamicInt8Config(BaseModel):
@@ -307,6 +318,7 @@ def quantize_decoder_int4(
     for node in body:
         weight = graph.array(node.input[1]).T
         size, symmetric = config.block_size, config.symmetric
+        float_zero = config.zero_points == "float"
         q = (
             quantize_gptq(
                 weight,
@@ -314,10 +326,13 @@ def quantize_decoder_int4(
                 bits=4,
                 block_size=size,
                 symmetric=symmetric,
+                float_zero=float_zero,
                 damp=config.damp,
             )
             if config.algorithm == "gptq"
-            else quantize_rtn(weight, bits=4, block_size=size, symmetric=symmetric)
+            else quantize_rtn(
+                weight, bits=4, block_size=size, symmetric=symmetric, float_zero=float_zero
+            )
         )
         quantized = _quantized_inputs(graph, node.input[1], q)
         new[node.output[0]] = [_nbits_node(node, quantized, q, config.accuracy_level)]
@@ -361,7 +376,8 @@ def quantize_decoder_int4(
     head_format = config.head if head is not None else "none"
     return LowBitResult(
         path=out_dir,
-        scheme=f"int4-{config.algorithm}-b{config.block_size}",
+        scheme=f"int4-{config.algorithm}-b{config.block_size}"
+        + ("" if config.symmetric else f"-asym-{config.zero_points}-zero"),
         quantized_matmuls=len(body),
         float_matmuls=kept + ([head.name] if head is not None and config.head == "float" else []),
         head=head_format,

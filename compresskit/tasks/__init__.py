@@ -35,9 +35,7 @@ def get_task(name: str) -> Task:
     try:
         return _TASKS[name]
     except KeyError:
-        raise CompressKitError(
-            f"task {name!r} is not one of {', '.join(sorted(_TASKS))}"
-        ) from None
+        raise CompressKitError(f"task {name!r} is not one of {', '.join(sorted(_TASKS))}") from None
 
 
 def task_names() -> list[str]:

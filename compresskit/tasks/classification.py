@@ -165,10 +165,7 @@ class Classification(Task):
             met = -change <= limit + 1e-12
             code = "accuracy_within_budget" if met else "accuracy_over_budget"
             word = "within" if met else "OVER"
-            clause = (
-                f"accuracy {word} budget ({points(change)} points, allowed "
-                f"-{limit * 100:.1f})"
-            )
+            clause = f"accuracy {word} budget ({points(change)} points, allowed -{limit * 100:.1f})"
             lines[0] += f", {word} budget"
         if budget.min_agreement is not None and metrics["agreement"] < budget.min_agreement:
             met, code = False, "agreement_below_budget"

@@ -101,3 +101,54 @@ def test_onnx_runtime_reads_the_packed_codes_as_we_dequantize_them(bits, symmetr
     dequantized = q.dequantize()
     np.testing.assert_allclose(y, a @ dequantized.T, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rows[:, :k], dequantized[ids], atol=1e-6)
+
+
+def test_float_zero_points_reproduce_a_gguf_q4_1_grid_in_matmul_nbits() -> None:
+    """Q4_1 blocks are d * q + m; with float zero points the codes and scales recover them
+    exactly, and MatMulNBits computes with them (a GGUF teacher's int4 weights are
+    representable without loss)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    rows, blocks = 16, 3
+    codes = rng.integers(0, 16, (rows, blocks, 32))
+    codes[..., 0], codes[..., 1] = 0, 15  # every block spans the whole grid
+    d = rng.uniform(0.01, 0.05, (rows, blocks, 1))
+    m = rng.uniform(-0.3, 0.1, (rows, blocks, 1))
+    weight = (d * codes + m).reshape(rows, -1).astype(np.float32)
+    q = quantize_rtn(weight, bits=4, block_size=32, symmetric=False, float_zero=True)
+    np.testing.assert_allclose(q.dequantize(), weight, atol=1e-6)
+    assert not np.allclose(
+        quantize_rtn(weight, bits=4, block_size=32, symmetric=False).dequantize(),
+        weight,
+        atol=1e-3,
+    )  # integer zero points cannot hold an arbitrary minimum
+    packed, scales, zeros = pack_matmul_nbits(q)
+    assert zeros is not None and zeros.dtype == np.float32
+    inits = [numpy_helper.from_array(a, n) for a, n in ((packed, "B"), (scales, "s"), (zeros, "z"))]
+    node = helper.make_node(
+        "MatMulNBits",
+        ["A", "B", "s", "z"],
+        ["Y"],
+        domain="com.microsoft",
+        K=96,
+        N=rows,
+        bits=4,
+        block_size=32,
+        accuracy_level=4,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, 96])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=opsets).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    a = rng.standard_normal((4, 96)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"A": a})[0], a @ weight.T, rtol=1e-2, atol=1e-2)
