@@ -18,7 +18,6 @@ the graph; onnxruntime-genai runs it as it runs the float one.
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,17 +28,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compresskit.errors import CompressKitError
-from compresskit.export.blockwise import (
-    BlockQuantized,
-    pack_matmul_nbits,
-    quantize_gptq,
-    quantize_rtn,
-)
-from compresskit.export.decoder import onnx_folder_bytes, replace_dir
+from compresskit.export.blockwise import quantize_gptq, quantize_rtn
+from compresskit.export.decoder import onnx_folder_bytes
 from compresskit.export.decoder_parity import DecoderSession, decoder_feed
 from compresskit.export.kernels import KernelReport, kernel_report
-
-GRAPH = "model.onnx"
+from compresskit.export.lowbit_graph import (
+    GRAPH,
+    GraphIndex,
+    gather_nodes,
+    lm_head,
+    load_folder,
+    nbits_node,
+    quantized_inputs,
+    token_lookup,
+    write_folder,
+)
 
 
 class Int4Config(BaseModel):
@@ -108,148 +111,6 @@ class LowBitResult(BaseModel):
     seconds: float
 
 
-def _load(folder: Path) -> Any:
-    import onnx
-
-    path = Path(folder) / GRAPH
-    if not path.is_file() or not (Path(folder) / "genai_config.json").is_file():
-        raise CompressKitError(
-            f"{folder}: not a decoder ONNX folder (model.onnx and genai_config.json); "
-            "export it with export_decoder first"
-        )
-    return onnx.load(str(path))
-
-
-def _write(model: Any, source: Path, out_dir: Path) -> None:
-    """Save ``model`` with the source folder's other files, atomically, as ``out_dir``."""
-    import onnx
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        staging = Path(tmp) / "out"
-        staging.mkdir()
-        for item in Path(source).iterdir():
-            if item.is_file() and not item.name.startswith(GRAPH):
-                shutil.copy2(item, staging / item.name)
-        onnx.save(
-            model,
-            str(staging / GRAPH),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=f"{GRAPH}.data",
-            size_threshold=1024,
-        )
-        replace_dir(staging, out_dir)
-
-
-class _Graph:
-    """Index of an ONNX graph: initializers, producers, consumers."""
-
-    def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
-        self.model = model
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output}
-        self.array = lambda name: numpy_helper.to_array(self.inits[name])
-
-    def consumers(self, name: str) -> list[Any]:
-        return [n for n in self.graph.node if name in n.input]
-
-    def add(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
-        return name
-
-    def drop_unused(self) -> None:
-        used = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}
-        keep = [i for i in self.graph.initializer if i.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(keep)
-
-    def const_matmuls(self) -> list[Any]:
-        return [
-            n
-            for n in self.graph.node
-            if n.op_type == "MatMul"
-            and n.input[1] in self.inits
-            and len(self.inits[n.input[1]].dims) == 2
-        ]
-
-
-def _head(graph: _Graph, logits: str) -> Any | None:
-    node = graph.producer.get(logits)
-    if node is not None and node.op_type == "MatMul" and node.input[1] in graph.inits:
-        return node
-    return None
-
-
-def _embedding(graph: _Graph, input_ids: str) -> Any | None:
-    return next(
-        (n for n in graph.graph.node if n.op_type == "Gather" and n.input[1] == input_ids), None
-    )
-
-
-def _quantized_inputs(graph: _Graph, base: str, q: BlockQuantized) -> list[str]:
-    """Initializers for ``q`` in MatMulNBits' layout: codes, scales[, zero points]."""
-    codes, scales, zeros = pack_matmul_nbits(q)
-    names = [graph.add(f"{base}_Q{q.bits}", codes), graph.add(f"{base}_scales", scales)]
-    if zeros is not None:
-        names.append(graph.add(f"{base}_zero_points", zeros))
-    return names
-
-
-def _nbits_node(node: Any, quantized: list[str], q: BlockQuantized, accuracy_level: int) -> Any:
-    from onnx import helper
-
-    return helper.make_node(
-        "MatMulNBits",
-        [node.input[0], *quantized],
-        list(node.output),
-        name=f"{node.name}_Q{q.bits}",
-        domain="com.microsoft",
-        K=q.k,
-        N=q.codes.shape[0],
-        bits=q.bits,
-        block_size=q.block_size,
-        accuracy_level=accuracy_level,
-    )
-
-
-def _gather_nodes(graph: _Graph, gather: Any, quantized: list[str], q: BlockQuantized) -> list[Any]:
-    """GatherBlockQuantized over MatMulNBits-layout codes (reshaped to [vocab, bytes]),
-    sliced back to the hidden size when the last block is padded."""
-    from onnx import helper
-
-    shape = graph.add(f"{gather.name}/shape", np.array([q.codes.shape[0], -1], dtype=np.int64))
-    flat = f"{gather.name}/codes"
-    nodes = [helper.make_node("Reshape", [quantized[0], shape], [flat], name=f"{flat}/Reshape")]
-    padded = q.codes.shape[1] != q.k
-    out = f"{gather.output[0]}/padded" if padded else gather.output[0]
-    nodes.append(
-        helper.make_node(
-            "GatherBlockQuantized",
-            [flat, gather.input[1], *quantized[1:]],
-            [out],
-            name=f"{gather.name}BlockQuantized",
-            domain="com.microsoft",
-            bits=q.bits,
-            block_size=q.block_size,
-            gather_axis=0,
-            quantize_axis=1,
-        )
-    )
-    if padded:
-        bounds = [
-            graph.add(f"{gather.name}/{key}", np.array([value], np.int64))
-            for key, value in (("start", 0), ("end", q.k), ("axis", -1))
-        ]
-        nodes.append(helper.make_node("Slice", [out, *bounds], [gather.output[0]]))
-    return nodes
-
-
 def collect_hessians(
     folder: Path, model: Any, names: Sequence[str], windows: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -299,11 +160,11 @@ def quantize_decoder_int4(
             "int4 algorithm gptq needs calibration windows; pass some, or use algorithm: rtn"
         )
     start = time.perf_counter()
-    model = _load(folder)
+    model = load_folder(folder)
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    graph = _Graph(model)
-    head = _head(graph, decoder["outputs"]["logits"])
-    gather = _embedding(graph, decoder["inputs"]["input_ids"])
+    graph = GraphIndex(model)
+    head = lm_head(graph, decoder["outputs"]["logits"])
+    gather = token_lookup(graph, decoder["inputs"]["input_ids"])
     body = [n for n in graph.const_matmuls() if n is not head]
     kept = [n.name for n in body if any(fnmatch.fnmatch(n.name, p) for p in config.exclude)]
     body = [n for n in body if n.name not in kept]
@@ -334,8 +195,8 @@ def quantize_decoder_int4(
                 weight, bits=4, block_size=size, symmetric=symmetric, float_zero=float_zero
             )
         )
-        quantized = _quantized_inputs(graph, node.input[1], q)
-        new[node.output[0]] = [_nbits_node(node, quantized, q, config.accuracy_level)]
+        quantized = quantized_inputs(graph, node.input[1], q)
+        new[node.output[0]] = [nbits_node(node, quantized, q, config.accuracy_level)]
     tied = False
     if head is not None and config.head != "float":
         bits = 8 if config.head == "int8" else 4
@@ -345,8 +206,8 @@ def quantize_decoder_int4(
             block_size=config.block_size,
             symmetric=config.symmetric,
         )
-        quantized = _quantized_inputs(graph, head.input[1], q)
-        new[head.output[0]] = [_nbits_node(head, quantized, q, config.accuracy_level)]
+        quantized = quantized_inputs(graph, head.input[1], q)
+        new[head.output[0]] = [nbits_node(head, quantized, q, config.accuracy_level)]
         source = graph.producer.get(gather.input[0]) if gather is not None else None
         if (
             gather is not None
@@ -356,7 +217,7 @@ def quantize_decoder_int4(
         ):
             tied = True
             new[source.output[0]] = []
-            new[gather.output[0]] = _gather_nodes(graph, gather, quantized, q)
+            new[gather.output[0]] = gather_nodes(graph, gather, quantized, q)
         elif gather is not None and gather.input[0] in graph.inits:
             table = quantize_rtn(
                 graph.array(gather.input[0]),
@@ -364,15 +225,15 @@ def quantize_decoder_int4(
                 block_size=config.block_size,
                 symmetric=config.symmetric,
             )
-            table_inputs = _quantized_inputs(graph, gather.input[0], table)
-            new[gather.output[0]] = _gather_nodes(graph, gather, table_inputs, table)
+            table_inputs = quantized_inputs(graph, gather.input[0], table)
+            new[gather.output[0]] = gather_nodes(graph, gather, table_inputs, table)
     nodes = [replacement for n in graph.graph.node for replacement in new.get(n.output[0], [n])]
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
     graph.drop_unused()
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    _write(model, folder, out_dir)
+    write_folder(model, folder, out_dir)
     head_format = config.head if head is not None else "none"
     return LowBitResult(
         path=out_dir,
@@ -399,10 +260,10 @@ def quantize_decoder_dynamic_int8(
     config = config or DynamicInt8Config()
     folder, out_dir = Path(folder), Path(out_dir)
     start = time.perf_counter()
-    model = _load(folder)
+    model = load_folder(folder)
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    graph = _Graph(model)
-    head = _head(graph, decoder["outputs"]["logits"])
+    graph = GraphIndex(model)
+    head = lm_head(graph, decoder["outputs"]["logits"])
     matmuls = graph.const_matmuls()
     excluded = [head.name] if head is not None and not config.head else []
     del model, graph
@@ -417,7 +278,7 @@ def quantize_decoder_dynamic_int8(
             use_external_data_format=True,
             extra_options={"MatMulConstBOnly": True},
         )
-        _write(_load_graph(Path(tmp) / GRAPH), folder, out_dir)
+        write_folder(_load_graph(Path(tmp) / GRAPH), folder, out_dir)
     return LowBitResult(
         path=out_dir,
         scheme="int8-dynamic" + ("-per-channel" if config.per_channel else ""),
