@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compresskit.errors import CompressKitError
+from compresskit.errors import CompressKitError, MissingDependencyError
 
 # Hugging Face architecture -> onnxruntime-genai model type. Llama and Qwen2 are tested
 # here (tiny configs); Mistral and Qwen3 take the same builder paths.
@@ -184,9 +184,13 @@ def export_decoder(
     ``out_dir`` appears complete or not at all (built beside it, then renamed); an existing
     ``out_dir`` is replaced. The input directory is only read.
     """
+    import importlib.util
+
     config = config or DecoderExportConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     architecture = check_exportable(model_dir)
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        raise MissingDependencyError("onnxruntime-genai", "llm", "the KV-cache decoder export")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
