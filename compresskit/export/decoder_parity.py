@@ -59,12 +59,13 @@ class DecoderSession:
         self.cache_dtype = np.float16 if "float16" in past_type else np.float32
 
     def _cache_names(self, kind: str) -> list[str]:
-        keys, values = self.inputs if kind == "in" else self.outputs, []
-        prefix = "past" if kind == "in" else "present"
-        for layer in range(self.layers):
-            values.append(keys[f"{prefix}_key_names"] % layer)
-            values.append(keys[f"{prefix}_value_names"] % layer)
-        return values
+        """Past (``kind="in"``) or present cache names: key and value of each layer."""
+        names, prefix = (self.inputs, "past") if kind == "in" else (self.outputs, "present")
+        return [
+            names[f"{prefix}_{part}_names"] % layer
+            for layer in range(self.layers)
+            for part in ("key", "value")
+        ]
 
     def feed(self, ids: np.ndarray, cache: list[np.ndarray] | None) -> dict[str, np.ndarray]:
         """Graph inputs for ``ids`` [batch, new] after ``cache`` (None: an empty cache)."""
