@@ -104,3 +104,19 @@ def trained_tiny_transformer(tiny_text):
     model = TinyTokenTransformer()
     train(model, tiny_text, TrainConfig(epochs=3, lr=3e-3, batch_size=32))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (grouped-query attention) with its tokenizer, as a Hugging Face dir."""
+    from compresskit.testing.tiny_lm_export import save_tiny_lm
+
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm") / "hf", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_onnx(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_lm_dir`` exported with its KV cache (fp32 onnxruntime-genai folder, ~5 s)."""
+    from compresskit.export.decoder import export_decoder
+
+    return export_decoder(tiny_lm_dir, tmp_path_factory.mktemp("tiny-lm-onnx") / "fp32").path
