@@ -19,6 +19,8 @@ def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     subprocesses) that the stray-file guard watches."""
     os.environ["COMPRESSKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["COMPRESSKIT_QUIET"] = "1"
+    # torch's compiler (the dynamo exporter) caches in $TMPDIR/torchinductor_$USER.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
     previous = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmpdir"))
     tempfile.tempdir = None  # re-read $TMPDIR
