@@ -108,7 +108,11 @@ def run(
     )
     # Every rank runs every pass (training passes together, through DDP) ...
     failures: list[BranchFailure] = []
-    candidates = run_pipeline(pipeline, loaded.model, ctx, failures=failures)
+    # A failing branch is set aside in one process; across processes every rank must stop
+    # (a rank that skipped a branch would wait forever in the others' collectives).
+    candidates = run_pipeline(
+        pipeline, loaded.model, ctx, failures=failures if world.world_size == 1 else None
+    )
 
     def write_outputs() -> Report:
         with staged_directory(final) as tmp:

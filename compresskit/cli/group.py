@@ -45,10 +45,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CompressKitError as error:
-            if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: tell it why
-                from compresskit.training.distributed import record_error
-
-                record_error(error)
+            _record_for_torchrun(error)
             _fail(ctx, str(error), EXIT_BAD_INPUT)
         except click.UsageError as error:  # a subcommand's options: no usage block
             _fail(ctx, error.format_message(), error.exit_code)
@@ -59,6 +56,7 @@ class _Group(click.Group):
         except Exception as error:  # a bug: still one line, the traceback on -v
             if isinstance(error, BrokenPipeError):
                 raise  # `compresskit ... | head`: click ends quietly
+            _record_for_torchrun(error)
             if (ctx.obj or {}).get("verbosity", 0) > 0:
                 traceback.print_exc()
             _fail(
@@ -67,6 +65,14 @@ class _Group(click.Group):
                 "traceback, and please report it)",
                 EXIT_INTERNAL,
             )
+
+
+def _record_for_torchrun(error: BaseException) -> None:
+    """A rank under torchrun leaves its error where the launcher reads why it failed."""
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from compresskit.training.distributed import record_error
+
+        record_error(error)
 
 
 def _fail(ctx: click.Context, message: str, code: int) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -326,8 +327,11 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    # torchrun's own logs go to a folder removed afterwards (by default a temp dir it leaves).
+    logs = tempfile.TemporaryDirectory(prefix="compresskit-torchrun-")
     args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--module", "compresskit", *argv]
+        ["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs.name}"]
+        + ["--module", "compresskit", *argv]
     )
     try:
         run(args)
@@ -341,6 +345,8 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
             text = str(message).strip().splitlines()[-1:] or [f"exit code {failure.exitcode}"]
             parts.append(f"rank {rank} (exit code {failure.exitcode}): {text[0]}")
         raise CompressKitError(f"{nproc}-process run failed; " + "; ".join(parts)) from None
+    finally:
+        logs.cleanup()
 
 
 def record_error(error: BaseException) -> None:

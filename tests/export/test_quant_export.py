@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import compresskit
 from compresskit.passes.quantize import Quantize, QuantizeConfig
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
 from compresskit.passes.weight_only import WeightOnly, WeightOnlyConfig
 from compresskit.policies import policy_of
-
-pytest.importorskip("bitsandbytes")
 
 
 def test_run_reports_each_int8_kind_honestly(

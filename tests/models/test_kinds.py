@@ -122,7 +122,6 @@ def test_a_saved_int8_model_names_its_kinds_and_reloads(trained_tiny_cnn, tiny, 
 
 @pytest.mark.parametrize("dtype", ["nf4", "fp4"])
 def test_bitsandbytes_layers_report_their_precision_and_weight_bytes(dtype: str) -> None:
-    pytest.importorskip("bitsandbytes")
     from compresskit.export.verify import model_precision
     from compresskit.passes.weight_only import WeightOnly, WeightOnlyConfig
     from compresskit.testing import TinyTokenTransformer, tiny_token_data

@@ -15,8 +15,6 @@ from compresskit.export.qdq import NotExportableError
 from compresskit.passes.weight_only import WeightOnly, WeightOnlyConfig
 from compresskit.tasks.classification import evaluate_accuracy
 
-bnb = pytest.importorskip("bitsandbytes")
-
 
 @pytest.mark.parametrize(("dtype", "layer"), [("int8", "Linear8bitLt"), ("nf4", "Linear4bit")])
 def test_weight_only_layers_run_on_cpu_save_memory_and_refuse_export(

@@ -115,7 +115,8 @@ def test_schema_is_generated_from_pass_configs() -> None:
 
 
 def test_builtin_policies_validate_against_the_published_schema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(policy_json_schema())
     for name in builtin_policy_names():
         raw = yaml.safe_load((Path(__file__).parents[2] / "policies" / f"{name}.yaml").read_text())
@@ -124,7 +125,8 @@ def test_builtin_policies_validate_against_the_published_schema() -> None:
 
 
 def test_the_schema_rejects_what_the_loader_rejects() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(policy_json_schema())
     bad = with_nodes({"id": "p", "pass": "prune_channels", "config": {"ratio": "0.5"}})
     assert list(validator.iter_errors(bad))

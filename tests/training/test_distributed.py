@@ -149,7 +149,7 @@ def test_collective_helpers_on_two_ranks(tmp_path: Path) -> None:
     """Checksum agreement and disagreement, metric all-reduce, buffer sync, rank-0 work."""
     process = _run(
         ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-        + [str(REPO / "tests" / "training" / "ranks_script.py")],
+        + [f"--log-dir={tmp_path / 'logs'}", str(REPO / "tests" / "training" / "ranks_script.py")],
         cwd=tmp_path,
     )
     assert process.returncode == 0, process.stderr[-3000:]

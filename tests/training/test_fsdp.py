@@ -43,8 +43,8 @@ def test_ddp_and_fsdp_on_two_processes_train_what_one_process_does(tmp_path: Pat
     for sharding in ("ddp", "fsdp"):
         out = tmp_path / f"{sharding}.pt"
         two = _run(
-            ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT)]
-            + [str(out), sharding],
+            ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+            + [f"--log-dir={tmp_path / 'logs'}", str(SCRIPT), str(out), sharding],
             tmp_path,
         )
         assert two.returncode == 0, two.stderr[-3000:]
