@@ -1,9 +1,11 @@
 """compresskit: structured pruning, int8 quantization and distillation for PyTorch models,
 exported to ONNX and measured.
 
-    >>> import compresskit
-    >>> result = compresskit.run("default")          # the embedded digits example
-    >>> print(result.report.candidates[0].latency)
+Example::
+
+    import compresskit
+    result = compresskit.run("default")          # the embedded digits example
+    print(result.report.candidates[0].latency)
 
 The public API is imported lazily so ``import compresskit`` stays light.
 """

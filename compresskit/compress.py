@@ -74,8 +74,10 @@ def run(
     text and label columns of a table given as ``data``; ``task`` says how the model is
     judged (default: what a Hugging Face model's head computes, else the data's task).
 
-    >>> result = compresskit.run("default")                       # doctest: +SKIP
-    >>> result.report.candidates[0].latency[0].speedup
+    Example::
+
+        result = compresskit.run("default")
+        result.report.candidates[0].latency[0].speedup
     """
     started = time.perf_counter()
     if not 0 <= seed < 2**63:

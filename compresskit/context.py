@@ -82,8 +82,9 @@ class Context:
     report (per-layer widths, losses, layers kept in float); the runner gives each node
     a fresh one.
 
-    >>> ctx = Context(data=bundle, teacher=model, example_inputs=bundle.example_inputs())
-    ...                                                                 # doctest: +SKIP
+    Example::
+
+        ctx = Context(data=bundle, teacher=model, example_inputs=bundle.example_inputs())
     """
 
     data: DataBundle

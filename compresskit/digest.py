@@ -1,6 +1,12 @@
 """sha256 digests of what a run reads: checkpoint files (or folders) and state dicts.
 
->>> source_digest(Path("weights.pt"), model)["source_sha256_of"]      # doctest: +SKIP
+>>> import tempfile
+>>> model = nn.Linear(4, 2)
+>>> source_digest(None, model)["source_sha256_of"]
+'state_dict'
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     torch.save(model.state_dict(), Path(tmp, "weights.pt"))
+...     source_digest(Path(tmp, "weights.pt"), model)["source_sha256_of"]
 'file'
 """
 

@@ -6,7 +6,9 @@ The evaluation batches are streamed: each model's outputs meet the baseline's (w
 task keeps of them) batch by batch, so large outputs (a language model's logits) are
 never all held at once.
 
->>> entries, onnx = evaluate_models(models, bundle, run_dir, metadata={})  # doctest: +SKIP
+Example::
+
+    entries, onnx = evaluate_models(models, bundle, run_dir, metadata={})
 """
 
 from __future__ import annotations

@@ -74,8 +74,10 @@ class ModuleKind:
     to do instead. ``attach`` adds a module that a pass added to the tree (it is not a
     fresh build's module swapped in) back to a fresh build, from its structure attrs.
 
-    >>> kind_of(model.features[0]).export                             # doctest: +SKIP
-    'qdq'
+    Example::
+
+        kind_of(model.features[0]).export
+        # -> 'qdq'
     """
 
     name: str

@@ -2,8 +2,12 @@
 block a reader forever), and output paths checked before any work starts (a run that
 finds its ``--out`` unusable after an hour has wasted the hour).
 
->>> regular_file(Path("w.pt"), what="checkpoint")              # doctest: +SKIP
->>> check_output_dir(Path("runs/mine"))                         # doctest: +SKIP
+>>> regular_file(Path("w.pt"), what="checkpoint")
+Traceback (most recent call last):
+    ...
+compresskit.errors.CompressKitError: checkpoint w.pt: no such file
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     check_output_dir(Path(tmp, "runs", "mine"))             # missing parents are fine
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Benchmark model files, ours or anyone's (``compresskit bench``): ONNX files and torch
 checkpoints on any targets, the first model being the baseline of the speedups.
 
->>> runs = bench_files([Path("a.onnx"), Path("b.onnx")], ["cpu-ort"], [1, 8])  # doctest: +SKIP
+Example::
+
+    runs = bench_files([Path("a.onnx"), Path("b.onnx")], ["cpu-ort"], [1, 8])
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ dropped.
   batch size: (batch x (new_tokens - 1)) / (time after the first token);
 - peak memory: growth of the process's peak RSS while the row loads and generates once.
 
->>> bench_generation([GenerationCandidate(name="fp32 ORT", runtime="onnxruntime-genai",
-...     path=Path("onnx"))], prompts)                               # doctest: +SKIP
+Example::
+
+    bench_generation([GenerationCandidate(name="fp32 ORT", runtime="onnxruntime-genai",
+        path=Path("onnx"))], prompts)
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Measure several models on several targets: one worker subprocess per target.
 
->>> runs = measure_targets(                                      # doctest: +SKIP
-...     ["cpu-ort"], [BenchModel("baseline", "a.onnx"), BenchModel("int8", "b.onnx")],
-...     sample, batch_sizes=[1, 32])
->>> runs[0].latency("int8", 32).speedup      # baseline p50 / int8 p50, same run
+Example::
+
+    runs = measure_targets(
+        ["cpu-ort"], [BenchModel("baseline", "a.onnx"), BenchModel("int8", "b.onnx")],
+        sample, batch_sizes=[1, 32])
+    runs[0].latency("int8", 32).speedup      # baseline p50 / int8 p50, same run
 
 Results are in the measurement schema (:mod:`compresskit.bench.measurement`).
 

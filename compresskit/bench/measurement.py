@@ -10,8 +10,10 @@
 - :class:`TargetInfo`: how a target was measured (threads, spinning, noise verdict);
 - :class:`TargetRun`: one worker process: the target and every model it measured.
 
->>> run = TargetRun.model_validate_json(worker_output)              # doctest: +SKIP
->>> run.latency("int8", 32).speedup      # baseline p50 / int8 p50, same worker
+Example::
+
+    run = TargetRun.model_validate_json(worker_output)
+    run.latency("int8", 32).speedup      # baseline p50 / int8 p50, same worker
 
 Pydantic only: the worker of an ONNX Runtime target imports this module, never torch.
 """

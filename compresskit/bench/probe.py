@@ -1,6 +1,8 @@
 """The latency probe the run hands to passes: export a model, time it on a target.
 
->>> ctx = Context(data, teacher, example, latency_probe=measure_p50)   # doctest: +SKIP
+Example::
+
+    ctx = Context(data, teacher, example, latency_probe=measure_p50)
 """
 
 from __future__ import annotations

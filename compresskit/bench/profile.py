@@ -16,8 +16,9 @@ nodes, and those to the module they came from:
 Quantizers count to what owns them (a layer's ``act_in`` to the layer, a block's residual
 quantizers to the block). This module never imports torch: the benchmark worker runs it.
 
->>> profile = summarize(calls, node_modules(exported, optimised), target="cpu-ort", batch=32)
-... # doctest: +SKIP
+Example::
+
+    profile = summarize(calls, node_modules(exported, optimised), target="cpu-ort", batch=32)
 """
 
 from __future__ import annotations

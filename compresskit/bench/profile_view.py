@@ -2,8 +2,10 @@
 modules per target and batch (markdown, HTML), one line of its top three (terminal), and
 a chart of the largest costs of every model side by side (HTML).
 
->>> profile_tables(report.candidates[0])[0].rows[0]        # doctest: +SKIP
-['layer1.conv1', 'QLinearConv', '0.355', '17%']
+Example::
+
+    profile_tables(report.candidates[0])[0].rows[0]
+    # -> ['layer1.conv1', 'QLinearConv', '0.355', '17%']
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ codes of ``compresskit compress``:
 - ``4`` (:data:`EXIT_FAILED`): a candidate failed ONNX parity, was not measured on a
   target that ran, or could not be made (its branch failed; this wins over 3).
 
->>> report = judge(report, policy.budget)                           # doctest: +SKIP
->>> report.candidates[0].verdict.reasons
-['not_faster_cpu-ort_b1']
+Example::
+
+    report = judge(report, policy.budget)
+    report.candidates[0].verdict.reasons
+    # -> ['not_faster_cpu-ort_b1']
 """
 
 from __future__ import annotations

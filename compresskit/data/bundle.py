@@ -36,9 +36,13 @@ class DataBundle:
     training passes select checkpoints on. The seed picks the calibration subset and the
     training order.
 
-    >>> bundle = load_data("digits", seed=0)          # doctest: +SKIP
+    >>> import dataclasses
+    >>> from compresskit.data.sources import load_data
+    >>> bundle = load_data("digits", seed=0)          # scikit-learn's bundled digits
     >>> x, y = next(iter(bundle.loader("eval", batch_size=32)))
-    >>> embedder = dataclasses.replace(bundle, task="embedding")   # doctest: +SKIP
+    >>> x.shape, bundle.num_classes
+    (torch.Size([32, 1, 8, 8]), 10)
+    >>> embedder = dataclasses.replace(bundle, task="embedding")
     """
 
     name: str

@@ -8,9 +8,11 @@ target). Label names become ids: the model's own names when it has them (its
 A ``split`` column, when present, puts rows marked test / eval / validation into the
 held-out evaluation split (a fixed test set); otherwise 20% of the rows are held out.
 
->>> bundle = load_table(Path("reviews.csv"), preprocessing=pre)    # doctest: +SKIP
->>> bundle.labels
-('negative', 'positive')
+Example::
+
+    bundle = load_table(Path("reviews.csv"), preprocessing=pre)
+    bundle.labels
+    # -> ('negative', 'positive')
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Class names are the folder names: the model's own ids for them when it has named
 ``test/`` (or ``val/``) inside, each holding class folders, keeps that split; otherwise
 20% of the images are held out.
 
->>> bundle = load_image_folder(Path("photos"), preprocessing=pre)   # doctest: +SKIP
+Example::
+
+    bundle = load_image_folder(Path("photos"), preprocessing=pre)
 """
 
 from __future__ import annotations

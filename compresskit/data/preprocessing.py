@@ -5,7 +5,9 @@ A model loader fills this in (a Hugging Face directory has all of it); the data 
 :mod:`compresskit.data.files` and :mod:`compresskit.data.images` read it, so this layer
 never imports the model code.
 
->>> Preprocessing(modality="text", tokenizer=tok, max_length=512)     # doctest: +SKIP
+Example::
+
+    Preprocessing(modality="text", tokenizer=tok, max_length=512)
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ Batches are ``(input_ids, labels)`` with ``labels`` the window's own token ids: 
 shifts them (position ``t`` predicts token ``t + 1``), so a window needs no padding and the
 same tensor serves the model's input, next-token losses and perplexity.
 
->>> bundle = load_text("corpus.txt", tokenizer, seq_len=256)          # doctest: +SKIP
->>> ids, labels = next(iter(bundle.loader("eval", batch_size=4)))
+Example::
+
+    bundle = load_text("corpus.txt", tokenizer, seq_len=256)
+    ids, labels = next(iter(bundle.loader("eval", batch_size=4)))
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ copied into this repository nor made a dependency. The evaluation split is fixed
 committed list of held-out article titles (``benchmarks/data/wiki_eval_titles.json``,
 titles only), so every result on this corpus is measured on the same text.
 
->>> titles = read_titles("benchmarks/data/wiki_eval_titles.json")    # doctest: +SKIP
->>> bundle = wiki_bundle(tokenizer, seq_len=256, eval_titles=titles)
+Example::
+
+    titles = read_titles("benchmarks/data/wiki_eval_titles.json")
+    bundle = wiki_bundle(tokenizer, seq_len=256, eval_titles=titles)
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@ attention probabilities, or its input (the classifier's input is the embedding).
 Hooks live only inside ``with Taps(...)``: they are removed on exit, so the trained
 model carries none into export.
 
->>> with Taps(model, {"h": ("features.3", "output")}) as taps:       # doctest: +SKIP
-...     model(x)
+>>> from compresskit.testing import TinyCNN
+>>> model, x = TinyCNN(), torch.zeros(2, 1, 8, 8)
+>>> with Taps(model, {"h": ("features.3", "output")}) as taps:
+...     logits = model(x)
 ...     taps.values["h"].shape
+torch.Size([2, 16, 8, 8])
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ On-policy batches sample continuations from the student, right-pad them to the w
 length and run them in the same forward as the windows (a causal model never looks
 right, so padding needs no mask): the model is called once per step, as DDP requires.
 
->>> objective = LMDistillObjective(specs, student, teacher, example_inputs=(ids,))
-...                                                                     # doctest: +SKIP
->>> train(student, data, config, objective=objective.as_objective())
+Example::
+
+    objective = LMDistillObjective(specs, student, teacher, example_inputs=(ids,))
+    train(student, data, config, objective=objective.as_objective())
 """
 
 from __future__ import annotations

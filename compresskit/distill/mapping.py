@@ -8,8 +8,10 @@ depth (student layer i of m learns from teacher layer round((i + 1) n / m) - 1, 
 the last layers always meet). ``last`` keeps only the final pair; a list of pairs in the
 policy is used as given, after checking every name exists.
 
->>> pairs = map_layers(student, teacher, "auto")              # doctest: +SKIP
-[('encoder.layer.0', 'encoder.layer.1'), ...]
+>>> from compresskit.testing import TinyTransformer
+>>> student, teacher = TinyTransformer(depth=2), TinyTransformer(depth=4)
+>>> map_layers(student, teacher, "auto")
+[('blocks.0', 'blocks.1'), ('blocks.1', 'blocks.3')]
 """
 
 from __future__ import annotations

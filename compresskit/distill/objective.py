@@ -6,8 +6,10 @@ The teacher runs in eval mode without gradients; for data that fits (``cache``),
 logits and tapped layers are computed once over the training split, and the batches
 carry sample indices to look them up.
 
->>> objective = DistillObjective(specs, student, teacher, example_inputs=x)  # doctest: +SKIP
->>> train(student, data, config, objective=objective.as_objective())
+Example::
+
+    objective = DistillObjective(specs, student, teacher, example_inputs=x)
+    train(student, data, config, objective=objective.as_objective())
 """
 
 from __future__ import annotations

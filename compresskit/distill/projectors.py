@@ -4,7 +4,7 @@ A projector is a linear map along the one axis where the shapes differ (channels
 conv feature map, the hidden size of a token sequence). It is trained with the student
 and then dropped: it is never attached to the model, so it never reaches the export.
 
->>> proj = build_projector((8, 16, 4, 4), (8, 32, 4, 4))      # doctest: +SKIP
+>>> proj = build_projector((8, 16, 4, 4), (8, 32, 4, 4), where="features", allowed=True)
 >>> proj(torch.zeros(8, 16, 4, 4)).shape
 torch.Size([8, 32, 4, 4])
 """

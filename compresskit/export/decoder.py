@@ -14,7 +14,9 @@ of ours.
 Limits: the architectures in :data:`BUILDER_ARCHITECTURES` (GPT-2 is not one); every
 layer must have the same widths, and ``config.json`` must describe them.
 
->>> export_decoder(Path("smollm2-hf"), Path("smollm2-onnx"))  # doctest: +SKIP
+Example::
+
+    export_decoder(Path("smollm2-hf"), Path("smollm2-onnx"))
 """
 
 from __future__ import annotations

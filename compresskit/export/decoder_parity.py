@@ -28,7 +28,9 @@ FLOAT_TOLERANCE = 1e-3
 class DecoderSession:
     """ONNX Runtime (CPU) over ``folder/model.onnx`` with the KV cache made explicit.
 
-    >>> DecoderSession(Path("onnx")).logits(windows, prefill=8)  # doctest: +SKIP
+    Example::
+
+        DecoderSession(Path("onnx")).logits(windows, prefill=8)
     """
 
     def __init__(self, folder: Path, *, threads: int = 0, graph: Path | None = None) -> None:

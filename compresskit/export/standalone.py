@@ -1,8 +1,10 @@
 """Export any checkpoint on its own (``compresskit export``): load, export, check parity.
 
->>> result = export_checkpoint("model.pt", Path("m.onnx"), arch="pkg:build",  # doctest: +SKIP
-...                            input_shapes=[(3, 224, 224)])
->>> result.parity.ok, result.export.exporter
+Example::
+
+    result = export_checkpoint("model.pt", Path("m.onnx"), arch="pkg:build",
+                               input_shapes=[(3, 224, 224)])
+    result.parity.ok, result.export.exporter
 """
 
 from __future__ import annotations

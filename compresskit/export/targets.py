@@ -24,7 +24,7 @@ TORCH_DEVICES = ("cpu", "cuda")
 class Target(BaseModel):
     """Where a model is measured.
 
-    >>> load_target("cpu-ort").provider                           # doctest: +SKIP
+    >>> load_target("cpu-ort").provider
     'CPUExecutionProvider'
     """
 

@@ -140,8 +140,11 @@ class ParityCheck:
     agreement is checked only where the output's top-1 is a decision (``decisions``:
     class or token logits, not embeddings).
 
-    >>> check = ParityCheck("int8", decisions=True)               # doctest: +SKIP
+    >>> torch_batch = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    >>> ort_batch = torch_batch + np.float32(0.001)
+    >>> check = ParityCheck("int8", decisions=True)
     >>> check.update(torch_batch, ort_batch); check.result().ok
+    True
     """
 
     def __init__(self, precision: Precision, *, decisions: bool = True) -> None:

@@ -8,7 +8,11 @@ layers (the layout of most hand-written and Hugging Face attention), takes the s
 (``nn.TransformerEncoderLayer`` calls it unchanged) and may hold fewer heads than
 ``embed_dim / num_heads``. :func:`explicit_attention_` swaps it in, in place.
 
->>> names = explicit_attention_(model)       # every nn.MultiheadAttention  # doctest: +SKIP
+>>> layer = nn.TransformerEncoderLayer(32, 4, batch_first=True)
+>>> model = nn.TransformerEncoder(layer, num_layers=2)
+>>> names = explicit_attention_(model)       # every nn.MultiheadAttention
+>>> names
+['layers.0.self_attn', 'layers.1.self_attn']
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class ExplicitAttention(nn.Module):
     ``(output, weights or None)``.
 
     >>> attention = ExplicitAttention.from_multihead(nn.MultiheadAttention(32, 4))
+    >>> attention(torch.zeros(5, 2, 32), torch.zeros(5, 2, 32), torch.zeros(5, 2, 32))[0].shape
+    torch.Size([5, 2, 32])
     """
 
     def __init__(

@@ -7,8 +7,10 @@ A ``.gguf`` file is dequantized to float by transformers (which needs the ``gguf
 ``save_pretrained`` it, so it is rebuilt: a fresh model from the same config (without its
 quantization entry) takes the dequantized state dict.
 
->>> loaded = load_causal_lm("SmolLM2-135M-Instruct.Q4_1.gguf")        # doctest: +SKIP
->>> save_causal_lm(loaded.model, loaded.tokenizer, "out/teacher")
+Example::
+
+    loaded = load_causal_lm("SmolLM2-135M-Instruct.Q4_1.gguf")
+    save_causal_lm(loaded.model, loaded.tokenizer, "out/teacher")
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ GPT-2's ``Conv1D`` layers become the ``nn.Linear`` they are transposed, so pruni
 quantization and MAC counting see ordinary Linear layers; :mod:`compresskit.models.hf_save`
 turns them back when it writes a Hugging Face directory.
 
->>> loaded = load_hf_directory(Path("./my-distilbert"))              # doctest: +SKIP
->>> loaded.model(ids, mask).shape
-torch.Size([2, 4])
+Example::
+
+    loaded = load_hf_directory(Path("./my-distilbert"))
+    loaded.model(ids, mask).shape
+    # -> torch.Size([2, 4])
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ class HuggingFaceModel(nn.Module):
     ``task`` picks the output: ``embedding`` returns the last hidden state mean-pooled
     over real tokens (sentence-transformers' pooling), any other task ``.logits``.
 
-    >>> wrapped = HuggingFaceModel(bert_classifier, task="classification", modality="text",
-    ...                            causal=False)                  # doctest: +SKIP
+    Example::
+
+        wrapped = HuggingFaceModel(bert_classifier, task="classification", modality="text",
+                                   causal=False)
     """
 
     def __init__(

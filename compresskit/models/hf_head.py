@@ -4,8 +4,10 @@ L2-normalised mean-pooled embeddings of the training split, the encoder frozen, 
 as the wrapper's ``nn.Linear`` head. The sentiment case of the benchmarks is built the
 same way, so it runs from the command line alone on a CSV of texts and labels.
 
->>> fit_head(wrapper, bundle)                                      # doctest: +SKIP
-'classification head fitted on 10156 training samples (2 classes, train accuracy 0.81)'
+Example::
+
+    fit_head(wrapper, bundle)
+    # -> 'classification head fitted on 10156 training samples (2 classes, train accuracy 0.81)'
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ int8 model itself is ``model.onnx``). Conv1D layers go back to their transposed 
 What a config cannot express (a different head count per layer, per-layer FFN widths)
 is refused with the reason; ``model.pt`` and ``model.onnx`` still hold the model.
 
->>> reason = save_hf_directory(candidate, run_dir / "pruned" / "hf")  # doctest: +SKIP
+Example::
+
+    reason = save_hf_directory(candidate, run_dir / "pruned" / "hf")
 """
 
 from __future__ import annotations

@@ -83,8 +83,10 @@ def load_model(
     """Load ``checkpoint``; see the module docstring for the accepted forms and for what
     ``trust_pickle`` and ``trust_factory`` allow.
 
-    >>> load_model("example:digits-cnn").model                    # doctest: +SKIP
-    >>> load_model("weights.pt", arch="mypkg.nets:resnet18")       # doctest: +SKIP
+    Example::
+
+        load_model("example:digits-cnn").model
+        load_model("weights.pt", arch="mypkg.nets:resnet18")
     """
     loaded = _load(
         checkpoint, arch=arch, trust_pickle=trust_pickle, trust_factory=trust_factory, task=task

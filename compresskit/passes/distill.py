@@ -129,8 +129,9 @@ def check_losses(specs: Sequence[Any], config: DistillConfig, task: Task) -> Non
 class Distill(Pass[DistillConfig]):
     """Train the model against the teacher with the policy's weighted losses.
 
-    >>> Distill(DistillConfig(losses=[{"kind": "kd"}, {"kind": "hidden"}])).apply(m, ctx)
-    ...                                                                 # doctest: +SKIP
+    Example::
+
+        Distill(DistillConfig(losses=[{"kind": "kd"}, {"kind": "hidden"}])).apply(m, ctx)
     """
 
     config_cls = DistillConfig

@@ -63,8 +63,10 @@ HEAD_DIM_ATTRIBUTES = ("head_dim", "attention_head_size")
 class PruneChannelsConfig(PassConfig):
     """How much to prune, where, and how to rank channels.
 
-    >>> PruneChannelsConfig(ratio=0.5, importance="taylor", round_to=8)   # doctest: +SKIP
-    >>> PruneChannelsConfig(target={"macs": 0.5}, steps=2, finetune={})  # doctest: +SKIP
+    >>> by_ratio = PruneChannelsConfig(ratio=0.5, importance="taylor", round_to=8)
+    >>> by_target = PruneChannelsConfig(target={"macs": 0.5}, steps=2, finetune={})
+    >>> by_target.target.macs, by_target.steps
+    (0.5, 2)
     """
 
     ratio: float = Field(
@@ -141,7 +143,9 @@ class PruneChannelsConfig(PassConfig):
 class PruneChannels(Pass[PruneChannelsConfig]):
     """Remove the least important output channels of conv and linear layers.
 
-    >>> PruneChannels(PruneChannelsConfig(ratio=0.5)).apply(model, ctx)   # doctest: +SKIP
+    Example::
+
+        PruneChannels(PruneChannelsConfig(ratio=0.5)).apply(model, ctx)
     """
 
     config_cls = PruneChannelsConfig

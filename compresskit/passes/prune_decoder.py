@@ -5,8 +5,10 @@ Both passes keep a standard Hugging Face config: whole layers go (``num_hidden_l
 and every layer keeps the same number of query heads, KV heads, MLP neurons and hidden
 channels, so ``from_pretrained`` reloads the result and standard exporters take it.
 
->>> PruneDecoderDepth(PruneDecoderDepthConfig(remove=6)).apply(model, ctx)  # doctest: +SKIP
->>> PruneDecoderWidth(PruneDecoderWidthConfig(heads=0.34, mlp=0.5)).apply(model, ctx)
+Example::
+
+    PruneDecoderDepth(PruneDecoderDepthConfig(remove=6)).apply(model, ctx)
+    PruneDecoderWidth(PruneDecoderWidthConfig(heads=0.34, mlp=0.5)).apply(model, ctx)
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from compresskit.pruning.decoder_width import (
 class PruneDecoderDepthConfig(PassConfig):
     """How many decoder layers to remove, and how to rank them.
 
-    >>> PruneDecoderDepthConfig(remove=6, criterion="perplexity")      # doctest: +SKIP
+    >>> PruneDecoderDepthConfig(remove=6, criterion="perplexity").protect_first
+    1
     """
 
     remove: int | None = Field(default=None, ge=1, description="number of layers removed")
@@ -116,7 +119,8 @@ class PruneDecoderWidthConfig(PassConfig):
     every KV group; with ``kv`` it removes that fraction of the KV groups, each with its
     query heads.
 
-    >>> PruneDecoderWidthConfig(heads=0.34, mlp=0.25, importance="activation")  # doctest: +SKIP
+    >>> PruneDecoderWidthConfig(heads=0.34, mlp=0.25, importance="activation").head_grouping
+    'query'
     """
 
     heads: float = Field(default=0, ge=0, lt=1, description="fraction of heads removed")

@@ -41,7 +41,8 @@ from compresskit.pruning.sizing import SizeTarget
 class PruneTransformerConfig(PassConfig):
     """Fractions of heads and FFN neurons to remove, and how to rank them.
 
-    >>> PruneTransformerConfig(heads=0.25, ffn=0.5, importance="sensitivity")  # doctest: +SKIP
+    >>> PruneTransformerConfig(heads=0.25, ffn=0.5, importance="sensitivity").global_ranking
+    False
     """
 
     heads: float = Field(default=0.25, ge=0, lt=1, description="fraction of heads removed")
@@ -74,8 +75,9 @@ class PruneTransformerConfig(PassConfig):
 class PruneTransformer(Pass[PruneTransformerConfig]):
     """Remove the least important attention heads and FFN neurons of each encoder layer.
 
-    >>> PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.5)).apply(model, ctx)
-    ...                                                                 # doctest: +SKIP
+    Example::
+
+        PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.5)).apply(model, ctx)
     """
 
     config_cls = PruneTransformerConfig

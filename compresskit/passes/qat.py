@@ -55,7 +55,9 @@ class QATConfig(StaticQuantConfig):
 class QAT(Pass[QATConfig]):
     """int8 quantization-aware training, optionally distilled from the teacher.
 
-    >>> QAT(QATConfig(alpha=0.5, learn_scales=True)).apply(model, ctx)  # doctest: +SKIP
+    Example::
+
+        QAT(QATConfig(alpha=0.5, learn_scales=True)).apply(model, ctx)
     """
 
     config_cls = QATConfig

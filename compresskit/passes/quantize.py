@@ -32,9 +32,11 @@ class QuantizeConfig(StaticQuantConfig):
 class Quantize(Pass[QuantizeConfig]):
     """int8 weights and activations, calibrated on real data.
 
-    >>> Quantize(QuantizeConfig(exclude=["classifier"])).apply(model, ctx)  # doctest: +SKIP
-    >>> Quantize(QuantizeConfig(calibration="mse",
-    ...          mixed_precision={"max_accuracy_drop": 0.005})).apply(model, ctx)  # doctest: +SKIP
+    Example::
+
+        Quantize(QuantizeConfig(exclude=["classifier"])).apply(model, ctx)
+        Quantize(QuantizeConfig(calibration="mse",
+                 mixed_precision={"max_accuracy_drop": 0.005})).apply(model, ctx)
     """
 
     config_cls = QuantizeConfig

@@ -84,8 +84,9 @@ def _called_linears(model: nn.Module, example: tuple[torch.Tensor, ...]) -> set[
 class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
     """int8 Linear layers with activations quantized at run time (no calibration data).
 
-    >>> QuantizeDynamic(QuantizeDynamicConfig(exclude=["classifier"])).apply(model, ctx)
-    ...                                                                 # doctest: +SKIP
+    Example::
+
+        QuantizeDynamic(QuantizeDynamicConfig(exclude=["classifier"])).apply(model, ctx)
     """
 
     config_cls = QuantizeDynamicConfig

@@ -48,8 +48,9 @@ def _tied_elsewhere(model: nn.Module, name: str, embedding: nn.Embedding) -> str
 class QuantizeEmbeddings(Pass[QuantizeEmbeddingsConfig]):
     """int8 rows for every ``nn.Embedding`` the forward uses (not excluded).
 
-    >>> QuantizeEmbeddings(QuantizeEmbeddingsConfig(min_rows=1000)).apply(model, ctx)
-    ...                                                                 # doctest: +SKIP
+    Example::
+
+        QuantizeEmbeddings(QuantizeEmbeddingsConfig(min_rows=1000)).apply(model, ctx)
     """
 
     config_cls = QuantizeEmbeddingsConfig

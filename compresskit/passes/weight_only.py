@@ -108,8 +108,9 @@ def _avoid_cpu_repacking(layer: Any) -> str | None:
 class WeightOnly(Pass[WeightOnlyConfig]):
     """bitsandbytes int8 / nf4 / fp4 Linear layers (torch serving only; no ONNX).
 
-    >>> WeightOnly(WeightOnlyConfig(dtype="nf4", exclude=["head"])).apply(model, ctx)
-    ...                                                                 # doctest: +SKIP
+    Example::
+
+        WeightOnly(WeightOnlyConfig(dtype="nf4", exclude=["head"])).apply(model, ctx)
     """
 
     config_cls = WeightOnlyConfig

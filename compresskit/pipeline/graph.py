@@ -46,10 +46,14 @@ class _State:
 class Pipeline:
     """A validated graph of passes.
 
-    >>> pipeline = Pipeline()                                     # doctest: +SKIP
-    >>> pipeline.add("prune", PruneChannels(PruneChannelsConfig(ratio=0.5)))
-    >>> pipeline.add("int8", Quantize(QuantizeConfig()), after="prune")
-    >>> pipeline.add("int8-only", Quantize(QuantizeConfig()))      # a second branch
+    >>> from compresskit.passes.prune_channels import PruneChannels, PruneChannelsConfig
+    >>> from compresskit.passes.quantize import Quantize, QuantizeConfig
+    >>> pipeline = Pipeline()
+    >>> pipeline = pipeline.add("prune", PruneChannels(PruneChannelsConfig(ratio=0.5)))
+    >>> pipeline = pipeline.add("int8", Quantize(QuantizeConfig()), after="prune")
+    >>> pipeline = pipeline.add("int8-only", Quantize(QuantizeConfig()))  # a second branch
+    >>> [node.id for node in pipeline.nodes]
+    ['prune', 'int8', 'int8-only']
     """
 
     nodes: list[Node] = field(default_factory=list)

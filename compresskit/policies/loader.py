@@ -18,7 +18,9 @@ from compresskit.yaml_text import load_yaml
 def load_policy(name_or_path: str | Path) -> Policy:
     """Load and fully validate a policy: the YAML, every pass config, and the graph.
 
-    >>> policy = load_policy("default")                           # doctest: +SKIP
+    >>> policy = load_policy("default")
+    >>> policy.name
+    'default'
     """
     text, where = policy_text(name_or_path)
     return parse_policy(text, where=where)

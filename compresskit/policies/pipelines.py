@@ -1,8 +1,9 @@
 """Between policies and pipelines: the graph a policy declares, and the policy of a graph
 built in code (to save it, or to run it with targets and a budget).
 
->>> pipeline = pipeline_of(load_policy("default"))                 # doctest: +SKIP
->>> policy = policy_of(pipeline, "mine", targets=["cpu-ort"])      # doctest: +SKIP
+>>> from compresskit.policies.loader import load_policy
+>>> pipeline = pipeline_of(load_policy("default"))
+>>> policy = policy_of(pipeline, "mine", targets=["cpu-ort"])
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ class Policy(_Strict):
     Files are read through :func:`typed_policy_model` (``load_policy``); in code, build a
     :class:`~compresskit.pipeline.Pipeline` and call ``policy_of(pipeline)``.
 
-    >>> load_policy("default").nodes[0].pass_                     # doctest: +SKIP
+    >>> from compresskit.policies.loader import load_policy
+    >>> load_policy("default").nodes[0].pass_
     'prune_channels'
     """
 

@@ -36,8 +36,10 @@ class CalibrationSet:
     """Calibration batches, the task that scores them, and the outputs of the model as it
     was when they were collected (the reference a pruned model is compared with).
 
-    >>> calibration = CalibrationSet.collect(model, ctx, count=4)   # doctest: +SKIP
-    >>> calibration.mean_loss(pruned) - calibration.mean_loss(model)
+    Example::
+
+        calibration = CalibrationSet.collect(model, ctx, count=4)
+        calibration.mean_loss(pruned) - calibration.mean_loss(model)
     """
 
     task: Task

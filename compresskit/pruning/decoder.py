@@ -12,9 +12,11 @@ Layer importance: ``hidden`` is how much a layer changes the hidden state it is 
 influence, one forward pass); ``perplexity`` is the calibration LM-loss increase when that
 layer alone is bypassed (one forward pass per layer).
 
->>> stack = find_decoder(model)                                       # doctest: +SKIP
->>> scores = layer_importance(model, stack, batches, "hidden")
->>> remove_layers(stack, [i for i in sorted(range(len(scores)), key=scores.__getitem__)[:2]])
+Example::
+
+    stack = find_decoder(model)
+    scores = layer_importance(model, stack, batches, "hidden")
+    remove_layers(stack, [i for i in sorted(range(len(scores)), key=scores.__getitem__)[:2]])
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ Scores (higher is kept), collected once on the unpruned model:
   stream ``|| W_o[:, head] a_head ||``, a neuron's mean ``|activation|`` times its down
   column's norm, a hidden channel's mean ``|output|`` summed over every normalisation.
 
->>> scores = width_scores(model, stack, "activation", batches, heads=True, mlp=True)
-...                                                                   # doctest: +SKIP
->>> keep_query_heads(stack, choose_heads(scores.heads, per_group=2, kv_keep=None, ...))
+Example::
+
+    scores = width_scores(model, stack, "activation", batches, heads=True, mlp=True)
+    keep_query_heads(stack, choose_heads(scores.heads, per_group=2, kv_keep=None, ...))
 """
 
 from __future__ import annotations

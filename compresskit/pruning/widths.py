@@ -7,8 +7,10 @@ model, every candidate is timed interleaved in one benchmark worker (the context
 profile probe), and the fastest whose MACs stay within ``max_mac_change`` of the least
 rounded one wins (rounding keeps fewer channels, so it trades capacity for speed).
 
->>> round_to, record = sweep_round_to(prune_at, config=WidthSweepConfig(), probe=probe,
-...                                   example_inputs=example, what="prune")  # doctest: +SKIP
+Example::
+
+    round_to, record = sweep_round_to(prune_at, config=WidthSweepConfig(), probe=probe,
+                                      example_inputs=example, what="prune")
 """
 
 from __future__ import annotations

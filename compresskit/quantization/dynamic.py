@@ -9,7 +9,9 @@ ORT's ``quantize_dynamic`` (per channel, int8 weights) on exactly the MatMul nod
 converted layers, found by their weights (``compresskit.quantization.dynamic_onnx``).
 ``ExportResult.post_quantization`` says so.
 
->>> DynamicQuantLinear.convert_(model.encoder.layer[0].attention.self.query)  # doctest: +SKIP
+>>> layer = DynamicQuantLinear.convert_(nn.Linear(16, 8))       # in place; returns the layer
+>>> layer.w_scale.shape
+torch.Size([8])
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ its forward is exactly what the exported graph runs: ``Gather`` on the int8 tabl
 ``Cast`` to float, ``Mul`` by the gathered row scales. So ONNX Runtime and torch agree to
 float rounding, and the torch model is as small as the file.
 
->>> Int8Embedding.convert_(model.embeddings.word_embeddings)     # doctest: +SKIP
+>>> embedding = Int8Embedding.convert_(nn.Embedding(100, 16))    # in place; returns it
+>>> embedding.weight_int8.dtype, tuple(embedding(torch.tensor([[1, 2]])).shape)
+(torch.int8, (1, 2, 16))
 """
 
 from __future__ import annotations

@@ -12,10 +12,12 @@ faster end to end (the boundaries between float and int8 cost conversions that n
 per-unit time shows). Layers kept float for speed never cost accuracy, so the accuracy
 budget (``mixed_precision``) still holds.
 
->>> plan = plan_by_latency(model, batches, exclude=[], config=config, probe=probe,
-...                        example_inputs=example)                    # doctest: +SKIP
->>> plan.float_layers
-{'layer1.conv1': 'speed: int8 0.41 ms vs float 0.30 ms on cpu-ort b32'}
+Example::
+
+    plan = plan_by_latency(model, batches, exclude=[], config=config, probe=probe,
+                           example_inputs=example)
+    plan.float_layers
+    # -> {'layer1.conv1': 'speed: int8 0.41 ms vs float 0.30 ms on cpu-ort b32'}
 """
 
 from __future__ import annotations

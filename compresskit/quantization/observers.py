@@ -42,7 +42,11 @@ def sample_values(x: torch.Tensor, *, seed: int, size: int = 4096) -> torch.Tens
 class Observer(ABC):
     """Chooses ``(low, high)`` from the observed min/max and a sample of the values.
 
-    >>> observer_for("mse").choose(low, high, values, zero_point_zero=False)  # doctest: +SKIP
+    >>> values = torch.linspace(-1.0, 3.0, 1000)
+    >>> low, high = values.min(), values.max()
+    >>> observer_for("minmax").choose(low, high, values, zero_point_zero=False)
+    (tensor(-1.), tensor(3.))
+    >>> low_mse, high_mse = observer_for("mse").choose(low, high, values, zero_point_zero=False)
     """
 
     keeps_samples: ClassVar[bool] = True

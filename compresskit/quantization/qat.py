@@ -8,8 +8,10 @@ and the statistics of any BatchNorm that could not be folded (late in training, 
 torch.ao's QAT recipes), and ``convert_qat`` turns the result back into the fixed-scale
 model that exports to int8 QDQ.
 
->>> quantize_static(model, ctx, config, what="qat")             # doctest: +SKIP
->>> prepare_qat(model, learn_scales=True); train(model, ...); convert_qat(model)
+Example::
+
+    quantize_static(model, ctx, config, what="qat")
+    prepare_qat(model, learn_scales=True); train(model, ...); convert_qat(model)
 """
 
 from __future__ import annotations

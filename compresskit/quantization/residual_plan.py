@@ -6,9 +6,11 @@ ops only, from a quant layer's output quantizer or from an op that already quali
 result must feed something besides the model's output. Decisions are made on one trace of
 the whole model, in graph order, so a chain of residual blocks qualifies block by block.
 
->>> result = rewrite_residuals(prepared_model)                    # doctest: +SKIP
->>> result.integer
-['layer1: add', 'layer2: add', 'layer3: add']
+Example::
+
+    result = rewrite_residuals(prepared_model)
+    result.integer
+    # -> ['layer1: add', 'layer2: add', 'layer3: add']
 """
 
 from __future__ import annotations

@@ -89,8 +89,10 @@ class IntegerResiduals(nn.Module):
     """The quantizers of one module's residual adds and concatenations, named after the
     ops of its traced forward, and the plan that says where they go.
 
-    >>> block.int8_residuals.relu_1_out            # doctest: +SKIP
-    ActQuant(enabled=True, mode=quant, scale=0.04, zero_point=0, tied=False)
+    Example::
+
+        block.int8_residuals.relu_1_out
+        # -> ActQuant(enabled=True, mode=quant, scale=0.04, zero_point=0, tied=False)
     """
 
     def __init__(self, plan: list[PlanEntry]) -> None:

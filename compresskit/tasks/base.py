@@ -6,7 +6,8 @@ loss and validation metrics, pruning criteria its sensitivity loss, the ONNX par
 its agreement rule, and the report its metric columns and the clause that judges a
 candidate against the budget. A new task is a new module registered in ``tasks/__init__``.
 
->>> task = get_task("classification")                              # doctest: +SKIP
+>>> from compresskit.tasks import get_task
+>>> task = get_task("classification")
 >>> task.judge({"accuracy": 0.90}, {"accuracy": 0.91}, Budget(max_accuracy_drop=0.02)).met
 True
 """

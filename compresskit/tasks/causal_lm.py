@@ -14,8 +14,10 @@ of the mass: by the log-sum inequality that never exceeds the exact KL, and equa
 the candidate spreads the tail as the baseline does; with top-64 the bucket is typically a
 few percent of the mass. Top-1 agreement needs only the first of those ids and is exact.
 
->>> task = get_task("causal-lm")                                     # doctest: +SKIP
->>> task.judge({"perplexity": 18.0, ...}, {"perplexity": 17.0, ...},
+>>> from compresskit.tasks import get_task
+>>> task = get_task("causal-lm")
+>>> task.judge({"perplexity": 18.0, "agreement": 0.93, "kl": 0.05},
+...            {"perplexity": 17.0, "agreement": 1.0, "kl": 0.0},
 ...            Budget(max_perplexity_increase=0.15)).met
 True
 """

@@ -5,8 +5,10 @@ Each model is a real transformers class from a small random config, saved with
 ``save_pretrained`` next to its tokenizer or image processor, as a user's would be.
 Needs ``transformers``.
 
->>> directory = save_tiny_text_model("distilbert", tmp_path / "model")  # doctest: +SKIP
->>> write_text_csv(tmp_path / "reviews.csv")                          # doctest: +SKIP
+Example::
+
+    directory = save_tiny_text_model("distilbert", tmp_path / "model")
+    write_text_csv(tmp_path / "reviews.csv")
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ Llama with grouped-query attention, Qwen2 and GPT-2 at a few thousand parameters
 BPE tokenizer trained in milliseconds on a synthetic corpus whose sentences follow a small
 grammar (so a model can learn something from it in a few steps).
 
->>> model = tiny_llama()                                            # doctest: +SKIP
+>>> model = tiny_llama()
 >>> tokenizer = tiny_tokenizer()
 >>> bundle = tiny_lm_bundle(tokenizer, seq_len=16)
+>>> len(model.model.layers), bundle.task, bundle.input_shape
+(3, 'causal-lm', (16,))
 """
 
 from __future__ import annotations

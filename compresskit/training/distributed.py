@@ -12,9 +12,11 @@ Global batch semantics: ``train.batch_size`` is the global batch. Each rank take
 depend on the world size, so a run on N processes sees the same batches, in the same
 order, as one process (up to float rounding and BatchNorm statistics per rank).
 
->>> with session("auto") as world:                                 # doctest: +SKIP
-...     loader = train_loader(dataset, batch_size=64, seed=0)
-...     student = wrap(model)
+Example::
+
+    with session("auto") as world:
+        loader = train_loader(dataset, batch_size=64, seed=0)
+        student = wrap(model)
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ validation, early stopping, keeping the best state and progress. Distributed tra
 replaces exactly three things, all in :class:`Runtime`: how the model is wrapped, how the
 training data is sampled, and how per-process numbers are reduced.
 
->>> history = train(model, data, TrainConfig(epochs=3), objective=Objective(loss=my_loss))
-...                                                                     # doctest: +SKIP
+Example::
+
+    history = train(model, data, TrainConfig(epochs=3), objective=Objective(loss=my_loss))
 """
 
 from __future__ import annotations
