@@ -15,7 +15,6 @@ says why. Generation speed (time to first token, decode tokens/s) comes from
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ def evaluate_decoders(
     windows = np.concatenate([ids.numpy() for ids, _ in batches])
     calibration = np.concatenate([ids.numpy() for ids, _ in bundle.loader("calibration")])
     example = bundle.example_inputs(batch_size=2)
-    genai = importlib.util.find_spec("onnxruntime_genai") is not None
+    genai = _genai_installed()
     references: list[Any] = []
     entries: list[Entry] = []
     folders: dict[str, Path] = {}
@@ -136,6 +135,14 @@ def evaluate_decoders(
         )
     timing = _time(entries, folders, windows, batch_sizes, latency_seconds, genai)
     return entries, timing
+
+
+def _genai_installed() -> bool:
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _int4_settings(steps: Sequence[Any]) -> Int4Record | None:

@@ -157,3 +157,35 @@ def test_gguf_without_the_gguf_package(tmp_path: Path, monkeypatch: pytest.Monke
     model.write_bytes(b"GGUF")
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if it were not installed
     _fails([str(model), "--data", str(_corpus(tmp_path / "c.txt"))], "compresskit[gguf]")
+
+
+def test_a_causal_lm_directory_loads_with_its_tokenizer(tiny_lm_dir: Path) -> None:
+    from compresskit.models.loading import load_model
+
+    loaded = load_model(tiny_lm_dir)
+    assert type(loaded.model).__name__ == "LlamaForCausalLM"
+    assert loaded.source["task"] == "causal-lm"
+    assert loaded.preprocessing is not None and loaded.preprocessing.tokenizer is not None
+    assert loaded.preprocessing.max_length == 256  # the model's positions
+
+
+def test_without_onnxruntime_genai_the_run_scores_in_torch_and_says_so(
+    tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = tmp_path / "depth.yaml"
+    node = {"id": "depth", "pass": "prune_decoder_depth"}
+    node["config"] = {"remove": 1, "protect_first": 0, "protect_last": 0, "criterion": "hidden"}
+    policy.write_text(yaml.safe_dump({**TINY_POLICY, "nodes": [node]}))
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)  # as if it were not installed
+    run = tmp_path / "run"
+    args = ["compress", str(tiny_lm_dir), "--data", str(_corpus(tmp_path / "c.txt"))]
+    args += ["--policy", str(policy), "--out", str(run)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 4, result.output  # nothing could be timed
+    report = json.loads((run / "report.json").read_text())
+    assert "compresskit[llm]" in report["skipped_targets"]["genai-cpu"]
+    (candidate,) = report["candidates"]
+    assert candidate["export_skipped"] and "compresskit[llm]" in candidate["export_skipped"]
+    assert candidate["metrics"]["perplexity"] > 1 and candidate["files"]["hf"] == "depth/hf"
+    assert candidate["continuations"][0]["runtime"] == "torch"
+    assert not (run / "depth" / "onnx").exists()
