@@ -246,7 +246,9 @@ def _evaluate(
         "source_checkpoint": loaded.describe(),
         **source_digest(loaded.path, loaded.model),
     }
-    if bundle.task == "causal-lm":
+    # A transformers causal LM ships as a Hugging Face directory and a KV-cache ONNX
+    # folder; a language model built in code goes the generic way (one ONNX file).
+    if bundle.task == "causal-lm" and hasattr(loaded.model, "save_pretrained"):
         lm = _evaluate_lm(policy, loaded, bundle, models, run_dir, latency_seconds)
         return _report(policy, loaded, bundle, seed, *lm)
     entries, onnx_paths = evaluate_models(

@@ -76,32 +76,21 @@ def evaluate_decoders(
     for index, (name, model, steps) in enumerate(models):
         status(f"exporting and checking {name} ({index + 1} of {len(models)})")
         model.eval()
-        directory = run_dir / name
-        files: dict[str, str] = {}
-        notes: list[str] = []
-        hf = directory / "hf" if index > 0 else run_dir / f".{name}-hf"
-        save_causal_lm(model, tokenizer, hf)
-        if index > 0:
-            files["hf"] = f"{name}/hf"
         int4 = _int4_settings(steps)
-        skipped = _export_skipped(hf) if genai else GENAI_MISSING
-        parity: ParityEntry | None = None
-        folder: Path | None = None
-        if skipped is None:
-            folder = directory / "onnx"
-            parity = _export(hf, folder, model, windows[:PARITY_WINDOWS], int4, calibration)
-            files["onnx"] = f"{name}/onnx"
+        shipped = _ship(
+            name,
+            model,
+            tokenizer,
+            run_dir,
+            baseline=index == 0,
+            genai=genai,
+            int4=int4,
+            windows=windows[:PARITY_WINDOWS],
+            calibration=calibration,
+        )
+        folder, parity, skipped = shipped.folder, shipped.parity, shipped.skipped
+        if folder is not None:
             folders[name] = folder
-            if int4 is not None:
-                notes.append(
-                    "ONNX parity is checked on the float graph, before the int4 rewrite; "
-                    "the int4 graph's quality is its metrics"
-                )
-        else:
-            status(f"{name}: no KV-cache ONNX export: {skipped}", style="yellow")
-            notes.append(f"metrics measured in torch: {skipped}")
-        if index == 0:
-            shutil.rmtree(hf, ignore_errors=True)
         if parity is not None and not parity.ok:
             status(f"{name}: ONNX Runtime disagrees with torch ({parity})", style="red")
         evaluation = task.evaluation()
@@ -128,13 +117,67 @@ def evaluate_decoders(
                     StepEntry(id=s.id, name=s.pass_name, seconds=s.seconds, records=s.records)
                     for s in steps
                 ],
-                files=files,
-                notes=notes,
+                files=shipped.files,
+                notes=shipped.notes,
                 continuations=_continuations(folder, model, tokenizer),
             )
         )
     timing = _time(entries, folders, windows, batch_sizes, latency_seconds, genai)
     return entries, timing
+
+
+@dataclass
+class _Shipped:
+    """What was written for one model and whether its ONNX folder holds."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    parity: ParityEntry | None = None
+    skipped: str | None = None
+
+
+def _ship(
+    name: str,
+    model: Any,  # noqa: ANN401  (a transformers causal LM)
+    tokenizer: Any,  # noqa: ANN401
+    run_dir: Path,
+    *,
+    baseline: bool,
+    genai: bool,
+    int4: Int4Record | None,
+    windows: np.ndarray,
+    calibration: np.ndarray,
+) -> _Shipped:
+    """The model's Hugging Face directory (candidates keep it) and checked ONNX folder; a
+    model the builder cannot export is reported with the reason and scored in torch."""
+    shipped = _Shipped()
+    hf = run_dir / f".{name}-hf" if baseline else run_dir / name / "hf"
+    save_causal_lm(model, tokenizer, hf)
+    if not baseline:
+        shipped.files["hf"] = f"{name}/hf"
+    folder = run_dir / name / "onnx"
+    try:
+        if not genai:
+            raise CompressKitError(GENAI_MISSING)
+        check_exportable(hf)
+        shipped.parity = _export(hf, folder, model, windows, int4, calibration)
+    except CompressKitError as error:
+        shipped.skipped = str(error)
+        status(f"{name}: no KV-cache ONNX export: {error}", style="yellow")
+        shipped.notes.append(f"metrics measured in torch: {error}")
+        return shipped
+    finally:
+        if baseline:
+            shutil.rmtree(hf, ignore_errors=True)
+    shipped.folder = folder
+    shipped.files["onnx"] = f"{name}/onnx"
+    if int4 is not None:
+        shipped.notes.append(
+            "ONNX parity is checked on the float graph, before the int4 rewrite; the int4 "
+            "graph's quality is its metrics"
+        )
+    return shipped
 
 
 def _genai_installed() -> bool:
@@ -148,15 +191,6 @@ def _genai_installed() -> bool:
 def _int4_settings(steps: Sequence[Any]) -> Int4Record | None:
     """The int4 export a ``quantize_int4`` node of the candidate recorded, if any."""
     return next((s.record for s in steps if isinstance(s.record, Int4Record)), None)
-
-
-def _export_skipped(hf: Path) -> str | None:
-    """Why the builder cannot export this directory (an architecture it lacks), or None."""
-    try:
-        check_exportable(hf)
-    except CompressKitError as error:
-        return str(error)
-    return None
 
 
 def _export(
@@ -224,7 +258,9 @@ def _folder_bytes(folder: Path | None) -> int:
 
 def _continuations(folder: Path | None, model: Any, tokenizer: Any) -> list[Continuation]:  # noqa: ANN401
     """Greedy continuations of the fixed prompts: by onnxruntime-genai on the folder (what
-    ships, int4 included), else by ``generate`` in torch."""
+    ships, int4 included), else by ``generate`` in torch; none without a tokenizer."""
+    if tokenizer is None:
+        return []
     if folder is None:
         found = greedy_continuations(model, tokenizer, max_new_tokens=CONTINUATION_TOKENS)
         return [Continuation(**c, runtime="torch") for c in found]
