@@ -241,16 +241,16 @@ def _evaluate(
 ) -> Report:
     """Verify, measure and judge every model; the report of the run."""
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
-    metadata = {
-        "policy": policy.name,
-        "source_checkpoint": loaded.describe(),
-        **source_digest(loaded.path, loaded.model),
-    }
     # A transformers causal LM ships as a Hugging Face directory and a KV-cache ONNX
     # folder; a language model built in code goes the generic way (one ONNX file).
     if bundle.task == "causal-lm" and hasattr(loaded.model, "save_pretrained"):
         lm = _evaluate_lm(policy, loaded, bundle, models, run_dir, latency_seconds)
         return _report(policy, loaded, bundle, seed, *lm)
+    metadata = {
+        "policy": policy.name,
+        "source_checkpoint": loaded.describe(),
+        **source_digest(loaded.path, loaded.model),
+    }
     entries, onnx_paths = evaluate_models(
         models, bundle, run_dir, metadata=metadata, source=loaded.source, exporter=exporter
     )

@@ -117,6 +117,11 @@ def _load(
         return _load_hf(path, task, trust_pickle=trust_pickle)
     regular_file(path, what="checkpoint")
     if path.suffix == ".gguf":
+        if task not in (None, "causal-lm"):
+            raise CompressKitError(
+                f"checkpoint {path}: a .gguf file holds a causal language model; leave out "
+                f"--task {task} (or give --task causal-lm)"
+            )
         return _load_causal_lm(path)
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CompressKitError(

@@ -189,3 +189,9 @@ def test_without_onnxruntime_genai_the_run_scores_in_torch_and_says_so(
     assert candidate["metrics"]["perplexity"] > 1 and candidate["files"]["hf"] == "depth/hf"
     assert candidate["continuations"][0]["runtime"] == "torch"
     assert not (run / "depth" / "onnx").exists()
+
+
+def test_gguf_with_another_task(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    _fails([str(model), "--task", "classification"], "holds a causal language model")
