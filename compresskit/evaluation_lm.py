@@ -30,7 +30,7 @@ from compresskit.bench.report import Continuation, Entry, GenerationEntry, Parit
 from compresskit.data import DataBundle
 from compresskit.errors import CompressKitError
 from compresskit.evaluation import RunModel
-from compresskit.export.decoder import ROUTE, check_exportable, export_decoder
+from compresskit.export.decoder import ROUTE, check_exportable, export_decoder, onnx_folder_bytes
 from compresskit.export.decoder_parity import FLOAT_TOLERANCE, DecoderSession, torch_logits
 from compresskit.export.lowbit import Int4Config, lowbit_coverage, quantize_decoder_int4
 from compresskit.models.causal_lm import save_causal_lm
@@ -211,10 +211,10 @@ def _export(
         parity = _parity(model, staging, windows)
         config = Int4Config(
             algorithm=int4.algorithm,
-            block_size=int4.block_size,  # type: ignore[arg-type]
+            block_size=int4.block_size,
             symmetric=int4.symmetric,
             head=int4.head,
-            accuracy_level=int4.accuracy_level,  # type: ignore[arg-type]
+            accuracy_level=int4.accuracy_level,
         )
         gptq = calibration[: int4.calibration_windows] if config.needs_calibration() else None
         quantize_decoder_int4(staging, folder, config=config, calibration=gptq)
@@ -251,8 +251,6 @@ def _logits(session: DecoderSession | None, model: Any, ids: torch.Tensor) -> np
 
 
 def _folder_bytes(folder: Path | None) -> int:
-    from compresskit.export.decoder import onnx_folder_bytes
-
     return onnx_folder_bytes(folder) if folder is not None else 0
 
 

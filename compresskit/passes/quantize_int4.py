@@ -24,6 +24,8 @@ from compresskit.records import Line, PassRecord, Table
 
 Algorithm = Literal["rtn", "gptq"]
 HeadFormat = Literal["int8", "int4", "float"]
+BlockSize = Literal[16, 32, 64, 128]
+AccuracyLevel = Literal[0, 1, 2, 3, 4]
 
 
 class QuantizeInt4Config(PassConfig):
@@ -35,14 +37,12 @@ class QuantizeInt4Config(PassConfig):
     algorithm: Algorithm = Field(
         default="gptq", description="rtn: round to nearest; gptq: calibrated on windows"
     )
-    block_size: Literal[16, 32, 64, 128] = Field(
-        default=32, description="weights per scale along the input axis"
-    )
+    block_size: BlockSize = Field(default=32, description="weights per scale along the input axis")
     symmetric: bool = Field(default=True, description="no zero points")
     head: HeadFormat = Field(
         default="int8", description="LM head and tied embedding: 8-bit blocks, 4-bit, or float"
     )
-    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+    accuracy_level: AccuracyLevel = Field(
         default=4, description="MatMulNBits compute: 4 = int8 activations (fastest on CPU)"
     )
     calibration_windows: int = Field(
@@ -57,10 +57,10 @@ class Int4Record(PassRecord):
     """The int4 settings the export applies (the torch model stays float)."""
 
     algorithm: Algorithm = "gptq"
-    block_size: int = 32
+    block_size: BlockSize = 32
     symmetric: bool = True
     head: HeadFormat = "int8"
-    accuracy_level: int = 4
+    accuracy_level: AccuracyLevel = 4
     calibration_windows: int = 16
 
     def summary(self) -> list[Line | Table]:
