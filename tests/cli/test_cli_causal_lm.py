@@ -195,3 +195,7 @@ def test_gguf_with_another_task(tmp_path: Path) -> None:
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
     _fails([str(model), "--task", "classification"], "holds a causal language model")
+
+
+def test_a_causal_lm_without_data(tiny_lm_dir: Path) -> None:
+    _fails([str(tiny_lm_dir)], "a causal language model needs --data")
