@@ -20,16 +20,17 @@ from torch import nn
 
 from compresskit._version import __version__
 from compresskit.bench.harness import measure_entries
-from compresskit.bench.measurement import machine_info
+from compresskit.bench.measurement import TargetInfo, machine_info
 from compresskit.bench.output import write_reports
 from compresskit.bench.probe import measure_costs, measure_p50
-from compresskit.bench.report import FailedCandidate, Report
+from compresskit.bench.report import Entry, FailedCandidate, Report
 from compresskit.bench.verdict import judge
 from compresskit.context import Context, ModelCost
 from compresskit.data import Columns, DataBundle, load_data
+from compresskit.data.preprocessing import DEFAULT_TEXT_LENGTH
 from compresskit.digest import source_digest
 from compresskit.errors import CompressKitError
-from compresskit.evaluation import evaluate_models
+from compresskit.evaluation import RunModel, evaluate_models
 from compresskit.export.onnx import Exporter
 from compresskit.models.hf import HuggingFaceModel
 from compresskit.models.hf_head import fit_head
@@ -161,6 +162,10 @@ def _bundle(
 ) -> DataBundle:
     if isinstance(data, DataBundle):
         return _with_task(data, task)
+    model_task = loaded.source.get("task")  # a Hugging Face model says what it computes
+    chosen = task or (model_task if isinstance(model_task, str) else None)
+    if chosen == "causal-lm":
+        return _text_windows(data, loaded, seed, columns, sequence_length)
     spec = data or loaded.default_data
     if spec is None:
         raise CompressKitError(
@@ -175,8 +180,35 @@ def _bundle(
         columns=columns,
         sequence_length=sequence_length,
     )
-    model_task = loaded.source.get("task")  # a Hugging Face model says what it computes
-    return _with_task(bundle, task or (model_task if isinstance(model_task, str) else None))
+    return _with_task(bundle, chosen)
+
+
+def _text_windows(
+    data: str | None,
+    loaded: LoadedModel,
+    seed: int,
+    columns: Columns | None,
+    sequence_length: int | None,
+) -> DataBundle:
+    """Documents tokenized with the model's own tokenizer, split by document and packed
+    into windows of the policy's sequence length (see :mod:`compresskit.data.text`)."""
+    from compresskit.data.text import load_text
+
+    if data is None:
+        raise CompressKitError(
+            "no data given: a causal language model needs --data (a .txt file, a .jsonl file "
+            "with a text field, or a folder of .txt files)"
+        )
+    preprocessing = loaded.preprocessing
+    tokenizer = preprocessing.tokenizer if preprocessing is not None else None
+    length = preprocessing.text_length(sequence_length) if preprocessing else sequence_length
+    return load_text(
+        data,
+        tokenizer,
+        seq_len=length or DEFAULT_TEXT_LENGTH,
+        seed=seed,
+        text_field=(columns.text if columns else None) or "text",
+    )
 
 
 def _with_task(bundle: DataBundle, task: str | None) -> DataBundle:
@@ -215,6 +247,11 @@ def _evaluate(
 ) -> Report:
     """Verify, measure and judge every model; the report of the run."""
     models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
+    # A transformers causal LM ships as a Hugging Face directory and a KV-cache ONNX
+    # folder; a language model built in code goes the generic way (one ONNX file).
+    if bundle.task == "causal-lm" and hasattr(loaded.model, "save_pretrained"):
+        lm = _evaluate_lm(policy, loaded, bundle, models, run_dir, latency_seconds)
+        return _report(policy, loaded, bundle, seed, *lm)
     metadata = {
         "policy": policy.name,
         "source_checkpoint": loaded.describe(),
@@ -236,8 +273,45 @@ def _evaluate(
         profile=profile,
         max_sequence_length=position_limit(loaded.model),
     )
+    skipped = {run.target: run.skipped for run in runs if run.skipped}
+    targets = [run.info() for run in runs if not run.skipped]
+    return _report(policy, loaded, bundle, seed, entries, targets, skipped)
+
+
+def _evaluate_lm(
+    policy: Policy,
+    loaded: LoadedModel,
+    bundle: DataBundle,
+    models: Sequence[RunModel],
+    run_dir: Path,
+    latency_seconds: float,
+) -> tuple[list[Entry], list[TargetInfo], dict[str, str]]:
+    """A causal LM's run: Hugging Face directories, KV-cache ONNX folders, generation."""
+    from compresskit.evaluation_lm import evaluate_decoders
+
+    tokenizer = loaded.preprocessing.tokenizer if loaded.preprocessing else None
+    entries, timing = evaluate_decoders(
+        models,
+        bundle,
+        run_dir,
+        tokenizer=tokenizer,
+        batch_sizes=policy.batch_sizes,
+        latency_seconds=latency_seconds,
+    )
+    return entries, timing.targets, timing.skipped
+
+
+def _report(
+    policy: Policy,
+    loaded: LoadedModel,
+    bundle: DataBundle,
+    seed: int,
+    entries: list[Entry],
+    targets: list[TargetInfo],
+    skipped: dict[str, str],
+) -> Report:
     baseline, *rest = entries
-    report = Report(
+    return Report(
         compresskit_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         policy=policy.name,
@@ -246,8 +320,8 @@ def _evaluate(
         task=bundle.task,
         seed=seed,
         seconds=0.0,
-        skipped_targets={run.target: run.skipped for run in runs if run.skipped},
-        targets=[run.info() for run in runs if not run.skipped],
+        skipped_targets=skipped,
+        targets=targets,
         machine=machine_info(),
         world_size=distributed.current().world_size,
         backend=distributed.current().backend,
@@ -255,4 +329,3 @@ def _evaluate(
         candidates=rest,
         labels=list(bundle.labels) if bundle.labels else None,
     )
-    return report

@@ -70,6 +70,11 @@ def render_markdown(report: Report) -> str:
             lines += [f"Passes: {' -> '.join(entry.nodes)}.", ""]
         lines += [f"- {line}" for line in entry_lines(report, entry)]
         lines.append("")
+        if entry.continuations:
+            runtime = entry.continuations[0].runtime
+            rows = [[c.prompt, c.continuation] for c in entry.continuations]
+            lines += [f"**Greedy continuations** ({runtime})", ""]
+            lines += [*markdown_table(["prompt", "continuation"], rows), ""]
         lines += blocks_markdown(list(profile_tables(entry)))
         for step in entry.steps:
             lines += [f"### {step_heading(step.id, step.name, step.seconds)}", ""]

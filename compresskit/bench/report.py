@@ -20,7 +20,9 @@ Schema history:
   goes, per torch module) was added within version 3 with a default.
 
 Within version 3, with defaults: ``failed`` (candidates whose branch failed, with the
-node, pass and reason), ``labels`` (class names by label id) and each entry's ``notes``.
+node, pass and reason), ``labels`` (class names by label id), each entry's ``notes``, and
+for causal LMs each entry's ``generation`` (time to first token, decode tokens/s) and
+``continuations`` (greedy continuations of fixed prompts).
 
 Versions 1 and 2 still load: :func:`upgrade` rewrites them to version 3 in memory
 (their verdict lines and summary kept, the machine-readable fields left null; the run's
@@ -89,6 +91,24 @@ class StepEntry(_Model):
         recorded fact when the record cannot be typed."""
         record = self.record()
         return record.summary() if record is not None else generic_summary(self.records)
+
+
+class Continuation(_Model):
+    """A fixed prompt and a model's greedy continuation of it (causal LMs)."""
+
+    prompt: str
+    continuation: str
+    runtime: str = Field(description="what generated it: onnxruntime-genai or torch")
+
+
+class GenerationEntry(_Model):
+    """A causal LM's generation speed in onnxruntime-genai (medians, one run interleaved)."""
+
+    ttft_ms: dict[int, float] = Field(description="prompt length -> time to first token")
+    decode_tok_s: dict[int, float] = Field(description="batch -> decode tokens per second")
+    prompt_tokens: int = Field(description="prompt length of the decode runs")
+    new_tokens: int
+    noisy: bool = False
 
 
 class Verdict(_Model):
@@ -167,6 +187,12 @@ class Entry(_Model):
         default_factory=list, description="what the run could not write or do for it"
     )
     verdict: Verdict | None = Field(default=None, description="None for the baseline")
+    generation: GenerationEntry | None = Field(
+        default=None, description="causal LMs: time to first token and decode tokens/s"
+    )
+    continuations: list[Continuation] = Field(
+        default_factory=list, description="causal LMs: greedy continuations of fixed prompts"
+    )
 
     @property
     def summary(self) -> str:

@@ -43,7 +43,34 @@ def model_columns(report: Report) -> list[Column]:
         ("ONNX", lambda e: human_bytes(e.onnx_bytes) if e.onnx_bytes else "-"),
     ]
     columns += [(c.header, _metric(c.key)) for c in get_task(report.task).columns]
-    columns.append(("int8", lambda e: "-" if e.int8_coverage is None else f"{e.int8_coverage:.0%}"))
+    # A causal LM's weights are int4 or int8 MatMulNBits: the share is of low-bit kernels.
+    low_bit = "low-bit" if report.task == "causal-lm" else "int8"
+    columns.append(
+        (low_bit, lambda e: "-" if e.int8_coverage is None else f"{e.int8_coverage:.0%}")
+    )
+    return columns + generation_columns(report)
+
+
+def generation_columns(report: Report) -> list[Column]:
+    """Time to first token and decode tokens/s of causal LMs, where they were timed."""
+    timed = [e.generation for e in report.entries() if e.generation is not None]
+    if not timed:
+        return []
+    columns: list[Column] = []
+    for length in sorted({n for g in timed for n in g.ttft_ms}):
+
+        def ttft(entry: Entry, length: int = length) -> str:
+            value = entry.generation.ttft_ms.get(length) if entry.generation else None
+            return "-" if value is None else f"{value:.1f}"
+
+        columns.append((f"TTFT p{length} ms", ttft))
+    for batch in sorted({b for g in timed for b in g.decode_tok_s}):
+
+        def decode(entry: Entry, batch: int = batch) -> str:
+            value = entry.generation.decode_tok_s.get(batch) if entry.generation else None
+            return "-" if value is None else f"{value:.1f}"
+
+        columns.append((f"tok/s b{batch}", decode))
     return columns
 
 
@@ -130,7 +157,7 @@ def entry_lines(report: Report, entry: Entry) -> list[str]:
             else ""
         )
         lines.append(
-            f"ORT vs torch ({entry.precision}): max abs error {parity.max_abs_error:.2e} "
+            f"ORT vs torch ({parity.precision}): max abs error {parity.max_abs_error:.2e} "
             f"(allowed {parity.tolerance:.2e}), agreement {parity.agreement:.4f} "
             f"({'ok' if parity.ok else 'FAILED'}); exported with the {entry.exporter} "
             f"exporter{fallback}."
@@ -161,12 +188,15 @@ def target_lines(report: Report) -> list[str]:
             if target.allow_spinning is None
             else f", spinning {'on' if target.allow_spinning else 'off'}"
         )
+        inter_op = (
+            "" if target.inter_op_threads is None else f", {target.inter_op_threads} inter-op"
+        )
         noise = (
             f" **noisy**: {'; '.join(target.noise_reasons)}" if target.noisy else " quiet machine."
         )
         lines.append(
             f"`{target.target}` ({target.runtime}, {target.provider}, {target.precision}): "
-            f"{target.threads} intra-op thread(s), {target.inter_op_threads} inter-op{spinning};"
+            f"{target.threads} intra-op thread(s){inter_op}{spinning};"
             f"{noise}"
         )
     lines += [f"`{name}` skipped: {why}" for name, why in report.skipped_targets.items()]

@@ -135,8 +135,9 @@ def _low_bit(entry: Entry, budget: Budget, verdict: Verdict, clauses: list[str])
         return None  # low-bit in torch only: ORT's kernels cannot be checked
     minimum = budget.min_int8_coverage
     verdict.low_bit = coverage >= (DEFAULT_MIN_INT8 if minimum is None else minimum)
-    verdict.lines.append(f"int8 kernels run {coverage:.0%} of the MACs in ONNX Runtime")
-    word = "int8 used" if verdict.low_bit else "int8 NOT really used"
+    kind = "int4" if entry.precision == "int4" else "int8"  # int4: MatMulNBits weights
+    verdict.lines.append(f"{kind} kernels run {coverage:.0%} of the MACs in ONNX Runtime")
+    word = f"{kind} used" if verdict.low_bit else f"{kind} NOT really used"
     clauses.append(f"{word} ({coverage:.0%} of MACs)")
     if minimum is None:
         if not verdict.low_bit:

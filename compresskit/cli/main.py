@@ -37,15 +37,17 @@ __all__ = ["cli", "main"]
     "--data",
     "data_spec",
     help="digits, fashion-mnist, FILE.npz, a .csv/.jsonl/.parquet of texts and labels, a "
-    "folder of class folders of images, or MODULE:FACTORY.",
+    "folder of class folders of images, or MODULE:FACTORY; for a causal LM a .txt file, a "
+    ".jsonl with a text field (--text-column) or a folder of .txt files.",
 )
 @click.option("--text-column", help="Column of a --data table holding the text (default: text).")
 @click.option("--label-column", help="Column of a --data table holding the label (default: label).")
 @click.option(
     "--task",
-    type=click.Choice(["classification", "embedding", "fidelity"]),
+    type=click.Choice(["classification", "embedding", "fidelity", "causal-lm"]),
     help="How the model is judged (default: its Hugging Face architecture, else "
-    "classification); fidelity: agreement with the original, no labels.",
+    "classification); fidelity: agreement with the original, no labels; causal-lm: "
+    "perplexity of a decoder LM (a ...ForCausalLM directory or a .gguf file).",
 )
 @click.option("--arch", help="MODULE:FACTORY building the architecture of a state-dict checkpoint.")
 @click.option(

@@ -59,6 +59,7 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> L
             "model directory (save_pretrained) or a .gguf file"
         )
     _require("transformers", "hf", "loading a causal language model")
+    _quiet_transformers()
     from transformers import AutoModelForCausalLM
 
     _check_causal_head(path)
@@ -81,6 +82,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> LoadedCausalLM:
     _require("gguf", "gguf", "loading a .gguf model")
     _require("accelerate", "gguf", "loading a .gguf model")
     _require("transformers", "gguf", "loading a .gguf model")
+    _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -115,6 +117,14 @@ def serializable_copy(model: Any) -> Any:
         fresh.tie_weights()
     fresh.generation_config = model.generation_config
     return fresh.eval()
+
+
+def _quiet_transformers() -> None:
+    """No progress bars or advice from transformers: the run reports what matters."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 def _require(module: str, extra: str, purpose: str) -> None:
@@ -199,6 +209,7 @@ def save_causal_lm(model: Any, tokenizer: Any, directory: str | Path) -> Path:
     tokenizer to ``directory``, atomically (a sibling temp dir, then one rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _quiet_transformers()
     if getattr(model.config, "quantization_config", None) is not None:
         model = serializable_copy(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))

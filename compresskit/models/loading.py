@@ -34,6 +34,7 @@ from compresskit.paths import regular_file
 
 DEFAULT_CHECKPOINT = "example:digits-cnn"
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 @dataclass
@@ -117,10 +118,17 @@ def _load(
     if path.is_dir():
         return _load_hf(path, task, trust_pickle=trust_pickle)
     regular_file(path, what="checkpoint")
+    if path.suffix == ".gguf":
+        if task not in (None, "causal-lm"):
+            raise CompressKitError(
+                f"checkpoint {path}: a .gguf file holds a causal language model; leave out "
+                f"--task {task} (or give --task causal-lm)"
+            )
+        return _load_causal_lm(path)
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CompressKitError(
             f"checkpoint {path}: unknown file type {path.suffix!r}; expected one of "
-            f"{', '.join(STATE_DICT_SUFFIXES)} or a Hugging Face model directory"
+            f"{', '.join(STATE_DICT_SUFFIXES)}, .gguf or a Hugging Face model directory"
         )
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):
@@ -251,12 +259,39 @@ def _load_hf(path: Path, task: str | None, *, trust_pickle: bool = False) -> Loa
     if not isinstance(config, dict):
         raise CompressKitError(f"checkpoint {config_path}: expected a JSON object")
     _check_hf_weights(path, trust_pickle=trust_pickle)
+    if task == "causal-lm" or (task is None and _names_causal_lm(config)):
+        return _load_causal_lm(path)
     from compresskit.models.hf import load_hf_directory
 
     loaded = load_hf_directory(path, task=task)
     return LoadedModel(
         loaded.model, loaded.source, notes=loaded.notes, preprocessing=loaded.preprocessing
     )
+
+
+def _names_causal_lm(config: dict[str, Any]) -> bool:
+    """A config whose first architecture is a language-modelling head (``...ForCausalLM``,
+    ``GPT2LMHeadModel``): such a directory is compressed as a causal LM."""
+    architectures = config.get("architectures") or [None]
+    first = architectures[0] if isinstance(architectures, list) else None
+    return isinstance(first, str) and first.endswith(CAUSAL_LM_SUFFIXES)
+
+
+def _load_causal_lm(path: Path) -> LoadedModel:
+    """A causal LM (Hugging Face directory or ``.gguf``) with its tokenizer as the way texts
+    become token ids; the source says its task, so the run judges it by perplexity."""
+    from compresskit.models.causal_lm import load_causal_lm
+
+    loaded = load_causal_lm(path)
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    preprocessing = Preprocessing(
+        modality="text",
+        tokenizer=loaded.tokenizer,
+        max_length=positions if isinstance(positions, int) else None,
+        input_names=("input_ids",),
+    )
+    source = {**loaded.source, "task": "causal-lm"}
+    return LoadedModel(loaded.model, source, notes=loaded.notes, preprocessing=preprocessing)
 
 
 def _check_hf_weights(path: Path, *, trust_pickle: bool) -> None:

@@ -10,6 +10,7 @@ from compresskit.passes import (  # noqa: F401
     quantize,
     quantize_dynamic,
     quantize_embeddings,
+    quantize_int4,
     weight_only,
 )
 from compresskit.passes.base import (

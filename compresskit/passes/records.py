@@ -490,6 +490,8 @@ class DistillSetup(_Part):
     teacher_cached: bool = False
     teacher: str = "input"
     stop_at: float | None = None
+    # Causal LMs: next-token logits are computed this many tokens at a time.
+    chunk_tokens: int | None = None
 
 
 class DistillRecord(PassRecord):

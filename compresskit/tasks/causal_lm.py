@@ -160,7 +160,9 @@ class CausalLM(Task):
         "Perplexity is measured with ONNX Runtime on the fixed evaluation windows (every "
         "next token); agreement is next-token top-1 agreement with the baseline, KL the mean "
         f"per-token KL from the baseline over its top-{REFERENCE_TOP_K} tokens plus one "
-        "bucket for the rest (a lower bound of the exact KL)."
+        "bucket for the rest (a lower bound of the exact KL). Exported folders are timed "
+        "in onnxruntime-genai: TTFT is the time to the first token of a prompt of that "
+        "length, tok/s the decode rate, and the latency columns one decode step."
     )
     budget_fields = frozenset({"max_perplexity_increase"})
     eval_batch_size = 8

@@ -36,6 +36,7 @@ SETTINGS = {
     "weight_only": {"dtype": "nf4"},
     "prune_decoder_depth": {"remove": 1, "criterion": "hidden"},
     "prune_decoder_width": {"heads": 0.5, "mlp": 0.5, "importance": "magnitude"},
+    "quantize_int4": {"algorithm": "rtn"},
 }
 # Passes whose result has no ONNX form (bitsandbytes); export must refuse in one line.
 NOT_EXPORTABLE = {"weight_only"}
@@ -47,9 +48,10 @@ SUBJECTS = {
     "quantize_embeddings": lambda: (TinyBertClassifier().eval(), tiny_text_data()),
     "prune_decoder_depth": lambda: (tiny_llama(), tiny_lm_bundle(seq_len=16)),
     "prune_decoder_width": lambda: (tiny_llama(), tiny_lm_bundle(seq_len=16)),
+    "quantize_int4": lambda: (tiny_llama(), tiny_lm_bundle(seq_len=16)),
 }
 # Causal LMs return a ModelOutput: their logits are what the checks compare and export.
-LANGUAGE_MODELS = {"prune_decoder_depth", "prune_decoder_width"}
+LANGUAGE_MODELS = {"prune_decoder_depth", "prune_decoder_width", "quantize_int4"}
 
 
 def tensor_model(pass_name: str, model: torch.nn.Module) -> torch.nn.Module:
