@@ -30,6 +30,8 @@ _EXPORTS = {
     "register_pass": "compresskit.passes",
     "run": "compresskit.compress",
     "RunResult": "compresskit.compress",
+    "search": "compresskit.policy_search",
+    "SearchOptions": "compresskit.policy_search",
     "export_onnx": "compresskit.export.onnx",
 }
 
@@ -42,6 +44,7 @@ __all__ = [
     "Pipeline",
     "Policy",
     "RunResult",
+    "SearchOptions",
     "__version__",
     "export_onnx",
     "load_data",
@@ -50,6 +53,7 @@ __all__ = [
     "register_pass",
     "run",
     "save_model",
+    "search",
 ]
 
 if TYPE_CHECKING:
@@ -63,6 +67,7 @@ if TYPE_CHECKING:
     from compresskit.passes import Pass, PassConfig, register_pass
     from compresskit.pipeline import Pipeline
     from compresskit.policies import Policy, load_policy
+    from compresskit.policy_search import SearchOptions, search
 
 
 def __getattr__(name: str) -> Any:
