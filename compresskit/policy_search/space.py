@@ -4,11 +4,12 @@ A :class:`SearchSpace` is read off the model once: its prunable layers grouped i
 stages (the top-level modules that hold them, else runs of consecutive layers), how many
 residual blocks ``prune_blocks`` may remove, and whether int8 (and int8 chosen per layer
 by measured latency) is tried. A trial's :class:`Choice` becomes a chain of compresskit
-passes, ``prune_blocks -> prune_channels -> distill -> quantize``; :func:`choice_policy`
-writes it as a policy that ``compresskit compress --policy`` runs as it is.
+passes, ``prune_channels -> prune_blocks -> distill -> quantize``; :func:`search_policy`
+writes chains as a policy that ``compresskit compress --policy`` runs as it is.
 
 >>> space = SearchSpace.of(model, example_inputs)                  # doctest: +SKIP
->>> policy = choice_policy(space.suggest(trial), "t0", epochs=1, ...)  # doctest: +SKIP
+>>> chain = choice_nodes(space, space.suggest(trial), "t0", epochs=1, settings=settings)
+>>> policy = search_policy("search-t0", [chain], settings=settings)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class Choice:
     precision: str
 
     def describe(self) -> str:
-        ratios = "/".join(f"{r:.2f}" for r in self.stage_ratios)
-        return f"channels {ratios}, -{self.remove_blocks} blocks, {self.precision}"
+        parts = ["channels " + "/".join(f"{r:.2f}" for r in self.stage_ratios)]
+        if self.remove_blocks:
+            parts.append(f"-{self.remove_blocks} blocks")
+        return ", ".join([*parts, self.precision])
 
     def params(self) -> dict[str, Any]:
         return {
@@ -146,8 +149,6 @@ def choice_nodes(
     """The chain of passes of ``choice``; the last node's id is ``prefix`` (the name the
     report gives the candidate), the others ``prefix-<step>``."""
     steps: list[tuple[str, Any]] = []
-    if choice.remove_blocks:
-        steps.append(("blocks", PruneBlocks(PruneBlocksConfig(remove=choice.remove_blocks))))
     ratios = {
         layer: ratio
         for (_, layers), ratio in zip(space.stages, choice.stage_ratios, strict=True)
@@ -158,6 +159,9 @@ def choice_nodes(
             ratio=max(ratios.values()), layer_ratios=ratios, round_to=space.round_to
         )
         steps.append(("prune", PruneChannels(config)))
+    # Blocks go after the channels: removing one renames the layers after it in its list.
+    if choice.remove_blocks:
+        steps.append(("blocks", PruneBlocks(PruneBlocksConfig(remove=choice.remove_blocks))))
     train = TrainConfig(epochs=epochs, lr=settings.lr)
     steps.append(("distill", Distill(DistillConfig(alpha=0.5, temperature=4.0, train=train))))
     if choice.precision != "float":
