@@ -5,6 +5,7 @@ against the baseline, the same seed samples the same trials, bad input is refuse
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,14 @@ def test_a_budget_of_another_task_is_refused(tmp_path: Path) -> None:
             out=tmp_path / "out",
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    out = tmp_path / "out"
+    result = invoke(
+        "search", "--max-accuracy-drop", "0.01", "--min-speedup", "2", "--time-limit", "60",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "compresskit[search]" in result.output and not out.exists()
