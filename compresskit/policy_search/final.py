@@ -77,9 +77,13 @@ def ranked(front: list[Trial]) -> list[Trial]:
     )
 
 
-def _seconds(trials: list[Trial], epochs: int, proxy_epochs: int) -> float:
+def final_seconds(trials: list[Trial], plan: Plan, *, epochs: int | None = None) -> float:
+    """What training ``trials`` for ``epochs`` (default: the final epochs) and measuring
+    them is expected to take: each trial's own time with its distillation scaled from the
+    proxy epochs, plus one more trial's overhead for the baseline."""
+    scale = (epochs or plan.final_epochs) / plan.proxy_epochs
     overhead = [t.seconds - t.train_seconds for t in trials]
-    train = sum(t.train_seconds * epochs / proxy_epochs for t in trials)
+    train = sum(t.train_seconds * scale for t in trials)
     return sum(overhead) + max(overhead, default=0.0) + train
 
 
@@ -88,10 +92,10 @@ def fitting(front: list[Trial], plan: Plan, seconds_left: float) -> tuple[list[T
     members as fit at the final epochs, else one at fewer epochs (None: not even that)."""
     best = ranked(front)[: plan.final]
     for count in range(len(best), 0, -1):
-        if _seconds(best[:count], plan.final_epochs, plan.proxy_epochs) <= seconds_left:
+        if final_seconds(best[:count], plan) <= seconds_left:
             return best[:count], plan.final_epochs
     for epochs in range(plan.final_epochs - 1, plan.proxy_epochs - 1, -1):
-        if best and _seconds(best[:1], epochs, plan.proxy_epochs) <= seconds_left:
+        if best and final_seconds(best[:1], plan, epochs=epochs) <= seconds_left:
             return best[:1], epochs
     return None
 

@@ -29,7 +29,7 @@ from compresskit.models.loading import LoadedModel
 from compresskit.paths import check_output_dir, staged_directory
 from compresskit.pipeline import run_pipeline
 from compresskit.policies import pipeline_of
-from compresskit.policy_search.final import Plan, policy_yaml, train_final
+from compresskit.policy_search.final import Plan, final_seconds, policy_yaml, ranked, train_final
 from compresskit.policy_search.front import SearchRecord, Trial, write_outputs
 from compresskit.policy_search.goal import Goal, SearchOptions, check_request
 from compresskit.policy_search.proxy import ProxyScorer
@@ -184,14 +184,19 @@ def search(
         trial.seconds = time.monotonic() - begin
         return trial
 
+    plan = Plan(space, settings, goal, options.proxy_epochs, options.final_epochs, options.final)
     record.stopped = "the time limit"
     while True:
-        done = [t for t in record.trials if t.state == "complete"]
         if options.trials is not None and len(record.trials) >= options.trials:
             record.stopped = f"{options.trials} trials"
             break
         next_trial = max((t.seconds for t in record.trials), default=0.0)
-        reserve = _final_seconds(done[: options.final], options)
+        # Time kept for the final training of the best so far, but never more than half
+        # the limit: past that, the final training is shortened rather than the search.
+        reserve = min(
+            final_seconds(ranked(record.front())[: options.final], plan),
+            time_limit / 2,
+        )
         if time.monotonic() + next_trial + reserve > deadline:
             break
         asked = study.ask()
@@ -219,7 +224,6 @@ def search(
     front = record.front()
     for trial in front:
         trial.on_front = True
-    plan = Plan(space, settings, goal, options.proxy_epochs, options.final_epochs, options.final)
     with staged_directory(final_dir) as tmp:
         (tmp / "front").mkdir()
         for trial in front:
@@ -238,17 +242,6 @@ def search(
         record.seconds = time.monotonic() - started
         write_outputs(record, tmp)
     return SearchResult(record, final_dir)
-
-
-def _final_seconds(trials: list[Trial], options: SearchOptions) -> float:
-    """What training ``trials`` for the final epochs and measuring them is expected to
-    take: each trial's own time with its distillation scaled to the final epochs, plus one
-    more trial's overhead for the baseline."""
-    if not trials:
-        return 0.0
-    scale = options.final_epochs / options.proxy_epochs
-    overhead = [t.seconds - t.train_seconds for t in trials]
-    return sum(overhead) + max(overhead) + sum(t.train_seconds * scale for t in trials)
 
 
 def _progress(record: SearchRecord, deadline: float) -> None:
