@@ -34,6 +34,8 @@ from compresskit.progress import status
 def policy_yaml(policy: Policy) -> str:
     """A policy as the YAML ``compresskit compress --policy`` reads (defaults left out)."""
     data = policy.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    # Where it is measured is part of what was searched: written even where it is a default.
+    data.update(targets=policy.targets, batch_sizes=policy.batch_sizes)
     return yaml.safe_dump(data, sort_keys=False, width=100)
 
 
@@ -112,6 +114,10 @@ def train_final(
 ) -> None:
     """Train the chosen front members into ``directory/final`` and note their measurements
     (``trial.final``) in ``record``."""
+    if not record.front():
+        record.stopped += "; no trial completed, so nothing to train"
+        status("search: no trial completed; nothing to train", style="yellow")
+        return
     chosen = fitting(record.front(), plan, deadline - time.monotonic())
     if chosen is None:
         record.stopped += "; no time left for the final training"

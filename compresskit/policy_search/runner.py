@@ -122,7 +122,14 @@ def search(
             "search: the model has no prunable layer or removable block, and int8 is off; "
             "nothing to search"
         )
-    settings = Settings(target, batch, goal.budget(), options.lr, options.latency_seconds)
+    settings = Settings(
+        target,
+        batch,
+        goal.budget(),
+        options.lr,
+        options.latency_seconds,
+        class_outputs=contract.class_outputs,
+    )
     scorer = ProxyScorer(bundle, loaded.model, goal.metric)
 
     def latency(candidate: nn.Module) -> float:

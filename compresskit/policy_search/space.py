@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compresskit.budget import Budget
+from compresskit.distill.losses import OutputLoss
 from compresskit.passes.distill import Distill, DistillConfig
 from compresskit.passes.prune_blocks import PruneBlocks, PruneBlocksConfig
 from compresskit.passes.prune_channels import PruneChannels, PruneChannelsConfig
@@ -141,6 +142,9 @@ class Settings:
     budget: Budget
     lr: float = 0.003
     latency_seconds: float = 0.2
+    # The task's outputs are class logits (KD on labels and logits), else embeddings
+    # (the cosine of the outputs to the teacher's).
+    class_outputs: bool = True
 
 
 def choice_nodes(
@@ -163,7 +167,12 @@ def choice_nodes(
     if choice.remove_blocks:
         steps.append(("blocks", PruneBlocks(PruneBlocksConfig(remove=choice.remove_blocks))))
     train = TrainConfig(epochs=epochs, lr=settings.lr)
-    steps.append(("distill", Distill(DistillConfig(alpha=0.5, temperature=4.0, train=train))))
+    distill = (
+        DistillConfig(alpha=0.5, temperature=4.0, train=train)
+        if settings.class_outputs
+        else DistillConfig(losses=[OutputLoss(metric="cosine")], train=train)
+    )
+    steps.append(("distill", Distill(distill)))
     if choice.precision != "float":
         by_latency = (
             LatencyPrecisionConfig(
