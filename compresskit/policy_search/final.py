@@ -145,6 +145,9 @@ def train_final(
     report = result.report
     record.final_report = "final/report.md"
     base = _measured(report.baseline, record)
+    record.final_baseline = Final(
+        quality=base[0], latency_ms=base[1], speedup=1.0, meets_budget=True
+    )
     by_name = {entry.name: entry for entry in report.candidates}
     for trial in trials:
         entry = by_name.get(trial.name)

@@ -78,6 +78,9 @@ class SearchRecord(_Model):
     trials: list[Trial] = Field(default_factory=list)
     chosen: list[int] = Field(default_factory=list)
     final_epochs: int | None = None
+    final_baseline: Final | None = Field(
+        default=None, description="the baseline as the final run measured it"
+    )
     final_report: str | None = None
 
     def front(self) -> list[Trial]:
@@ -103,7 +106,15 @@ def markdown(record: SearchRecord) -> str:
         f"{record.time_limit:.0f} s ({record.stopped}).",
         "",
         f"Baseline: {record.metric} {record.baseline_quality:.4f} (val, torch), "
-        f"p50 {record.baseline_latency_ms:.3f} ms.",
+        f"p50 {record.baseline_latency_ms:.3f} ms"
+        + (
+            f"; in the final run {record.metric} {record.final_baseline.quality:.4f} (eval, "
+            f"ONNX Runtime), p50 {record.final_baseline.latency_ms:.3f} ms."
+            if record.final_baseline
+            and record.final_baseline.quality is not None
+            and record.final_baseline.latency_ms is not None
+            else "."
+        ),
         "",
         f"Proxy: short distillation, {record.metric} on the val split in torch. Final: "
         f"longer distillation, {record.metric} with ONNX Runtime on the evaluation split, "
@@ -157,6 +168,16 @@ def front_png(record: SearchRecord) -> bytes:
         color="tab:blue",
         label="front (proxy)",
     )
+    for t in front:
+        axes.annotate(
+            t.name,
+            (t.latency_ms, t.quality),
+            xytext=(-4, 5),
+            textcoords="offset points",
+            ha="right",
+            fontsize=7,
+            color="tab:blue",
+        )
     finals = [t for t in done if t.final and t.final.latency_ms and t.final.quality is not None]
     for t in finals:
         assert t.final is not None
@@ -166,7 +187,14 @@ def front_png(record: SearchRecord) -> bytes:
             xytext=(t.latency_ms, t.quality),
             arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.6},
         )
-        axes.annotate(t.name, (t.final.latency_ms, t.final.quality), fontsize=7)
+        axes.annotate(
+            t.name,
+            (t.final.latency_ms, t.final.quality),
+            xytext=(4, -8),
+            textcoords="offset points",
+            fontsize=7,
+            color="tab:red",
+        )
     if finals:
         axes.scatter(
             [t.final.latency_ms for t in finals if t.final],
@@ -182,8 +210,19 @@ def front_png(record: SearchRecord) -> bytes:
         color="black",
         marker="*",
         s=60,
-        label="baseline",
+        label="baseline (proxy)",
     )
+    base = record.final_baseline
+    if base and base.latency_ms is not None and base.quality is not None:
+        axes.scatter(
+            [base.latency_ms],
+            [base.quality],
+            facecolors="none",
+            edgecolors="black",
+            marker="*",
+            s=80,
+            label="baseline (final)",
+        )
     axes.set_xlabel(f"p50 latency, ms ({record.target}, batch {record.batch})")
     axes.set_ylabel(record.metric)
     axes.grid(alpha=0.3)

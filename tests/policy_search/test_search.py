@@ -123,6 +123,8 @@ def test_final_candidates_are_measured_against_the_baseline(searched: Any) -> No
     assert record.chosen and len(record.chosen) <= 2
     assert [c.name for c in report.candidates] == [f"t{n}" for n in record.chosen]
     assert all(record.trials[n].on_front for n in record.chosen)
+    assert record.final_baseline is not None
+    assert record.final_baseline.quality == report.baseline.metrics["accuracy"]
     for number in record.chosen:
         trial = record.trials[number]
         (entry,) = [c for c in report.candidates if c.name == trial.name]
