@@ -44,6 +44,7 @@ def invoke(*args: str) -> Any:  # noqa: ANN401
 
 @pytest.fixture(scope="module")
 def searched(inputs: dict[str, Path]) -> tuple[Path, SearchRecord, Any]:
+    pytest.importorskip("optuna", reason="compresskit[search] is not installed")
     out = inputs["dir"] / "search"
     result = invoke(
         "search",
@@ -140,7 +141,7 @@ def test_final_candidates_are_measured_against_the_baseline(searched: Any) -> No
 
 
 def test_the_same_seed_samples_the_same_trials(searched: Any, inputs: dict[str, Path]) -> None:
-    _, first, _ = searched
+    _, first, _ = searched  # skipped without optuna, like this test
     again = compresskit.search(
         load_model(str(inputs["weights"]), arch=ARCH),
         str(inputs["data"]),
@@ -184,6 +185,7 @@ def test_bad_input_is_one_line_before_any_work(
 
 
 def test_a_budget_of_another_task_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("optuna", reason="compresskit[search] is not installed")
     with pytest.raises(compresskit.CompressKitError, match="min-cosine does not apply"):
         compresskit.search(
             TinyCNN(),
