@@ -32,6 +32,8 @@ _EXPORTS = {
     "register_pass": "compresskit.passes",
     "run": "compresskit.compress",
     "RunResult": "compresskit.compress",
+    "search": "compresskit.policy_search",
+    "SearchOptions": "compresskit.policy_search",
     "export_onnx": "compresskit.export.onnx",
 }
 
@@ -44,6 +46,7 @@ __all__ = [
     "Pipeline",
     "Policy",
     "RunResult",
+    "SearchOptions",
     "__version__",
     "export_onnx",
     "load_data",
@@ -52,6 +55,7 @@ __all__ = [
     "register_pass",
     "run",
     "save_model",
+    "search",
 ]
 
 if TYPE_CHECKING:
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from compresskit.passes import Pass, PassConfig, register_pass
     from compresskit.pipeline import Pipeline
     from compresskit.policies import Policy, load_policy
+    from compresskit.policy_search import SearchOptions, search
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,10 @@ from typing import Any
 
 import click
 
-from compresskit.cli import measure  # noqa: F401  (registers export, bench and report)
+from compresskit.cli import (
+    measure,  # noqa: F401  (registers export, bench and report)
+    search,  # noqa: F401  (registers search)
+)
 from compresskit.cli.group import (
     EXIT_FILE_ENV,
     MAX_SECONDS,
