@@ -342,7 +342,9 @@ def score(ctx: Context, built: Built) -> dict[str, Any]:
     }
 
 
-def load_context(quick: bool, distill_steps: int, distill_windows: int | None) -> Context:
+def load_context(
+    quick: bool, distill_steps: int | None = None, distill_windows: int | None = None
+) -> Context:
     from transformers import AutoTokenizer
 
     teacher = teacher_dir()
@@ -362,7 +364,7 @@ def load_context(quick: bool, distill_steps: int, distill_windows: int | None) -
         calibration=token_windows(tokenizer, calibration, 256, 8 if quick else 64),
         prompts=token_windows(tokenizer, evaluation[::-1], 512, 4),
         held_out=held_out,
-        distill_steps=distill_steps,
+        distill_steps=distill_steps or (QUICK_DISTILL_STEPS if quick else DISTILL_STEPS),
         distill_windows=distill_windows,
     )
 
@@ -387,12 +389,11 @@ def main(argv: list[str] | None = None) -> Path:
         "training articles)",
     )
     args = parser.parse_args(argv)
-    steps = args.distill_steps or (QUICK_DISTILL_STEPS if args.quick else DISTILL_STEPS)
-    if steps < 1 or (args.distill_windows is not None and args.distill_windows < 1):
+    if any(n is not None and n < 1 for n in (args.distill_steps, args.distill_windows)):
         parser.error("--distill-steps and --distill-windows must be at least 1")
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
-    ctx = load_context(args.quick, steps, args.distill_windows)
+    ctx = load_context(args.quick, args.distill_steps, args.distill_windows)
     rows, candidates = [], []
     for name, kind, produce in PRODUCERS:
         row_start = time.perf_counter()
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> Path:
     meta: dict[str, Any] = {
         "quick": args.quick,
         "eval_windows": list(ctx.eval_windows.shape),
-        "distill_steps": steps,
+        "distill_steps": ctx.distill_steps,
         "distill_windows": args.distill_windows,
     }
     if not args.skip_timing:
