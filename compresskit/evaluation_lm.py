@@ -10,7 +10,9 @@ logits over the held-out windows, the baseline's kept as the reference, as in
 says why. Generation speed (time to first token, decode tokens/s) comes from
 :mod:`compresskit.bench.generation`, every folder timed interleaved in one process.
 
->>> entries, timing = evaluate_decoders(models, bundle, run_dir, tokenizer=tok)  # doctest: +SKIP
+Example::
+
+    entries, timing = evaluate_decoders(models, bundle, run_dir, tokenizer=tok)
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def load_image_folder(
     classes = _class_folders(train_root)
     if not classes:
         raise CompressKitError(
-            f"--data {root}: no class folders with images (expected {root}/CLASS/IMAGE.png, "
+            f"--data {root}: a directory without class folders of images (expected "
+            f"{root}/CLASS/IMAGE.png, "
             f"suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     held = _class_folders(eval_root) if train_root != root and eval_root else {}

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from compresskit.data.preprocessing import Preprocessing
-from compresskit.errors import CompressKitError, first_line
+from compresskit.errors import CompressKitError, MissingDependencyError, first_line
 from compresskit.imports import call_factory
 from compresskit.models.checkpoint import RestoreError, is_saved_model, restore_model
 from compresskit.models.examples import EXAMPLES, load_example
@@ -259,6 +259,7 @@ def _load_hf(path: Path, task: str | None, *, trust_pickle: bool = False) -> Loa
     if not isinstance(config, dict):
         raise CompressKitError(f"checkpoint {config_path}: expected a JSON object")
     _check_hf_weights(path, trust_pickle=trust_pickle)
+    _check_known_model_type(config, config_path)
     if task == "causal-lm" or (task is None and _names_causal_lm(config)):
         return _load_causal_lm(path)
     from compresskit.models.hf import load_hf_directory
@@ -267,6 +268,22 @@ def _load_hf(path: Path, task: str | None, *, trust_pickle: bool = False) -> Loa
     return LoadedModel(
         loaded.model, loaded.source, notes=loaded.notes, preprocessing=loaded.preprocessing
     )
+
+
+def _check_known_model_type(config: dict[str, Any], config_path: Path) -> None:
+    """A model type transformers itself implements: a directory's own code (``auto_map``,
+    ``modeling_*.py``) never runs, so any other type cannot load."""
+    try:
+        from transformers import CONFIG_MAPPING
+    except ImportError:
+        raise MissingDependencyError("transformers", "hf", "loading a Hugging Face model") from None
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        custom = " (the directory's own code is never run)" if "auto_map" in config else ""
+        raise CompressKitError(
+            f"checkpoint {config_path}: model type {model_type!r} is not one transformers "
+            f"implements{custom}; give a model of a standard transformers architecture"
+        )
 
 
 def _names_causal_lm(config: dict[str, Any]) -> bool:

@@ -7,7 +7,9 @@ LM head / tied embedding as the ``head`` format says (:mod:`compresskit.export.l
 Why not fake-quantize in torch: the int4 kernel, its block grid and GPTQ's error
 feedback live in the ONNX graph; torch would only approximate them.
 
->>> QuantizeInt4(QuantizeInt4Config(algorithm="rtn")).apply(model, ctx)  # doctest: +SKIP
+Example::
+
+    QuantizeInt4(QuantizeInt4Config(algorithm="rtn")).apply(model, ctx)
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ AccuracyLevel = Literal[0, 1, 2, 3, 4]
 class QuantizeInt4Config(PassConfig):
     """Block-wise int4 weights at export (the fields of ``export.lowbit.Int4Config``).
 
-    >>> QuantizeInt4Config(algorithm="gptq", block_size=32, head="int8")  # doctest: +SKIP
+    >>> QuantizeInt4Config(algorithm="gptq", block_size=32, head="int8").block_size
+    32
     """
 
     algorithm: Algorithm = Field(

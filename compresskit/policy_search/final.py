@@ -2,7 +2,9 @@
 :func:`compresskit.compress.run` (export, ONNX parity, evaluation split, latency timed
 interleaved with the baseline), shortened to fit the time that is left.
 
->>> train_final(record, plan, loaded, bundle, run_dir, deadline=deadline)  # doctest: +SKIP
+Example::
+
+    train_final(record, plan, loaded, bundle, run_dir, deadline=deadline)
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 finally trained candidates measured against the baseline; as JSON, a markdown table and a
 chart of predicted (proxy) against measured (final) points.
 
->>> write_outputs(record, run_dir)                                  # doctest: +SKIP
+Example::
+
+    write_outputs(record, run_dir)
 """
 
 from __future__ import annotations

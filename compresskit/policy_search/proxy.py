@@ -2,7 +2,9 @@
 against the baseline's outputs on the same batches (the final score is ONNX Runtime's on
 the evaluation split, so the search never selects on the split it reports).
 
->>> scorer = ProxyScorer(bundle, model, "accuracy"); scorer(candidate)  # doctest: +SKIP
+Example::
+
+    scorer = ProxyScorer(bundle, model, "accuracy"); scorer(candidate)
 """
 
 from __future__ import annotations

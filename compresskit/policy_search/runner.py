@@ -6,8 +6,10 @@ the run's harness (:func:`compresskit.compress.run`).
 The time limit is kept strictly: no trial starts unless it and the final training are
 expected to fit in what is left, and the final training is shortened (or skipped) to fit.
 
->>> result = search("model.pt", "digits", time_limit=600,
-...                 max_accuracy_drop=0.01, min_speedup=2.0)        # doctest: +SKIP
+Example::
+
+    result = search("model.pt", "digits", time_limit=600,
+                    max_accuracy_drop=0.01, min_speedup=2.0)
 """
 
 from __future__ import annotations

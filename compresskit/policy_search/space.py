@@ -7,9 +7,11 @@ by measured latency) is tried. A trial's :class:`Choice` becomes a chain of comp
 passes, ``prune_channels -> prune_blocks -> distill -> quantize``; :func:`search_policy`
 writes chains as a policy that ``compresskit compress --policy`` runs as it is.
 
->>> space = SearchSpace.of(model, example_inputs)                  # doctest: +SKIP
->>> chain = choice_nodes(space, space.suggest(trial), "t0", epochs=1, settings=settings)
->>> policy = search_policy("search-t0", [chain], settings=settings)  # doctest: +SKIP
+Example::
+
+    space = SearchSpace.of(model, example_inputs)
+    chain = choice_nodes(space, space.suggest(trial), "t0", epochs=1, settings=settings)
+    policy = search_policy("search-t0", [chain], settings=settings)
 """
 
 from __future__ import annotations

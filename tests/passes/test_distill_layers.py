@@ -9,6 +9,7 @@ import math
 import onnx
 import pytest
 import torch
+from contract import PassContract
 from torch import nn
 
 from compresskit.context import Context
@@ -252,3 +253,8 @@ def test_output_cosine_loss_pulls_a_pruned_students_outputs_to_the_teachers(
     config = DistillConfig(losses=[{"kind": "output", "metric": "cosine"}], train=QUICK)
     after = cosine(Distill(config).apply(pruned, ctx))
     assert after > before + 0.1, (before, after)
+
+
+class TestDistillContract(PassContract):
+    pass_name = "distill"
+    settings = {"train": TrainConfig(epochs=1, batch_size=64).model_dump()}

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 from prune_helpers import assert_exports, assert_reloads, context
 from torch import nn
 
 from compresskit.errors import CompressKitError
 from compresskit.passes.prune_blocks import PruneBlocks, PruneBlocksConfig
-from compresskit.testing import TinyCNN, TinyTransformer
+from compresskit.testing import TinyCNN, TinyTransformer, tiny_data
 
 
 def prune(model, data, **config):
@@ -101,3 +102,11 @@ def test_bad_requests_are_errors(tiny) -> None:
         prune(TinyTransformer(), tiny, blocks=["layers.*"])
     with pytest.raises(ValueError, match="one of remove, ratio, target"):
         PruneBlocksConfig(remove=1, ratio=0.5)
+
+
+class TestPruneBlocksContract(PassContract):
+    pass_name = "prune_blocks"
+    settings = {"remove": 1}
+
+    def subject(self, trained_tiny_cnn, tiny):
+        return TinyTransformer().eval(), tiny_data()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 from prune_helpers import assert_exports, assert_reloads, context
 from pydantic import ValidationError
 from torch import nn
@@ -180,3 +181,8 @@ def test_module_torch_pruning_cannot_follow_is_named(tiny) -> None:
         prune(_Untraceable(), tiny, ratio=0.5)
     model, _ = prune(_Untraceable(), tiny, ratio=0.5, ignore=["conv1"])  # the fix works
     assert model(*tiny.example_inputs(2)).shape == (2, 4)
+
+
+class TestPruneChannelsContract(PassContract):
+    pass_name = "prune_channels"
+    settings = {"ratio": 0.5}

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
@@ -166,3 +167,20 @@ def test_widths_that_break_the_grouping_are_one_line(bundle) -> None:
         find_decoder(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="give heads or num_attention_heads"):
         PruneDecoderWidthConfig(heads=0.5, num_attention_heads=2)
+
+
+class _DecoderContract(PassContract):
+    language_model = True
+
+    def subject(self, trained_tiny_cnn, tiny):
+        return tiny_llama(), tiny_lm_bundle(seq_len=16)
+
+
+class TestPruneDecoderDepthContract(_DecoderContract):
+    pass_name = "prune_decoder_depth"
+    settings = {"remove": 1, "criterion": "hidden"}
+
+
+class TestPruneDecoderWidthContract(_DecoderContract):
+    pass_name = "prune_decoder_width"
+    settings = {"heads": 0.5, "mlp": 0.5, "importance": "magnitude"}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 from prune_helpers import assert_exports, assert_reloads, context
 
 from compresskit.errors import CompressKitError
@@ -13,11 +14,10 @@ from compresskit.models.loading import load_model
 from compresskit.models.size import count_macs
 from compresskit.passes.prune_transformer import PruneTransformer, PruneTransformerConfig
 from compresskit.pruning.attention import encoder_layers
-from compresskit.testing import TinyCNN
+from compresskit.testing import TinyBertClassifier, TinyCNN, tiny_text_data
 
 transformers = pytest.importorskip("transformers")
 
-from compresskit.testing import TinyBertClassifier, tiny_text_data  # noqa: E402
 from compresskit.testing.tiny import TINY_BERT_CONFIG  # noqa: E402
 
 
@@ -140,3 +140,11 @@ def test_model_without_encoder_layers_is_an_error(tiny) -> None:
 def test_nothing_to_prune_is_rejected() -> None:
     with pytest.raises(ValueError, match="both 0"):
         PruneTransformerConfig(heads=0, ffn=0)
+
+
+class TestPruneTransformerContract(PassContract):
+    pass_name = "prune_transformer"
+    settings = {"heads": 0.5, "ffn": 0.5, "importance": "l2"}
+
+    def subject(self, trained_tiny_cnn, tiny):
+        return TinyBertClassifier().eval(), tiny_text_data()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 from prune_helpers import assert_reloads, context, ort_parity
 from torch import nn
 
@@ -18,7 +19,7 @@ from compresskit.models.size import count_params
 from compresskit.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicConfig
 from compresskit.passes.quantize_embeddings import QuantizeEmbeddings, QuantizeEmbeddingsConfig
 from compresskit.quantization.embedding import Int8Embedding
-from compresskit.testing import TinyTokenTransformer
+from compresskit.testing import TinyBertClassifier, TinyTokenTransformer, tiny_text_data
 
 ARCH = "compresskit.testing:TinyTokenTransformer"
 
@@ -87,3 +88,10 @@ def test_tied_tables_and_empty_selections_are_one_line_errors(tiny_text) -> None
         QuantizeEmbeddings(QuantizeEmbeddingsConfig(min_rows=100)).apply(
             TinyTokenTransformer(), context(tiny_text)
         )
+
+
+class TestQuantizeEmbeddingsContract(PassContract):
+    pass_name = "quantize_embeddings"
+
+    def subject(self, trained_tiny_cnn, tiny):
+        return TinyBertClassifier().eval(), tiny_text_data()

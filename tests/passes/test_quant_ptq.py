@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from contract import PassContract
 from prune_helpers import ort_parity
 from pydantic import ValidationError
 from torch import nn
@@ -190,3 +191,12 @@ def test_linear_outputs_stay_float_unless_an_int8_layer_reads_them(tiny, tmp_pat
     (head,) = [node.output[0] for node in graph.node if node.name == "/head/Gemm"]
     assert not [node for node in graph.node if head in node.input]  # nothing requantizes it
     assert ort_parity(model, result.path, tiny.loader("eval", batch_size=128), "int8").ok
+
+
+class TestQuantizeContract(PassContract):
+    pass_name = "quantize"
+    settings = {"calibration_batches": 2}
+
+
+class TestQuantizeDynamicContract(PassContract):
+    pass_name = "quantize_dynamic"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 from prune_helpers import ort_parity
 
 from compresskit.context import Context
@@ -99,3 +100,11 @@ def test_qat_distillation_needs_a_teacher(trained_tiny_cnn, tiny) -> None:
     ctx = Context(data=tiny, teacher=None, example_inputs=tiny.example_inputs(2))
     with pytest.raises(CompressKitError, match="set alpha: 1"):
         QAT(QATConfig(alpha=0.5, train=QUICK)).apply(copy.deepcopy(trained_tiny_cnn), ctx)
+
+
+class TestQATContract(PassContract):
+    pass_name = "qat"
+    settings = {
+        "calibration_batches": 2,
+        "train": TrainConfig(epochs=1, batch_size=64, lr=1e-3).model_dump(),
+    }

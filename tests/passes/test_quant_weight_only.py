@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import PassContract
 
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
@@ -41,3 +42,9 @@ def test_weight_only_needs_a_linear_layer(trained_tiny_cnn, tiny) -> None:
     ctx = Context(data=tiny, teacher=None, example_inputs=tiny.example_inputs(2))
     with pytest.raises(CompressKitError, match="no nn.Linear layer"):
         WeightOnly(WeightOnlyConfig(exclude=["head"])).apply(copy.deepcopy(trained_tiny_cnn), ctx)
+
+
+class TestWeightOnlyContract(PassContract):
+    pass_name = "weight_only"
+    settings = {"dtype": "nf4"}
+    exportable = False  # bitsandbytes layers have no ONNX form

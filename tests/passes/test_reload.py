@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_contract import BUILTIN, apply, subject
+from contract import contract_classes
 
+from compresskit.models.causal_lm import save_causal_lm
 from compresskit.models.checkpoint import save_model
 from compresskit.testing import TinyCNN, tiny_data
+from compresskit.testing.tiny_lm import tiny_tokenizer
 from compresskit.training.loop import TrainConfig, train
 
 # The architecture factory each tiny subject is rebuilt from.
@@ -40,12 +42,18 @@ torch.set_num_threads(int(threads))
 already = sorted(m for m in sys.modules if m.startswith("compresskit.quantization"))
 assert not already, already  # nothing registered kinds before the load
 try:
-    model = load_model(model_path).model
+    if model_path.endswith(".pt"):
+        model = load_model(model_path).model
+    else:  # a causal LM, saved as a Hugging Face directory
+        from compresskit.models.causal_lm import load_causal_lm
+
+        model = load_causal_lm(model_path).model
 except CompressKitError as error:
     print(error)
     sys.exit(3)
 with torch.no_grad():
-    torch.save(model(*torch.load(inputs_path)), out_path)
+    out = model(*torch.load(inputs_path))
+torch.save(getattr(out, "logits", out), out_path)
 """
 
 
@@ -69,18 +77,26 @@ def reload_in_fresh_process(model_path: Path, inputs: tuple[torch.Tensor, ...], 
     return done, (torch.load(out) if done.returncode == 0 else None)
 
 
-@pytest.mark.parametrize("pass_name", BUILTIN)
+CONTRACTS = contract_classes()
+
+
+@pytest.mark.parametrize("pass_name", sorted(CONTRACTS))
 def test_pass_output_reloads_in_a_fresh_process(
     pass_name: str, trained_cnn, tmp_path: Path
 ) -> None:
-    original, data = subject(pass_name, *trained_cnn)
-    model = apply(pass_name, original, data).eval()
-    path = tmp_path / "model.pt"
-    factory = FACTORIES[type(original).__name__]
-    save_model(model, path, source={"kind": "arch", "factory": factory})
+    contract = CONTRACTS[pass_name]()
+    torch.manual_seed(0)
+    original, data = contract.subject(*trained_cnn)
+    model = contract.apply(original, data).eval()
     inputs = data.example_inputs(16)
+    if contract.language_model:
+        path = save_causal_lm(model, tiny_tokenizer(), tmp_path / "hf")
+    else:
+        path = tmp_path / "model.pt"
+        factory = FACTORIES[type(original).__name__]
+        save_model(model, path, source={"kind": "arch", "factory": factory})
     with torch.no_grad():
-        expected = model(*inputs)
+        expected = contract.tensors(model)(*inputs)
     done, reloaded = reload_in_fresh_process(path, inputs, tmp_path)
     if pass_name in REFUSED:
         assert done.returncode == 3, done.stderr[-2000:]
