@@ -7,40 +7,33 @@ failed or interrupted run (an exception, Ctrl-C, SIGTERM) leaves nothing behind.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from compresskit._version import __version__
-from compresskit.bench.harness import measure_entries
-from compresskit.bench.measurement import TargetInfo, machine_info
 from compresskit.bench.output import write_reports
 from compresskit.bench.probe import measure_costs, measure_p50
-from compresskit.bench.report import Entry, FailedCandidate, Report
+from compresskit.bench.report import FailedCandidate, Report
 from compresskit.bench.verdict import judge
 from compresskit.context import Context, ModelCost
-from compresskit.data import Columns, DataBundle, load_data
-from compresskit.data.preprocessing import DEFAULT_TEXT_LENGTH
-from compresskit.digest import source_digest
+from compresskit.data import Columns, DataBundle
 from compresskit.errors import CompressKitError
-from compresskit.evaluation import RunModel, evaluate_models
 from compresskit.export.onnx import Exporter
 from compresskit.models.hf import HuggingFaceModel
 from compresskit.models.hf_head import fit_head
-from compresskit.models.loading import LoadedModel, load_model
-from compresskit.models.size import position_limit
+from compresskit.models.loading import LoadedModel
 from compresskit.paths import check_output_dir, staged_directory
-from compresskit.pipeline import BranchFailure, Candidate, Pipeline, run_pipeline
+from compresskit.pipeline import BranchFailure, Pipeline, run_pipeline
 from compresskit.policies import Policy, load_policy, pipeline_of, policy_of
 from compresskit.progress import status
-from compresskit.tasks import get_task
+from compresskit.run_inputs import run_data, run_teacher
+from compresskit.run_report import evaluate_run
 from compresskit.training import distributed
 
 
@@ -93,12 +86,12 @@ def run(
     if world.is_main:
         check_output_dir(final)
     loaded = LoadedModel.of(model)
-    bundle = _bundle(data, loaded, seed, columns, policy.sequence_length, task)
+    bundle = run_data(data, loaded, seed, columns, policy.sequence_length, task)
     if isinstance(loaded.model, HuggingFaceModel) and loaded.model.needs_head:
         status(fit_head(loaded.model, bundle, loaded.source))
     torch.manual_seed(seed)
     bundle.check_model(loaded.model)
-    teacher = _teacher(policy, loaded, trust_factory=trust_factory)
+    teacher = run_teacher(policy, loaded, trust_factory=trust_factory)
     ctx = Context(
         data=bundle,
         teacher=teacher,
@@ -119,7 +112,7 @@ def run(
 
     def write_outputs() -> Report:
         with staged_directory(final) as tmp:
-            report = _evaluate(
+            report = evaluate_run(
                 policy, loaded, bundle, candidates, tmp, seed, exporter, latency_seconds, profile
             )
             report.failed = [
@@ -152,180 +145,6 @@ def _rank_zero_costs(
     )
 
 
-def _bundle(
-    data: DataBundle | str | None,
-    loaded: LoadedModel,
-    seed: int,
-    columns: Columns | None,
-    sequence_length: int | None,
-    task: str | None,
-) -> DataBundle:
-    if isinstance(data, DataBundle):
-        return _with_task(data, task)
-    model_task = loaded.source.get("task")  # a Hugging Face model says what it computes
-    chosen = task or (model_task if isinstance(model_task, str) else None)
-    if chosen == "causal-lm":
-        return _text_windows(data, loaded, seed, columns, sequence_length)
-    spec = data or loaded.default_data
-    if spec is None:
-        raise CompressKitError(
-            "no data given and the model has no default dataset: pass --data "
-            "(digits, fashion-mnist, a .npz file, a .csv of texts, an image folder or "
-            "module:factory)"
-        )
-    bundle = load_data(
-        spec,
-        seed=seed,
-        preprocessing=loaded.preprocessing,
-        columns=columns,
-        sequence_length=sequence_length,
-    )
-    return _with_task(bundle, chosen)
-
-
-def _text_windows(
-    data: str | None,
-    loaded: LoadedModel,
-    seed: int,
-    columns: Columns | None,
-    sequence_length: int | None,
-) -> DataBundle:
-    """Documents tokenized with the model's own tokenizer, split by document and packed
-    into windows of the policy's sequence length (see :mod:`compresskit.data.text`)."""
-    from compresskit.data.text import load_text
-
-    if data is None:
-        raise CompressKitError(
-            "no data given: a causal language model needs --data (a .txt file, a .jsonl file "
-            "with a text field, or a folder of .txt files)"
-        )
-    preprocessing = loaded.preprocessing
-    tokenizer = preprocessing.tokenizer if preprocessing is not None else None
-    length = preprocessing.text_length(sequence_length) if preprocessing else sequence_length
-    return load_text(
-        data,
-        tokenizer,
-        seq_len=length or DEFAULT_TEXT_LENGTH,
-        seed=seed,
-        text_field=(columns.text if columns else None) or "text",
-    )
-
-
-def _with_task(bundle: DataBundle, task: str | None) -> DataBundle:
-    if task is None or task == bundle.task:
-        return bundle
-    labelled = get_task(task).labelled
-    return replace(bundle, task=task, num_classes=bundle.num_classes if labelled else None)
-
-
-def _teacher(policy: Policy, loaded: LoadedModel, *, trust_factory: bool) -> nn.Module:
-    teacher = (
-        copy.deepcopy(loaded.model)
-        if policy.teacher == "input"
-        else load_model(policy.teacher, trust_factory=trust_factory).model
-    )
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher.eval()
-
-
 def _default_out(name: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{name}-{stamp}"
-
-
-def _evaluate(
-    policy: Policy,
-    loaded: LoadedModel,
-    bundle: DataBundle,
-    candidates: list[Candidate],
-    run_dir: Path,
-    seed: int,
-    exporter: Exporter,
-    latency_seconds: float,
-    profile: bool,
-) -> Report:
-    """Verify, measure and judge every model; the report of the run."""
-    models = [("baseline", loaded.model, []), *((c.name, c.model, c.nodes) for c in candidates)]
-    # A transformers causal LM ships as a Hugging Face directory and a KV-cache ONNX
-    # folder; a language model built in code goes the generic way (one ONNX file).
-    if bundle.task == "causal-lm" and hasattr(loaded.model, "save_pretrained"):
-        lm = _evaluate_lm(policy, loaded, bundle, models, run_dir, latency_seconds)
-        return _report(policy, loaded, bundle, seed, *lm)
-    metadata = {
-        "policy": policy.name,
-        "source_checkpoint": loaded.describe(),
-        **source_digest(loaded.path, loaded.model),
-    }
-    entries, onnx_paths = evaluate_models(
-        models, bundle, run_dir, metadata=metadata, source=loaded.source, exporter=exporter
-    )
-    runs = measure_entries(
-        entries,
-        [(name, model) for name, model, _ in models],
-        onnx_paths,
-        [x.numpy() for x in bundle.example_inputs(batch_size=2)],
-        targets=policy.targets,
-        batch_sizes=policy.batch_sizes,
-        sequence_length=policy.sequence_length,
-        max_seconds=latency_seconds,
-        dynamic_sequence=bundle.dynamic_sequence,
-        profile=profile,
-        max_sequence_length=position_limit(loaded.model),
-    )
-    skipped = {run.target: run.skipped for run in runs if run.skipped}
-    targets = [run.info() for run in runs if not run.skipped]
-    return _report(policy, loaded, bundle, seed, entries, targets, skipped)
-
-
-def _evaluate_lm(
-    policy: Policy,
-    loaded: LoadedModel,
-    bundle: DataBundle,
-    models: Sequence[RunModel],
-    run_dir: Path,
-    latency_seconds: float,
-) -> tuple[list[Entry], list[TargetInfo], dict[str, str]]:
-    """A causal LM's run: Hugging Face directories, KV-cache ONNX folders, generation."""
-    from compresskit.evaluation_lm import evaluate_decoders
-
-    tokenizer = loaded.preprocessing.tokenizer if loaded.preprocessing else None
-    entries, timing = evaluate_decoders(
-        models,
-        bundle,
-        run_dir,
-        tokenizer=tokenizer,
-        batch_sizes=policy.batch_sizes,
-        latency_seconds=latency_seconds,
-    )
-    return entries, timing.targets, timing.skipped
-
-
-def _report(
-    policy: Policy,
-    loaded: LoadedModel,
-    bundle: DataBundle,
-    seed: int,
-    entries: list[Entry],
-    targets: list[TargetInfo],
-    skipped: dict[str, str],
-) -> Report:
-    baseline, *rest = entries
-    return Report(
-        compresskit_version=__version__,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        policy=policy.name,
-        checkpoint=loaded.describe(),
-        data=bundle.name,
-        task=bundle.task,
-        seed=seed,
-        seconds=0.0,
-        skipped_targets=skipped,
-        targets=targets,
-        machine=machine_info(),
-        world_size=distributed.current().world_size,
-        backend=distributed.current().backend,
-        baseline=baseline,
-        candidates=rest,
-        labels=list(bundle.labels) if bundle.labels else None,
-    )
