@@ -59,6 +59,19 @@ class Judgement:
     lines: list[str] = field(default_factory=list)
 
 
+def at_least(metric: str, value: float, minimum: float | None, detail: str) -> Judgement:
+    """The judgement of a metric that must stay at or above ``minimum`` (the budget's
+    ``min_<metric>``; None: no budget), agreeing with the baseline in ``detail``."""
+    if minimum is None:
+        clause = f"{metric} {value:.4f} to the baseline (no budget)"
+        return Judgement(clause, None, f"no_{metric}_budget", [f"{clause}; {detail}"])
+    met = value >= minimum
+    word = "within budget" if met else "BELOW budget"
+    clause = f"{metric} {value:.4f} to the baseline, {word} (min {minimum:g})"
+    code = f"{metric}_within_budget" if met else f"{metric}_below_budget"
+    return Judgement(clause, met, code, [f"{clause}; {detail}"])
+
+
 class Evaluation(ABC):
     """Streaming metrics of one model over the evaluation batches: ``update`` per batch
     (ONNX Runtime's outputs, the labels, what the task kept of the baseline's outputs for

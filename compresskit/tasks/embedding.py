@@ -23,6 +23,7 @@ from compresskit.tasks.base import (
     MetricFn,
     Task,
     TeacherMatch,
+    at_least,
     shape_of,
 )
 
@@ -150,19 +151,11 @@ class Embedding(Task):
     def judge(
         self, metrics: dict[str, float], baseline: dict[str, float], budget: Budget
     ) -> Judgement:
-        cosine, minimum = metrics["cosine"], budget.min_cosine
         detail = (
-            f"(p5 {metrics['cosine_p5']:.4f}, min {metrics['cosine_min']:.4f}, "
-            f"mse {metrics['mse']:.3g})"
+            f"p5 {metrics['cosine_p5']:.4f}, min {metrics['cosine_min']:.4f}, "
+            f"mse {metrics['mse']:.3g}"
         )
-        if minimum is None:
-            clause = f"cosine {cosine:.4f} to the baseline (no budget)"
-            return Judgement(clause, None, "no_cosine_budget", [f"{clause} {detail}"])
-        met = cosine >= minimum
-        word = "within budget" if met else "BELOW budget"
-        clause = f"cosine {cosine:.4f} to the baseline, {word} (min {minimum:g})"
-        code = "cosine_within_budget" if met else "cosine_below_budget"
-        return Judgement(clause, met, code, [f"{clause} {detail}"])
+        return at_least("cosine", metrics["cosine"], budget.min_cosine, detail)
 
 
 class _TeacherCosine(TeacherMatch):

@@ -28,6 +28,7 @@ from compresskit.tasks.base import (
     MetricFn,
     Task,
     TeacherMatch,
+    at_least,
     shape_of,
 )
 from compresskit.tasks.classification import logits_of
@@ -115,16 +116,8 @@ class Fidelity(Task):
     def judge(
         self, metrics: dict[str, float], baseline: dict[str, float], budget: Budget
     ) -> Judgement:
-        agreement, minimum = metrics["agreement"], budget.min_agreement
         detail = f"cosine {metrics['cosine']:.4f}, KL {metrics['kl']:.4g}"
-        if minimum is None:
-            clause = f"agreement {agreement:.4f} with the baseline (no budget)"
-            return Judgement(clause, None, "no_agreement_budget", [f"{clause}; {detail}"])
-        met = agreement >= minimum
-        word = "within budget" if met else "BELOW budget"
-        clause = f"agreement {agreement:.4f} with the baseline, {word} (min {minimum:g})"
-        code = "agreement_within_budget" if met else "agreement_below_budget"
-        return Judgement(clause, met, code, [f"{clause}; {detail}"])
+        return at_least("agreement", metrics["agreement"], budget.min_agreement, detail)
 
 
 class _TeacherTop1(TeacherMatch):
