@@ -104,5 +104,5 @@ def test_each_task_reads_its_own_budget() -> None:
     assert bad.verdict is not None and bad.verdict.budget_met is False
     assert bad.verdict.reasons[-1] == "cosine_below_budget"
     lines = bad.verdict.lines
-    assert "cosine 0.9100 to the baseline, BELOW budget (min 0.95) (p5 0.8600" in lines[-2]
+    assert "cosine 0.9100 to the baseline, BELOW budget (min 0.95); p5 0.8600" in lines[-2]
     assert "max_accuracy_drop does not apply" in lines[-1]
