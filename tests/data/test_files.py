@@ -101,6 +101,6 @@ def test_image_folder_without_a_processor(tmp_path: Path) -> None:
     assert tuple(x.shape[1:]) == (1, 8, 8)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CompressKitError, match="no class folders with images"):
+    with pytest.raises(CompressKitError, match="without class folders of images"):
         load_data(str(empty))
     assert torch.equal(bundle.example_inputs(2)[0], load_data(str(folder)).example_inputs(2)[0])

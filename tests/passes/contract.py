@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from compresskit.bench.markdown import blocks_markdown
 from compresskit.context import Context
 from compresskit.data.bundle import DataBundle
 from compresskit.export.onnx import export_onnx, needs_legacy_exporter
@@ -29,7 +30,9 @@ from compresskit.export.qdq import NotExportableError
 from compresskit.export.verify import compare, onnx_outputs, parity_tolerance, torch_outputs
 from compresskit.passes import registered_passes
 from compresskit.passes.base import Pass
+from compresskit.pipeline import Pipeline, run_pipeline
 from compresskit.policies.loader import dump_config
+from compresskit.records import Line
 from compresskit.testing.tiny_lm import LogitsOnly
 
 
@@ -74,6 +77,23 @@ class PassContract:
         config = self.make().config
         again = type(config).model_validate(yaml.safe_load(yaml.safe_dump(dump_config(config))))
         assert again == config
+
+    def test_runner_types_its_record_and_the_record_renders(
+        self, trained_tiny_cnn: nn.Module, tiny: DataBundle
+    ) -> None:
+        torch.manual_seed(0)
+        model, data = self.subject(trained_tiny_cnn, tiny)
+        ctx = Context(
+            data=data, teacher=copy.deepcopy(model).eval(), example_inputs=data.example_inputs(2)
+        )
+        torch.manual_seed(0)
+        (candidate,) = run_pipeline(Pipeline().add("node", self.make()), model, ctx)
+        (result,) = candidate.nodes
+        assert type(result.record) is type(self.make()).record_cls
+        assert result.records  # the facts, as report.json keeps them
+        blocks = result.record.summary()
+        assert blocks and isinstance(blocks[0], Line) and blocks[0].text
+        assert blocks_markdown(blocks)[0].startswith("- ")
 
     def test_apply_is_deterministic_and_keeps_output_shape(
         self, trained_tiny_cnn: nn.Module, tiny: DataBundle

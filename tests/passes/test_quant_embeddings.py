@@ -53,7 +53,7 @@ def test_int8_tables_shrink_the_file_and_ort_matches_torch(tiny_text, tmp_path: 
     assert float_file.bytes - int8_file.bytes > 0.7 * table, (float_file.bytes, int8_file.bytes)
     parity = ort_parity(quantized, int8_file.path, loader, "fp32")  # same ops: float rounding
     assert parity.ok, parity
-    assert_reloads(quantized, tiny_text, tmp_path, "tests.passes.test_quant_embeddings:big_vocab")
+    assert_reloads(quantized, tiny_text, tmp_path, f"{__file__}:big_vocab")
 
 
 def test_composes_with_dynamic_int8_linears(trained_tiny_transformer, tiny_text, tmp_path) -> None:
