@@ -205,20 +205,26 @@ class _QuantMixin:
     w_scale: torch.Tensor
     w_zero_point: torch.Tensor
     fused_relu: bool
+    # The fused activation's ceiling: ReLU6 clamps at 6 (None: a plain ReLU).
+    relu_max: float | None
     mode: Mode
     training: bool
 
-    def _init_quant(self, *, fused_relu: bool = False) -> None:
+    def _init_quant(self, *, fused_relu: bool = False, relu_max: float | None = None) -> None:
         module: Any = self
         object.__setattr__(module, "fused_relu", bool(fused_relu))
+        object.__setattr__(module, "relu_max", relu_max)
         module.act_in = ActQuant()
         module.act_out = ActQuant(force_zero_point_zero=fused_relu)
         module.register_buffer("w_scale", symmetric_scale(self.weight))
         module.register_buffer("w_zero_point", torch.zeros(self.weight.shape[0], dtype=torch.int32))
         self.mode = "float"
 
-    def set_fused_relu(self, flag: bool = True) -> None:
+    def set_fused_relu(self, flag: bool = True, *, relu_max: float | None = None) -> None:
+        """Compute the following ReLU (or ReLU6: ``relu_max`` 6) here, so the output grid
+        starts at 0 and ends at the ceiling: ORT then drops the activation after the conv."""
         self.fused_relu = flag
+        self.relu_max = relu_max if flag else None
         self.act_out.force_zero_point_zero = flag
 
     @torch.no_grad()
@@ -256,7 +262,7 @@ class _QuantMixin:
                 self.act_in(x)
             y = op(x, self.weight, self.bias)
         if self.fused_relu:
-            y = F.relu(y)
+            y = F.relu(y) if self.relu_max is None else y.clamp(0.0, self.relu_max)
         return self.act_out(y)
 
 
@@ -264,6 +270,7 @@ def _structure(module: nn.Module) -> dict[str, Any]:
     quant: Any = module
     return {
         "fused_relu": quant.fused_relu,
+        "relu_max": getattr(quant, "relu_max", None),
         "act_in_enabled": quant.act_in.enabled,
         "act_out_enabled": quant.act_out.enabled,
         "mode": quant.mode,
@@ -274,7 +281,11 @@ def _restore(cls: type[nn.Module], module: nn.Module, attrs: Mapping[str, Any]) 
     """Turn a freshly built float layer into a quant layer ready for a state dict."""
     quant: Any = module
     quant.__class__ = cls
-    quant._init_quant(fused_relu=bool(attrs.get("fused_relu", False)))
+    relu_max = attrs.get("relu_max")
+    quant._init_quant(
+        fused_relu=bool(attrs.get("fused_relu", False)),
+        relu_max=float(relu_max) if relu_max is not None else None,
+    )
     quant.act_in.enabled = bool(attrs.get("act_in_enabled", True))
     quant.act_out.enabled = bool(attrs.get("act_out_enabled", True))
     set_mode(module, attrs.get("mode", "quant"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.fx as fx
@@ -213,14 +214,19 @@ def prepare(
             QuantLinear.convert_(module)  # type: ignore[arg-type]
         result.quantized.append(name)
     if graph is not None:
-        for producer_name, relu_name in relu_plan.items():
+        fused: Counter[str] = Counter()
+        for producer_name, (relu_name, ceiling) in relu_plan.items():
             producer = model.get_submodule(producer_name)
             if not isinstance(producer, QUANT_TYPES):
                 continue
-            producer.set_fused_relu(True)
-            if graph.calls[relu_name] == 1:
+            producer.set_fused_relu(True, relu_max=ceiling)
+            fused[relu_name] += 1
+        # An activation every call of which now sits inside its producer goes (a shared
+        # module too: EfficientNet's one ReLU6); one still called on a float path stays,
+        # a no-op on the fused outputs.
+        for relu_name, count in fused.items():
+            if count == graph.calls[relu_name]:
                 set_submodule(model, relu_name, nn.Identity())
-            # A shared ReLU module (ResNet's self.relu) stays: on a fused output it is a no-op.
         _link_quantizers(graph, model, result)
     _float_linear_outputs(model, result)
     if graph is not None and residuals:
@@ -247,8 +253,21 @@ def _float_linear_outputs(model: nn.Module, result: Preparation) -> None:
         )
 
 
-def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict[str, str]:
-    """Fold conv -> bn pairs; return {producer: relu} pairs to fuse after conversion."""
+def _relu_ceiling(module: nn.Module | None) -> float | None | Literal[False]:
+    """A ReLU fuses with no ceiling (None), a ReLU6 (or a Hardtanh from 0) with its top;
+    False: not an activation that fuses."""
+    if isinstance(module, nn.ReLU):
+        return None
+    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0 and module.max_val > 0:
+        return float(module.max_val)  # nn.ReLU6 is Hardtanh(0, 6)
+    return False
+
+
+def _fold_and_plan(
+    model: nn.Module, graph: _Graph, result: Preparation
+) -> dict[str, tuple[str, float | None]]:
+    """Fold conv -> bn pairs; return {producer: (activation, ceiling)} to fuse after
+    conversion."""
     nodes = list(graph.graph_module.graph.nodes)
     folded: set[str] = set()
     for node in nodes:
@@ -275,9 +294,10 @@ def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict
         fold_batchnorm(conv, bn)
         set_submodule(model, str(node.target), nn.Identity())
         folded.add(str(node.target))
-    plan: dict[str, str] = {}
+    plan: dict[str, tuple[str, float | None]] = {}
     for node in nodes:
-        if not isinstance(graph.module(node), nn.ReLU):
+        ceiling = _relu_ceiling(graph.module(node))
+        if ceiling is False:
             continue
         source = node.args[0]
         if isinstance(source, fx.Node) and source.op == "call_module" and source.target in folded:
@@ -292,7 +312,7 @@ def _fold_and_plan(model: nn.Module, graph: _Graph, result: Preparation) -> dict
             and len(source.users) == 1
             and graph.calls[source.target] == 1
         ):
-            plan[str(source.target)] = str(node.target)
+            plan[str(source.target)] = (str(node.target), ceiling)
     if folded:
         result.notes.append(f"folded {len(folded)} BatchNorm layers into their convs")
     return plan

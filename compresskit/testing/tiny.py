@@ -34,6 +34,23 @@ class TinyCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class TinyReLU6CNN(nn.Module):
+    """conv -> bn -> ReLU6 twice through one shared ReLU6 module, the MobileNet /
+    EfficientNet-Lite pattern (EfficientNet's ``_swish``), on 1x8x8 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        return self.head(x.mean((2, 3)))
+
+
 class TinyResidualCNN(nn.Module):
     """A stem and one residual block (Add) sharing a ReLU module, like torchvision ResNets."""
 

@@ -24,7 +24,7 @@ from compresskit.quantization.calibration import choose_range
 from compresskit.quantization.dynamic import DynamicQuantLinear
 from compresskit.quantization.modules import ActQuant
 from compresskit.tasks.classification import evaluate_accuracy
-from compresskit.testing import tiny_data
+from compresskit.testing import TinyReLU6CNN, tiny_data
 from compresskit.training.loop import TrainConfig, train
 
 
@@ -200,3 +200,32 @@ class TestQuantizeContract(PassContract):
 
 class TestQuantizeDynamicContract(PassContract):
     pass_name = "quantize_dynamic"
+
+
+def test_relu6_fuses_into_the_conv_output_grid_and_reloads(tiny, tmp_path: Path) -> None:
+    """The output grid of a conv followed by ReLU6 spans [0, 6] at most (zero point 0), so
+    ORT runs QLinearConv with no Clip left, and the ceiling survives a save and reload."""
+    from compresskit.models.checkpoint import save_model
+    from compresskit.models.loading import load_model
+
+    torch.manual_seed(0)
+    model = TinyReLU6CNN().eval()
+    with torch.no_grad():  # BatchNorm statistics that make the ReLU6 ceiling bite
+        for bn in (model.bn1, model.bn2):
+            bn.weight.fill_(4.0)
+    quantized = Quantize(QuantizeConfig()).apply(copy.deepcopy(model), context(tiny))
+    for name in ("conv1", "conv2"):
+        conv = quantized.get_submodule(name)
+        assert conv.fused_relu and conv.relu_max == 6.0, name
+        assert float(conv.act_out.qparams()[0]) * 255 <= 6.0 + 1e-6, name
+    report = kernel_report(export_onnx(quantized, tiny.example_inputs(2), tmp_path / "q.onnx").path)
+    ops = {name.rpartition(":")[2] for name in report.ops}
+    assert "QLinearConv" in ops and "Clip" not in ops, ops
+    path = tmp_path / "q.pt"
+    factory = "compresskit.testing:TinyReLU6CNN"
+    save_model(quantized, path, source={"kind": "arch", "factory": factory})
+    reloaded = load_model(path).model
+    assert reloaded.get_submodule("conv2").relu_max == 6.0
+    x = tiny.example_inputs(8)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(*x), quantized(*x), rtol=0, atol=0)
