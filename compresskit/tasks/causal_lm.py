@@ -39,7 +39,6 @@ from compresskit.errors import CompressKitError
 from compresskit.tasks.base import (
     Batches,
     Evaluation,
-    Inputs,
     Judgement,
     MetricColumn,
     MetricFn,
@@ -47,7 +46,7 @@ from compresskit.tasks.base import (
     model_device,
     shape_of,
 )
-from compresskit.tasks.classification import logits_of
+from compresskit.tasks.classification import LogitsTask, logits_of
 
 REFERENCE_TOP_K = 64
 IGNORE = -100
@@ -142,7 +141,7 @@ class _LMEvaluation(Evaluation):
         }
 
 
-class CausalLM(Task):
+class CausalLM(LogitsTask):
     """Next-token logits, scored by perplexity (and agreement and KL vs the baseline)."""
 
     name = "causal-lm"
@@ -166,12 +165,6 @@ class CausalLM(Task):
     )
     budget_fields = frozenset({"max_perplexity_increase"})
     eval_batch_size = 8
-
-    def adapt(self, raw: Any, inputs: Inputs) -> torch.Tensor:
-        logits = logits_of(raw)
-        if logits is None:
-            return super().adapt(raw, inputs)
-        return logits
 
     def check_output(self, output: Any, *, batch: int, data: str, classes: int | None) -> None:
         logits = logits_of(output)

@@ -100,7 +100,15 @@ class _ClassificationEvaluation(Evaluation):
         }
 
 
-class Classification(Task):
+class LogitsTask(Task):
+    """A task whose model outputs logits: a tensor, or a ``ModelOutput``'s ``.logits``."""
+
+    def adapt(self, raw: Any, inputs: Inputs) -> torch.Tensor:
+        logits = logits_of(raw)
+        return super().adapt(raw, inputs) if logits is None else logits
+
+
+class Classification(LogitsTask):
     """Class logits, scored by accuracy (and agreement, KL and churn vs the baseline)."""
 
     name = "classification"
@@ -118,12 +126,6 @@ class Classification(Task):
         "is top-1 agreement with the baseline."
     )
     budget_fields = frozenset({"max_accuracy_drop"})
-
-    def adapt(self, raw: Any, inputs: Inputs) -> torch.Tensor:
-        logits = logits_of(raw)
-        if logits is None:
-            return super().adapt(raw, inputs)
-        return logits
 
     def check_output(self, output: Any, *, batch: int, data: str, classes: int | None) -> None:
         logits = logits_of(output)

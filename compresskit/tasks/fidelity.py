@@ -22,16 +22,14 @@ from compresskit.errors import CompressKitError
 from compresskit.tasks.base import (
     Batches,
     Evaluation,
-    Inputs,
     Judgement,
     MetricColumn,
     MetricFn,
-    Task,
     TeacherMatch,
     at_least,
     shape_of,
 )
-from compresskit.tasks.classification import logits_of
+from compresskit.tasks.classification import LogitsTask, logits_of
 from compresskit.tasks.embedding import cosine_rows
 
 
@@ -59,7 +57,7 @@ class _FidelityEvaluation(Evaluation):
         }
 
 
-class Fidelity(Task):
+class Fidelity(LogitsTask):
     """Class logits scored against the baseline's: agreement, cosine, KL (no labels)."""
 
     name = "fidelity"
@@ -79,10 +77,6 @@ class Fidelity(Task):
     )
     unlabelled_recovery = "recover with a distill node (losses: [{kind: kd}])"
     budget_fields = frozenset()
-
-    def adapt(self, raw: Any, inputs: Inputs) -> torch.Tensor:  # noqa: ANN401
-        logits = logits_of(raw)
-        return super().adapt(raw, inputs) if logits is None else logits
 
     def check_output(self, output: Any, *, batch: int, data: str, classes: int | None) -> None:  # noqa: ANN401
         logits = logits_of(output)
