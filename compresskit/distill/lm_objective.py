@@ -37,7 +37,7 @@ from compresskit.distill import lm_losses as LM
 from compresskit.distill import losses as L
 from compresskit.distill.hooks import Taps
 from compresskit.distill.mapping import map_layers
-from compresskit.distill.objective import Term
+from compresskit.distill.objective import Term, describe_terms, projector_name
 from compresskit.distill.projectors import build_projector
 from compresskit.errors import CompressKitError
 from compresskit.models.causal_lm import check_same_vocabulary
@@ -248,17 +248,10 @@ class LMDistillObjective:
                     s_shape, t_shape, where=where, allowed=term.spec.projector
                 )
                 if projector is not None:
-                    self.projectors[_projector_name(s_key, t_key)] = projector
+                    self.projectors[projector_name(s_key, t_key)] = projector
 
     def describe(self) -> dict[str, Any]:
-        terms = []
-        for term in self.terms:
-            entry: dict[str, Any] = {"loss": term.name, "weight": term.spec.weight}
-            if term.pairs:
-                entry["pairs"] = [[s.split(":", 1)[1], t.split(":", 1)[1]] for s, t in term.pairs]
-            if isinstance(term.schedule, L.TAIDSchedule):
-                entry["final_t"] = round(term.schedule.t, 4)
-            terms.append(entry)
+        terms = describe_terms(self.terms)
         return {"terms": terms, "chunk_tokens": self.chunk, "teacher_cached": False}
 
     # -- forward passes --------------------------------------------------------------
@@ -404,7 +397,7 @@ class LMDistillObjective:
         values = []
         for s_key, t_key in term.pairs:
             s, t = s_values[s_key][:batch], t_values[t_key][:batch]
-            name = _projector_name(s_key, t_key)
+            name = projector_name(s_key, t_key)
             if name in self.projectors:
                 s = self.projectors[name](s)
             values.append(L.hidden_loss(s, t, metric=term.spec.metric, channel_dim=s.dim() - 1))
@@ -419,7 +412,3 @@ class LMDistillObjective:
     def as_objective(self) -> Objective:
         modules = [self.projectors] if len(self.projectors) else []
         return Objective(loss=self.loss, modules=modules, on_step=self.on_step)
-
-
-def _projector_name(s_key: str, t_key: str) -> str:
-    return f"{s_key}->{t_key}".replace(".", "_")

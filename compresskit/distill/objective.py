@@ -31,6 +31,26 @@ from compresskit.errors import CompressKitError
 from compresskit.training.loop import Inputs, Objective, StepState, to_device
 
 
+def projector_name(s_key: str, t_key: str) -> str:
+    """The module name of the projector from student layer ``s_key`` to teacher ``t_key``."""
+    return f"{s_key}->{t_key}".replace(".", "_")
+
+
+def describe_terms(terms: Sequence[Term]) -> list[dict[str, Any]]:
+    """What the report shows of each loss term: weight, layer pairs, schedule state."""
+    described = []
+    for term in terms:
+        entry: dict[str, Any] = {"loss": term.name, "weight": term.spec.weight}
+        if term.pairs:
+            entry["pairs"] = [[s.split(":", 1)[1], t.split(":", 1)[1]] for s, t in term.pairs]
+        if isinstance(term.schedule, L.TAIDSchedule):
+            entry["final_t"] = round(term.schedule.t, 4)
+        if isinstance(term.schedule, L.DTSSchedule):
+            entry["final_temperature"] = round(term.schedule.temperature, 4)
+        described.append(entry)
+    return described
+
+
 @dataclass
 class Term:
     """One weighted loss of the policy, with the tap keys it compares."""
@@ -149,29 +169,16 @@ class DistillObjective:
                         s_shape, t_shape, where=pair, allowed=term.spec.projector
                     )
                     if projector is not None:
-                        self.projectors[self._projector_name(s_key, t_key)] = projector
+                        self.projectors[projector_name(s_key, t_key)] = projector
                 elif isinstance(term.spec, L.AttentionLoss) and s_shape[2:] != t_shape[2:]:
                     raise CompressKitError(
                         f"distill: {pair}: attention maps {s_shape} and {t_shape} differ in "
                         "sequence length; map attention modules of the same inputs"
                     )
 
-    @staticmethod
-    def _projector_name(s_key: str, t_key: str) -> str:
-        return f"{s_key}->{t_key}".replace(".", "_")
-
     def describe(self) -> dict[str, Any]:
         """What the report shows: terms, their layer pairs, projectors, schedule state."""
-        terms = []
-        for term in self.terms:
-            entry: dict[str, Any] = {"loss": term.name, "weight": term.spec.weight}
-            if term.pairs:
-                entry["pairs"] = [[s.split(":", 1)[1], t.split(":", 1)[1]] for s, t in term.pairs]
-            if isinstance(term.schedule, L.TAIDSchedule):
-                entry["final_t"] = round(term.schedule.t, 4)
-            if isinstance(term.schedule, L.DTSSchedule):
-                entry["final_temperature"] = round(term.schedule.temperature, 4)
-            terms.append(entry)
+        terms = describe_terms(self.terms)
         projectors = {
             name: [p.in_features, p.out_features]
             for name, p in self.projectors.items()
@@ -276,8 +283,8 @@ class DistillObjective:
             s, t = s_values[s_key], t_values[t_key]
             if isinstance(spec, L.HiddenLoss):
                 projector = (
-                    self.projectors[self._projector_name(s_key, t_key)]
-                    if (self._projector_name(s_key, t_key) in self.projectors)
+                    self.projectors[projector_name(s_key, t_key)]
+                    if (projector_name(s_key, t_key) in self.projectors)
                     else None
                 )
                 s = projector(s) if projector is not None else s
