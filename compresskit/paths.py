@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from compresskit import interrupts
 from compresskit.errors import CompressKitError
 
 
@@ -139,6 +140,7 @@ def staged_directory(final: Path, *, what: str = "--out") -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        interrupts.check()  # an interrupt a library lost: the run is not complete
         if final.exists():
             final.rmdir()  # checked empty before the run
         tmp.rename(final)

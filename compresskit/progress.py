@@ -23,6 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from compresskit import interrupts
+
 console = Console(stderr=True, highlight=False)
 logger = logging.getLogger("compresskit")
 
@@ -77,7 +79,9 @@ def quiet() -> bool:
 
 def status(message: str, *, style: str | None = None) -> None:
     """One line of what is happening now (``style``: a rich style such as "red"), logged at
-    INFO by the calling module's logger."""
+    INFO by the calling module's logger. A safe point to stop at an interrupt a library lost
+    (:mod:`compresskit.interrupts`)."""
+    interrupts.check()
     caller = sys._getframe(1).f_globals.get("__name__", "compresskit")
     name = caller if caller.startswith("compresskit") else "compresskit"
     logging.getLogger(name).info(message, extra={"style": style})

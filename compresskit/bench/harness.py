@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from rich.progress import TaskID
 
+from compresskit import interrupts
 from compresskit.bench.measurement import ModelRun, Session, TargetRun
 from compresskit.bench.report import Entry, add_measurements
 from compresskit.bench.worker import Workload
@@ -207,6 +208,7 @@ def _run_worker(workdir: Path, target: Target, steps: int) -> TargetRun:
         assert process.stderr is not None
         try:
             for line in process.stderr:
+                interrupts.check()
                 if line.startswith("@@progress"):
                     bar.update(TaskID(0), completed=int(line.split()[1]))
                 else:

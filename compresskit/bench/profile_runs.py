@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from compresskit import interrupts
 from compresskit.bench.measurement import Profile
 from compresskit.bench.profile import node_modules, read_trace, summarize
 
@@ -109,6 +110,7 @@ def profile_plans(
                 call = open_call(spec, sessions, plan[2])
                 call()  # dropped: the first call allocates
             except Exception as error:  # profiles are extra evidence; timings stand alone
+                interrupts.check(error)
                 print(f"profiling {name} failed: {type(error).__name__}: {error}", file=sys.stderr)
                 continue
             opened.append((name, sessions, call, plan))

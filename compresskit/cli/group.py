@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from compresskit import interrupts
 from compresskit._version import __version__
 from compresskit.errors import CompressKitError, first_line
 
@@ -43,7 +44,13 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                result = super().invoke(ctx)
+            except Exception as error:  # an interrupt a library reworded is still one
+                interrupts.check(error)
+                raise
+            interrupts.check()  # one a library swallowed whole
+            return result
         except CompressKitError as error:
             _record_for_torchrun(error)
             _fail(ctx, str(error), EXIT_BAD_INPUT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import tempfile
 import textwrap
@@ -15,6 +14,7 @@ from typing import Any
 
 import click
 
+from compresskit import interrupts
 from compresskit.cli import (
     measure,  # noqa: F401  (registers export, bench and report)
     search,  # noqa: F401  (registers search)
@@ -275,12 +275,23 @@ def targets_list() -> None:
 
 def main() -> None:
     # SIGTERM (``timeout``, torchrun stopping the survivors of a failed rank) unwinds
-    # Python like Ctrl-C does, so a run removes its temporary directory on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # Python like Ctrl-C does, so a run removes its temporary directory on the way out;
+    # both are remembered, so a library that loses one cannot let the run carry on.
+    interrupts.install()
     entry: Callable[..., Any] = cli.main
     if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a rank under torchrun: record crashes
         from torch.distributed.elastic.multiprocessing.errors import record
 
         entry = record(entry)
-    entry(prog_name="compresskit", standalone_mode=True)
+    try:
+        entry(prog_name="compresskit", standalone_mode=True)
+    except SystemExit as stop:
+        if interrupts.received() is None:
+            raise
+        # Interrupted, and unwound: temporary files are gone and the one line is printed.
+        # Leave with that status now: interpreter finalisation after an interrupt
+        # sometimes ended the process by SIGINT instead (2 runs in 32, under load).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
     sys.exit(0)

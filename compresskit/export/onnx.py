@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from compresskit import interrupts
 from compresskit.errors import CompressKitError, first_line
 from compresskit.kinds import kinds_in
 
@@ -112,6 +113,7 @@ def export_onnx(
                         model, example_inputs, raw, opset, dynamic_sequence, large, names
                     )
                 except Exception as error:
+                    interrupts.check(error)
                     if exporter == "dynamo":
                         raise CompressKitError(
                             f"ONNX export with the dynamo exporter failed: {first_line(error)}; "
@@ -127,6 +129,7 @@ def export_onnx(
                         model, example_inputs, raw, min(opset, 17), dynamic_sequence, names
                     )
                 except Exception as error:
+                    interrupts.check(error)
                     raise CompressKitError(f"ONNX export failed: {first_line(error)}") from None
             post_quantization = post_process(raw)
         from compresskit._version import __version__

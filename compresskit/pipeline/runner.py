@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from compresskit import interrupts
 from compresskit.context import Context
 from compresskit.errors import CompressKitError, first_line
 from compresskit.passes.base import DataNeed
@@ -118,6 +119,7 @@ def run_pipeline(
         except RecordError:
             raise  # a pass's own bug, not the model's
         except Exception as error:
+            interrupts.check(error)
             if failures is None:
                 raise
             reason = str(error) if isinstance(error, CompressKitError) else first_line(error)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit import interrupts
 from compresskit.errors import first_line
 
 # Layer types torch-pruning knows how to cut; a module with its own parameters outside
@@ -72,6 +73,7 @@ def failing_module(model: nn.Module, inputs: tuple[Any, ...]) -> Failure | None:
         with torch.no_grad():
             model.eval()(*inputs)
     except Exception as error:
+        interrupts.check(error)
         return Failure(stack[-1] if stack else "", layers[-1] if layers else None, error)
     finally:
         for handle in handles:

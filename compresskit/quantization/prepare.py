@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from compresskit import interrupts
 from compresskit.errors import CompressKitError
 from compresskit.kinds import kind_of
 from compresskit.models.attention import explicit_attention_
@@ -191,6 +192,7 @@ def prepare(
     try:
         graph: _Graph | None = _Graph(model)
     except Exception as error:  # dynamic control flow and the like
+        interrupts.check(error)
         result.traced = False
         result.notes.append(
             f"torch.fx could not trace the model ({type(error).__name__}); BatchNorm is not "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 from torch import nn
 
+from compresskit import interrupts
 from compresskit.quantization.modules import QUANT_TYPES, ActQuant
 from compresskit.quantization.residuals import (
     ADD_FUNCTIONS,
@@ -225,6 +226,7 @@ def rewrite_residuals(model: nn.Module) -> ResidualResult:
     try:
         traced = _Model(model)
     except Exception as error:  # dynamic control flow and the like: keep today's graph
+        interrupts.check(error)
         result.notes.append(
             f"torch.fx could not trace the model ({type(error).__name__}); residual adds "
             "and concatenations stay float"
@@ -245,6 +247,7 @@ def rewrite_residuals(model: nn.Module) -> ResidualResult:
                     raise LookupError(f"it already has an attribute {CONTAINER!r}")
                 plans[owner_name] = (owner, _plan_for(owner, mine, traced), mine)
             except Exception as error:
+                interrupts.check(error)
                 refused[owner_name] = str(error) or type(error).__name__
         if not set(by_owner) & set(refused):
             break

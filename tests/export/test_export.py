@@ -80,3 +80,19 @@ def test_export_falls_back_to_legacy_and_says_why(tiny, tmp_path: Path) -> None:
     assert onnx_metadata(result.path)["exporter_fallback_reason"] == result.fallback_reason
     assert [p.name for p in tmp_path.iterdir()] == ["d.onnx"]  # no temp files left
     assert np.isfinite(onnx_outputs(result.path, tiny.loader("eval", batch_size=16))).all()
+
+
+def test_an_interrupt_the_exporter_rewords_still_stops_the_export(tmp_path: Path) -> None:
+    """torch's exporter can turn a Ctrl-C into another error (it evaluates an ``except``
+    clause while torch._dynamo is half imported): export must not fall back and carry on."""
+
+    class InterruptedWhileTraced(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AttributeError("module 'torch' has no attribute '_dynamo'") from None
+
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(InterruptedWhileTraced(), (torch.ones(2, 4),), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []  # the private export directory is gone too
