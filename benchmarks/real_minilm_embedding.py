@@ -5,7 +5,8 @@
 
 Score: cosine between each row's sentence embedding and the fp32 torch teacher's, on the
 Rotten Tomatoes snippets of the 102 held-out movies (mean, 5th percentile, min).
-Rows: see ``minilm_case.PRODUCERS``; compresskit's policies are appended there.
+Rows: see ``minilm_case.PRODUCERS``, then compresskit's embedding-fidelity recipe
+(``policies/minilm-embedder-fidelity.yaml``, distilled on Rotten Tomatoes and Wikipedia text).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ SCRIPT = common.CaseScript(
     doc=__doc__ or "",
     quick_help="128 snippets, short timings",
     load_case=lambda quick: load_case(quick=quick),
-    producers=minilm_case.PRODUCERS,
+    producers=[*minilm_case.PRODUCERS, minilm_case.compresskit_embedder_fidelity],
     min_repeats=7,
     describe=describe,
 )
