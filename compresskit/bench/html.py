@@ -141,8 +141,12 @@ def render_html(report: Report) -> str:
             f"<h3>{escape(entry.name)}</h3>",
             f"<p class='note'>Passes: {escape(passes)}.</p>",
             _list(entry_lines(report, entry)),
-            blocks_html(list(profile_tables(entry))),
         ]
+        if entry.continuations:
+            rows = [[c.prompt, c.continuation] for c in entry.continuations]
+            caption = f"Greedy continuations ({entry.continuations[0].runtime})"
+            body.append(html_table(["prompt", "continuation"], rows, caption))
+        body.append(blocks_html(list(profile_tables(entry))))
         for step in entry.steps:
             body.append(
                 f"<h4>{inline_markdown(step_heading(step.id, step.name, step.seconds))}</h4>"

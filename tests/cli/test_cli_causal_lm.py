@@ -106,6 +106,8 @@ def test_compress_a_causal_lm_directory_with_a_text_file(tiny_lm_dir: Path, tmp_
     assert unpruned.config.num_hidden_layers == 2
     markdown = (run / "report.md").read_text()
     assert "Greedy continuations" in markdown and "The capital of France is" in markdown
+    page = (run / "report.html").read_text()
+    assert "<caption>Greedy continuations" in page and "The capital of France is" in page
 
 
 def _fails(args: list[str], *expected: str) -> None:
