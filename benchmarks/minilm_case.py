@@ -33,7 +33,7 @@ POLICIES = {
     "cosine": common.BENCH_DIR.parent / "policies" / "minilm-embedding.yaml",
 }
 FIDELITY_POLICY = common.BENCH_DIR.parent / "policies" / "minilm-embedder-fidelity.yaml"
-WIKI_SENTENCES = 10_000  # unlabelled sentences added to the fidelity recipe's distillation
+WIKI_SENTENCES = 35_000  # unlabelled sentences added to the fidelity recipe's distillation
 
 
 @dataclass
@@ -281,8 +281,27 @@ def compresskit_policy(case: MiniLMCase) -> Candidate:
 
 @common.producer("compresskit minilm-embedder-fidelity", "compresskit")
 def compresskit_embedder_fidelity(case: MiniLMCase) -> Candidate:
-    """policies/minilm-embedder-fidelity.yaml on the embedder, distilled on more unlabelled
-    text: the Rotten Tomatoes training snippets plus WIKI_SENTENCES Wikipedia sentences."""
+    """policies/minilm-embedder-fidelity.yaml on the embedder (3 of 6 layers removed),
+    distilled on more unlabelled text: the Rotten Tomatoes training snippets plus
+    WIKI_SENTENCES Wikipedia sentences."""
+    return _embedder_fidelity(case, FIDELITY_POLICY, f"compresskit {FIDELITY_POLICY.stem}")
+
+
+@common.producer("compresskit fidelity remove-2", "compresskit")
+def compresskit_embedder_fidelity_2_layers(case: MiniLMCase) -> Candidate:
+    """The same recipe removing 2 layers instead of 3: the other side of the trade-off
+    between cosine and speed."""
+    import yaml
+
+    policy = yaml.safe_load(FIDELITY_POLICY.read_text())
+    policy["name"] += "-2-layers"
+    policy["nodes"][0]["config"]["remove"] = 2
+    path = case.workdir / f"{policy['name']}.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return _embedder_fidelity(case, path, "compresskit fidelity remove-2")
+
+
+def _embedder_fidelity(case: MiniLMCase, policy: Path, name: str) -> Candidate:
     from compresskit.models.loading import LoadedModel
 
     if case.metric != "cosine":
@@ -301,11 +320,11 @@ def compresskit_embedder_fidelity(case: MiniLMCase) -> Candidate:
         task="embedding",
     )
     return common.compresskit_candidate(
-        f"compresskit {FIDELITY_POLICY.stem}",
-        FIDELITY_POLICY,
+        name,
+        policy,
         model=LoadedModel(model, {"kind": "python"}),
         data=data,
-        out=case.workdir / f"compresskit-{FIDELITY_POLICY.stem}",
+        out=case.workdir / f"compresskit-{policy.stem}",
     )
 
 

@@ -53,7 +53,11 @@ SCRIPT = common.CaseScript(
     doc=__doc__ or "",
     quick_help="128 snippets, short timings",
     load_case=lambda quick: load_case(quick=quick),
-    producers=[*minilm_case.PRODUCERS, minilm_case.compresskit_embedder_fidelity],
+    producers=[
+        *minilm_case.PRODUCERS,
+        minilm_case.compresskit_embedder_fidelity,
+        minilm_case.compresskit_embedder_fidelity_2_layers,
+    ],
     min_repeats=7,
     describe=describe,
 )
