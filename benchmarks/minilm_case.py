@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -307,17 +308,9 @@ def _embedder_fidelity(case: MiniLMCase, policy: Path, name: str) -> Candidate:
     if case.metric != "cosine":
         raise ValueError("the fidelity recipe is for the embedder (the cosine case)")
     model = case.build(copy.deepcopy(case.bert)).eval()
-    train_texts = list(case.split.train_texts) + wiki_sentences(WIKI_SENTENCES)
-    data = text_bundle(
-        case.tokenizer,
-        train_texts,
-        [0] * len(train_texts),
-        case.split.test_texts,
-        [0] * len(case.split.test_texts),
-        name="rotten-tomatoes+wikipedia",
-        num_classes=384,
-        quick=case.quick,
-        task="embedding",
+    unlabelled = wiki_sentences(WIKI_SENTENCES)
+    data = rotten_tomatoes_bundle(
+        case.tokenizer, case.split, embedding=True, quick=case.quick, unlabelled=unlabelled
     )
     return common.compresskit_candidate(
         name,
@@ -390,16 +383,21 @@ def rotten_tomatoes_case(
     return case
 
 
-def rotten_tomatoes_bundle(tokenizer: Any, split: Any, *, embedding: bool, quick: bool):
+def rotten_tomatoes_bundle(
+    tokenizer: Any, split: Any, *, embedding: bool, quick: bool, unlabelled: Sequence[str] = ()
+):
     """The compresskit bundle of the Rotten Tomatoes split: sentiment (2 classes) or, for
-    the embedder, an embedding task 384 wide (see :func:`text_bundle`)."""
+    the embedder, an embedding task 384 wide (see :func:`text_bundle`). The embedder may
+    train on ``unlabelled`` texts too (their placeholder labels are ignored)."""
+    if unlabelled and not embedding:
+        raise ValueError("only the embedder trains on unlabelled text")
     return text_bundle(
         tokenizer,
-        split.train_texts,
-        split.train_labels,
+        [*split.train_texts, *unlabelled],
+        [*split.train_labels, *[0] * len(unlabelled)],
         split.test_texts,
         split.test_labels,
-        name="rotten-tomatoes",
+        name="rotten-tomatoes" + ("+wikipedia" if unlabelled else ""),
         num_classes=384 if embedding else 2,  # embeddings: the width
         quick=quick,
         task="embedding" if embedding else "classification",

@@ -282,12 +282,9 @@ class DistillObjective:
         for s_key, t_key in term.pairs:
             s, t = s_values[s_key], t_values[t_key]
             if isinstance(spec, L.HiddenLoss):
-                projector = (
-                    self.projectors[projector_name(s_key, t_key)]
-                    if (projector_name(s_key, t_key) in self.projectors)
-                    else None
-                )
-                s = projector(s) if projector is not None else s
+                name = projector_name(s_key, t_key)
+                if name in self.projectors:
+                    s = self.projectors[name](s)
                 values.append(
                     L.hidden_loss(s, t, metric=spec.metric, channel_dim=self.channel_dims[s_key])
                 )

@@ -270,7 +270,7 @@ def _structure(module: nn.Module) -> dict[str, Any]:
     quant: Any = module
     return {
         "fused_relu": quant.fused_relu,
-        "relu_max": getattr(quant, "relu_max", None),
+        "relu_max": quant.relu_max,
         "act_in_enabled": quant.act_in.enabled,
         "act_out_enabled": quant.act_out.enabled,
         "mode": quant.mode,
