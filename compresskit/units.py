@@ -1,7 +1,7 @@
 """Numbers as people read them in reports: SI counts and byte sizes (1 kB = 1000 B).
 
->>> human_bytes(987_340), si(4_740_000)
-('987.3 kB', '4.74M')
+>>> human_bytes(987_340), si(4_740_000), human_seconds(2_530)
+('987.3 kB', '4.74M', '42 min')
 """
 
 from __future__ import annotations
@@ -30,3 +30,12 @@ def ratio(before: float, after: float) -> str:
         return "-"
     share = after / before
     return f"{share:.0%}" if share <= 1 else f"{share:.2f}x"
+
+
+def human_seconds(seconds: float) -> str:
+    """A duration to the unit a person plans by: 45 s, 42 min, 2.1 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +31,7 @@ from compresskit.progress import progress_bar, status
 from compresskit.tasks import MetricFn, Task
 from compresskit.tasks.base import to_device
 from compresskit.training import distributed
+from compresskit.units import human_seconds
 
 Inputs = tuple[torch.Tensor, ...]
 # A loss returns one scalar, or named (already weighted) terms that the loop sums and logs.
@@ -203,6 +205,10 @@ def task_loss(task: Task) -> LossFn:
     return loss
 
 
+# Without a live bar, a progress line at a validation at most this often (seconds).
+PROGRESS_LINE_SECONDS = 30.0
+
+
 def _optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -307,6 +313,7 @@ def train(
     stale = 0
     sums = torch.zeros(2, dtype=torch.float64)  # loss sum, batches since the last validation
     parts: dict[str, float] = {}
+    started = last_line = time.monotonic()
     with progress_bar(description, total=total) as bar:
         wrapped.train()
         for module in extras:
@@ -367,6 +374,16 @@ def train(
                 lr=float(scheduler.get_last_lr()[0]),
             )
             history.epochs.append(record)
+            now = time.monotonic()
+            if bar.disable and step != total and now - last_line >= PROGRESS_LINE_SECONDS:
+                # No live bar (stderr is a pipe or a file): a line now and then, so a log
+                # of a long run shows how far it is.
+                last_line = now
+                left = (now - started) / step * (total - step)
+                status(
+                    f"{description}: step {step}/{total}, loss {mean_loss:.4f}, val "
+                    f"{monitor} {value_now:.4f}; about {human_seconds(left)} left"
+                )
             sums.zero_()
             parts.clear()
             if value_now > best_value:

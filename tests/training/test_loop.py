@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +28,27 @@ def test_steps_based_training_validates_every_n_steps(tiny) -> None:
     history = train(fresh(), tiny, TrainConfig(steps=7, eval_every=3, batch_size=32))
     assert [r.step for r in history.epochs] == [3, 6, 7]
     assert all(0 <= r.accuracy <= 1 for r in history.epochs)
+
+
+def test_without_a_terminal_a_long_run_logs_where_it_is(tiny, monkeypatch) -> None:
+    from rich.console import Console
+
+    from compresskit import progress
+    from compresskit.training import loop
+
+    log = Console(file=io.StringIO(), width=200)
+    monkeypatch.setattr(progress, "console", log)
+    monkeypatch.setenv("COMPRESSKIT_QUIET", "0")
+    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)  # a line at every validation
+    config = TrainConfig(steps=7, eval_every=3, batch_size=32)
+    train(fresh(), tiny, config, description="distill")
+    lines = log.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert [line.split(",")[0] for line in lines] == [
+        "· distill: step 3/7",
+        "· distill: step 6/7",
+        "· distill: 7 steps",  # the closing line
+    ]
+    assert all(line.endswith(" left") for line in lines[:2])
 
 
 def test_warmup_then_cosine() -> None:
