@@ -50,7 +50,7 @@ from compresskit.pruning.scope import (
 )
 from compresskit.pruning.sizing import LayerEmptiedError, SizeTarget
 from compresskit.pruning.tracing import describe, failing_module
-from compresskit.pruning.widths import WidthSweepConfig, sweep_round_to
+from compresskit.pruning.widths import Rounding, WidthSweepConfig, rounded_ratio, sweep_round_to
 
 __all__ = ["PruneChannels", "PruneChannelsConfig", "classifier_name", "prunable_widths"]
 
@@ -194,10 +194,11 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         ignored, _, heads = self._scope(model)  # every pattern must match before any work
         blocks = self._blocks(model, ignored, heads)
         block_heads = {b.name: b.heads for b in blocks}
-        round_to = config.round_to
-        if round_to == "auto":
-            round_to, sweep = self._sweep(model, ctx)
+        if config.round_to == "auto":
+            rounding, sweep = self._sweep(model, ctx)
             ctx.record(round_to_sweep=sweep)
+        else:
+            rounding = Rounding(config.round_to)
         model, steps = prune_in_steps(
             model,
             ctx,
@@ -206,7 +207,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
             steps=config.steps,
             target=config.target,
             finetune_config=config.finetune,
-            make_pruner=lambda m: self._pruner(m, ctx, round_to),
+            make_pruner=lambda m: self._pruner(m, ctx, rounding),
         )
         model.zero_grad(set_to_none=True)
         after = prunable_widths(model)
@@ -291,12 +292,14 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 heads[name] = count
         return list(ignored), ratios, heads
 
-    def _sweep(self, model: nn.Module, ctx: Context) -> tuple[int | None, dict[str, Any]]:
+    def _sweep(self, model: nn.Module, ctx: Context) -> tuple[Rounding, dict[str, Any]]:
         """round_to auto: each candidate rounding pruned in one step (to the ratio or the
         size target; fine-tuning comes after, with the rounding chosen), then timed."""
         config = self.config
 
-        def prune_at(round_to: int | None) -> nn.Module:
+        def prune_at(rounding: Rounding) -> nn.Module | None:
+            if rounding.up and (config.global_ranking or config.target is not None):
+                return None  # the kept widths are not known before ranking
             pruned, _ = prune_in_steps(
                 copy.deepcopy(model),
                 ctx,
@@ -305,7 +308,7 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 steps=1,
                 target=config.target,
                 finetune_config=None,
-                make_pruner=lambda m: self._pruner(m, ctx, round_to),
+                make_pruner=lambda m: self._pruner(m, ctx, rounding),
             )
             return pruned
 
@@ -319,10 +322,10 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         )
 
     def _pruner(
-        self, model: nn.Module, ctx: Context, round_to: int | None
+        self, model: nn.Module, ctx: Context, rounding: Rounding
     ) -> Callable[[float], nn.Module]:
         """Collect this step's statistics on ``model``; return a function that prunes a copy
-        with widths rounded to multiples of ``round_to``."""
+        with widths rounded as ``rounding`` says."""
         config = self.config
         if config.importance == "taylor":
             CalibrationSet.collect(model, ctx, config.calibration_batches).accumulate_gradients(
@@ -345,7 +348,18 @@ class PruneChannels(Pass[PruneChannelsConfig]):
 
         def prune(amount: float) -> nn.Module:
             if not config.global_ranking:
-                _check_not_emptied(model, ignored + inside, ratios, heads, amount, config, round_to)
+                _check_not_emptied(model, ignored + inside, ratios, heads, amount, config, rounding)
+            layer_ratios = {
+                n: scaled_ratio(r, config.ratio, amount) if r > 0 else 0.0
+                for n, r in ratios.items()
+            }
+            if rounding.up:  # every layer's ratio set so that its kept width rounds up
+                skip = {*ignored, *inside, *heads}
+                layer_ratios = {
+                    name: rounded_ratio(width, layer_ratios.get(name, amount), rounding)
+                    for name, width in prunable_widths(model).items()
+                    if name not in skip
+                }
             pruned = _copy_with_gradients(model)
             modules = dict(pruned.named_modules())
             torch.manual_seed(ctx.seed)
@@ -354,13 +368,10 @@ class PruneChannels(Pass[PruneChannelsConfig]):
                 ctx.example_inputs,
                 importance=channel_importance(config.importance),
                 pruning_ratio=amount,
-                pruning_ratio_dict={
-                    modules[n]: scaled_ratio(r, config.ratio, amount) if r > 0 else 0.0
-                    for n, r in ratios.items()
-                },
+                pruning_ratio_dict={modules[n]: r for n, r in layer_ratios.items()},
                 global_pruning=config.global_ranking,
                 ignored_layers=[modules[n] for n in [*ignored, *inside]],
-                round_to=round_to,
+                round_to=rounding.round_to,
                 num_heads={modules[n]: c for n, c in heads.items()},
                 prune_num_heads=bool(heads),
                 prune_head_dims=not heads,
@@ -384,15 +395,16 @@ def _check_not_emptied(
     heads: dict[str, int],
     amount: float,
     config: PruneChannelsConfig,
-    round_to: int | None,
+    rounding: Rounding,
 ) -> None:
     """torch-pruning silently skips a layer it would empty; say so instead."""
+    round_to = rounding.round_to
     for name, width in prunable_widths(model).items():
         if name in ignored or name in heads:
             continue
         ratio = scaled_ratio(ratios[name], config.ratio, amount) if name in ratios else amount
         kept = int(width * (1 - ratio))
-        if round_to:
+        if round_to and not rounding.up:
             kept -= kept % round_to
         if kept <= 0:
             raise LayerEmptiedError(

@@ -166,6 +166,7 @@ class RoundToCandidate(_Part):
     """One rounding of the pruned widths, measured (or why it was not)."""
 
     round_to: int
+    up: bool = Field(default=False, description="widths rounded up (more channels), not down")
     macs: int | None = None
     p50_ms: float | None = None
     eligible: bool = False
@@ -181,11 +182,15 @@ class WidthSweep(_Part):
     max_mac_change: float
     candidates: list[RoundToCandidate] = Field(default_factory=list)
     chosen: int
+    chosen_up: bool = False
 
     def blocks(self) -> list[Line | Table]:
+        chosen = f"{self.chosen}" + (" up" if self.chosen_up else "")
         rows = [
             [
-                str(c.round_to) + (" (chosen)" if c.round_to == self.chosen else ""),
+                f"{c.round_to}"
+                + (" up" if c.up else "")
+                + (" (chosen)" if (c.round_to, c.up) == (self.chosen, self.chosen_up) else ""),
                 si(c.macs) if c.macs is not None else "-",
                 f"{c.p50_ms:.3f}" if c.p50_ms is not None else "-",
                 "yes" if c.eligible else (c.note or "no: too many MACs lost"),
@@ -195,7 +200,7 @@ class WidthSweep(_Part):
         title = f"round_to sweep on {self.target} b{self.batch}"
         header = ["round_to", "MACs", "p50 ms", f"within {self.max_mac_change:.0%} MACs"]
         return [
-            Line(text=f"round_to {self.chosen}: the fastest rounding measured on {self.target}"),
+            Line(text=f"round_to {chosen}: the fastest rounding measured on {self.target}"),
             Table(title=title, header=header, rows=rows),
         ]
 

@@ -3,19 +3,24 @@
 Kernels run fastest at some widths (ONNX Runtime's NCHWc convolutions work in blocks of
 8 or 16 channels on AVX2 / AVX-512; int8 GEMMs pack 4 or 16): which rounding of the
 pruned widths is fastest is measured, not assumed. Each candidate rounding prunes the
-model, every candidate is timed interleaved in one benchmark worker (the context's
+model, down (fewer channels than the ratio asks) and up (a few more, to the next
+multiple), every candidate is timed interleaved in one benchmark worker (the context's
 profile probe), and the fastest whose MACs stay within ``max_mac_change`` of the least
-rounded one wins (rounding keeps fewer channels, so it trades capacity for speed).
+rounded one wins (rounding down trades capacity for speed; rounding up costs MACs,
+which the timing weighs).
 
 Example::
 
-    round_to, record = sweep_round_to(prune_at, config=WidthSweepConfig(), probe=probe,
+    rounding, record = sweep_round_to(prune_at, config=WidthSweepConfig(), probe=probe,
                                       example_inputs=example, what="prune")
+    rounding.round_to, rounding.up
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,6 +52,12 @@ class WidthSweepConfig(BaseModel):
         "candidate's MACs",
     )
     measure_seconds: float = Field(default=0.5, gt=0, description="timing per candidate")
+    round_up: bool = Field(
+        default=True,
+        description="also try each rounding up: keep up to round_to - 1 more channels per "
+        "layer than the ratio asks (per-layer ratios only: not with global_ranking or a "
+        "size target)",
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -58,30 +69,65 @@ class WidthSweepConfig(BaseModel):
         return sorted(candidates)
 
 
+@dataclass(frozen=True)
+class Rounding:
+    """Widths kept a multiple of ``round_to`` (None: as the ratio gives them), rounded
+    down (fewer channels) or ``up`` (more)."""
+
+    round_to: int | None = None
+    up: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.round_to or 1}" + (" up" if self.up else "")
+
+
+def rounded_ratio(width: int, ratio: float, rounding: Rounding) -> float:
+    """The ratio at which torch-pruning (which rounds the kept channels down) keeps
+    ``width * (1 - ratio)`` channels rounded the ``rounding`` way.
+
+    >>> rounded_ratio(64, 0.7, Rounding(8, up=True)) == 1 - 24.5 / 64
+    True
+    """
+    kept = int(width * (1 - ratio))
+    if not (rounding.up and rounding.round_to):
+        return ratio
+    kept = min(width, math.ceil(kept / rounding.round_to) * rounding.round_to)
+    # Half a channel of slack: int(width * (1 - r)) must land on `kept`, not just below it.
+    return 0.0 if kept >= width else 1 - (kept + 0.5) / width
+
+
 def sweep_round_to(
-    prune: Callable[[int | None], nn.Module],
+    prune: Callable[[Rounding], nn.Module | None],
     *,
     config: WidthSweepConfig,
     probe: ProfileProbe | None,
     example_inputs: tuple[torch.Tensor, ...],
     dynamic_sequence: bool = False,
     what: str,
-) -> tuple[int | None, dict[str, Any]]:
-    """The rounding to prune with (None: none) and the sweep's record. ``prune(r)``
-    prunes a copy of the model with widths rounded to multiples of ``r``."""
+) -> tuple[Rounding, dict[str, Any]]:
+    """The rounding to prune with and the sweep's record. ``prune(rounding)`` prunes a
+    copy of the model with its widths rounded so, or returns None where it cannot."""
     if probe is None:
         raise CompressKitError(
             f"{what}: round_to auto needs a profile probe: run the pass through "
             "compresskit.run, or give its Context profile_probe=compresskit.bench.probe."
             "measure_costs"
         )
-    pruned: dict[int, nn.Module] = {}
-    skipped: dict[int, str] = {}
-    for rounding in config.candidates:
-        try:
-            pruned[rounding] = prune(None if rounding == 1 else rounding)
-        except LayerEmptiedError:
-            skipped[rounding] = "would remove every channel of a layer"
+    pruned: dict[Rounding, nn.Module] = {}
+    skipped: dict[Rounding, str] = {}
+    for step in config.candidates:
+        for up in (False, True) if config.round_up and step > 1 else (False,):
+            rounding = Rounding(None if step == 1 else step, up)
+            try:
+                model = prune(rounding)
+            except LayerEmptiedError:
+                skipped[rounding] = "would remove every channel of a layer"
+                continue
+            if model is None:
+                skipped[rounding] = "needs per-layer ratios (no global ranking or size target)"
+            else:
+                pruned[rounding] = model
     if not pruned:
         raise CompressKitError(
             f"{what}: every round_to candidate ({config.candidates}) would remove every "
@@ -97,12 +143,15 @@ def sweep_round_to(
         dynamic_sequence=dynamic_sequence,
     )
     p50 = {r: cost.p50_ms for r, cost in zip(pruned, costs, strict=True)}
-    floor = (1 - config.max_mac_change) * max(macs.values())
+    # The least rounded candidate measures what the ratio asked for.
+    least = min((r for r in pruned if not r.up), key=lambda r: r.round_to or 1, default=None)
+    floor = (1 - config.max_mac_change) * macs[least] if least else 0.0
     eligible = [r for r in pruned if macs[r] >= floor]
     chosen = min(eligible, key=lambda r: (p50[r], -macs[r]))
     rows: list[dict[str, Any]] = [
         {
-            "round_to": r,
+            "round_to": r.round_to or 1,
+            "up": r.up,
             "macs": macs[r],
             "p50_ms": p50[r],
             "eligible": r in eligible,
@@ -110,12 +159,13 @@ def sweep_round_to(
         }
         for r in pruned
     ]
-    rows += [{"round_to": r, "note": why} for r, why in skipped.items()]
+    rows += [{"round_to": r.round_to or 1, "up": r.up, "note": why} for r, why in skipped.items()]
     record = {
         "target": config.export_target,
         "batch": config.batch,
         "max_mac_change": config.max_mac_change,
-        "candidates": sorted(rows, key=lambda row: int(row["round_to"])),
-        "chosen": chosen,
+        "candidates": sorted(rows, key=lambda row: (int(row["round_to"]), row["up"])),
+        "chosen": chosen.round_to or 1,
+        "chosen_up": chosen.up,
     }
-    return (None if chosen == 1 else chosen), record
+    return chosen, record

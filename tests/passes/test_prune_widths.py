@@ -37,13 +37,13 @@ class WidthProbe:
         ]
 
 
-def _prune(tiny, probe, **config):
+def _prune(tiny, probe, ratio=0.3, **config):
     torch.manual_seed(0)
     model = TinyCNN(width=16).eval()
     ctx = Context(
         data=tiny, teacher=None, example_inputs=tiny.example_inputs(2), profile_probe=probe
     )
-    pruned = PruneChannels(PruneChannelsConfig(ratio=0.3, round_to="auto", **config)).apply(
+    pruned = PruneChannels(PruneChannelsConfig(ratio=ratio, round_to="auto", **config)).apply(
         model, ctx
     )
     return pruned, ctx.records
@@ -61,7 +61,7 @@ def test_the_sweep_picks_the_rounding_the_probe_measures_fastest(tiny) -> None:
     sweep = records["round_to_sweep"]
     assert sweep["chosen"] == 8 and probe.batches == [8]
     assert all(width % 8 == 0 for width in _conv_widths(pruned))
-    measured = {c["round_to"]: c for c in sweep["candidates"]}
+    measured = {c["round_to"]: c for c in sweep["candidates"] if not c["up"]}
     assert measured[8]["p50_ms"] == 2.0 and measured[1]["p50_ms"] > 2.0
     assert measured[1]["macs"] > measured[8]["macs"]
     blocks = PruneChannelsRecord.from_facts(records, where="test").summary()
@@ -69,13 +69,34 @@ def test_the_sweep_picks_the_rounding_the_probe_measures_fastest(tiny) -> None:
 
 
 def test_a_rounding_that_costs_too_many_macs_is_not_chosen(tiny) -> None:
-    pruned, records = _prune(
-        tiny, WidthProbe(), width_sweep={"candidates": [1, 8], "max_mac_change": 0.05}
-    )
+    sweep_config = {"candidates": [1, 8], "max_mac_change": 0.05, "round_up": False}
+    pruned, records = _prune(tiny, WidthProbe(), width_sweep=sweep_config)
     sweep = records["round_to_sweep"]
     measured = {c["round_to"]: c for c in sweep["candidates"]}
     assert sweep["chosen"] == 1 and not measured[8]["eligible"] and measured[1]["eligible"]
     assert any(width % 8 for width in _conv_widths(pruned))
+
+
+def test_rounding_up_keeps_the_capacity_that_rounding_down_would_lose(tiny) -> None:
+    # At ratio 0.6 the 16-wide conv keeps 6 channels (down to 0 empties it, up gives 8) and
+    # the 32-wide one 12 (up: 16): the fast widths, with more MACs than the unrounded ones.
+    pruned, records = _prune(
+        tiny, WidthProbe(), ratio=0.6, width_sweep={"candidates": [1, 8], "max_mac_change": 0.05}
+    )
+    sweep = records["round_to_sweep"]
+    measured = {(c["round_to"], c["up"]): c for c in sweep["candidates"]}
+    assert (sweep["chosen"], sweep["chosen_up"]) == (8, True)
+    assert "every channel" in measured[(8, False)]["note"]
+    assert measured[(8, True)]["macs"] > measured[(1, False)]["macs"]
+    assert _conv_widths(pruned) == [8, 16]
+    lines = PruneChannelsRecord.from_facts(records, where="test").summary()
+    assert any(getattr(b, "text", "").startswith("round_to 8 up:") for b in lines)
+
+
+def test_rounding_up_is_skipped_where_widths_are_ranked_globally(tiny) -> None:
+    _, records = _prune(tiny, WidthProbe(), global_ranking=True, width_sweep={"candidates": [1, 8]})
+    notes = [c.get("note") for c in records["round_to_sweep"]["candidates"] if c["up"]]
+    assert notes == ["needs per-layer ratios (no global ranking or size target)"]
 
 
 def test_round_to_auto_needs_a_probe_and_valid_candidates(tiny) -> None:
