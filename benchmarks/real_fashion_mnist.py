@@ -30,6 +30,7 @@ CASE = "fashion_mnist"
 PRUNE_RATIO = 0.5  # the channel ratio of compresskit's default policy
 CALIBRATION_SAMPLES = 256
 POLICY = common.BENCH_DIR.parent / "policies" / "fashion-mnist-cnn.yaml"
+FAST_POLICY = POLICY.with_name("fashion-mnist-fast.yaml")
 QUICK_TRAIN = 4096  # training images of --quick (and of the e2e test)
 
 
@@ -162,16 +163,16 @@ def torch_pruning_channels(case: FashionCase) -> Candidate:
     )
 
 
-def _policy_row(case: FashionCase, name: str, leaf: str) -> Candidate:
+def _policy_row(case: FashionCase, name: str, leaf: str, policy: Path = POLICY) -> Candidate:
     from compresskit.models.loading import LoadedModel
 
     teacher = copy.deepcopy(case.teacher).eval()
     return common.compresskit_candidate(
         name,
-        POLICY,
+        policy,
         model=LoadedModel(teacher, {"kind": "python", "path": None}),
         data=case.data,
-        out=case.workdir / "compresskit-fashion-mnist-cnn",
+        out=case.workdir / f"compresskit-{policy.stem}",
         leaf=leaf,
     )
 
@@ -190,6 +191,19 @@ def compresskit_policy_fp32(case: FashionCase) -> Candidate:
     return _policy_row(case, "compresskit fashion-mnist-cnn (fp32)", "distilled")
 
 
+@common.producer("compresskit fashion-mnist-fast", "compresskit")
+def compresskit_fast(case: FashionCase) -> Candidate:
+    """policies/fashion-mnist-fast.yaml: per-stage ratios, rounding measured on the target,
+    8 epochs of distillation, int8 only where measured faster (integer residuals)."""
+    return _policy_row(case, "compresskit fashion-mnist-fast", "int8-by-latency", FAST_POLICY)
+
+
+@common.producer("compresskit fashion-mnist-fast (fp32)", "compresskit")
+def compresskit_fast_fp32(case: FashionCase) -> Candidate:
+    """The same run's float candidate: whether int8 paid shows beside it."""
+    return _policy_row(case, "compresskit fashion-mnist-fast (fp32)", "distilled", FAST_POLICY)
+
+
 # The row producers of this case, in order; compresskit's policies are appended here.
 PRODUCERS = [
     fp32_torch,
@@ -199,6 +213,8 @@ PRODUCERS = [
     torch_pruning_channels,
     compresskit_policy,
     compresskit_policy_fp32,
+    compresskit_fast,
+    compresskit_fast_fp32,
 ]
 
 
@@ -278,9 +294,12 @@ def describe(case: FashionCase, rows: list[common.Row], meta: dict[str, Any]):
         agreement_key="agreement",
         agreement_title="agree",
     )
+    # The teacher's own record, or (a teacher file without one) its score in this run.
+    accuracy = case.teacher_info.get("test_accuracy") or next(
+        (r.metrics.get("accuracy") for r in rows if r.name == "fp32-torch"), None
+    )
     preface = (
-        f"Teacher: `models.resnet_fmnist`, test accuracy "
-        f"{case.teacher_info.get('test_accuracy')}. Eval: {meta['eval']}. "
+        f"Teacher: `models.resnet_fmnist`, test accuracy {accuracy}. Eval: {meta['eval']}. "
         f"Speedup: fp32-ort p50 / row p50, same run."
     )
     return table, preface
