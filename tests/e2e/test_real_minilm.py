@@ -51,4 +51,6 @@ def test_embedder_fidelity_recipe_end_to_end(tmp_path: Path) -> None:
     )
     candidate = check_run(result)
     assert candidate.nodes == ["prune_blocks", "distill", "quantize_dynamic", "quantize_embeddings"]
-    assert candidate.metrics["cosine"] > 0.5  # one epoch on 256 snippets; the bar is no collapse
+    # The cut alone keeps 0.72 (benchmarks/results/minilm_embedder_probe.md); one epoch on
+    # 256 snippets measured 0.80 here: distillation must have recovered part of the loss.
+    assert candidate.metrics["cosine"] > 0.75
