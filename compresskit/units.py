@@ -1,4 +1,5 @@
-"""Numbers as people read them in reports: SI counts and byte sizes (1 kB = 1000 B).
+"""Numbers as people read them in reports: SI counts, byte sizes (1 kB = 1000 B) and
+durations.
 
 >>> human_bytes(987_340), si(4_740_000), human_seconds(2_530)
 ('987.3 kB', '4.74M', '42 min')

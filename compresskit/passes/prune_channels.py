@@ -50,7 +50,13 @@ from compresskit.pruning.scope import (
 )
 from compresskit.pruning.sizing import LayerEmptiedError, SizeTarget
 from compresskit.pruning.tracing import describe, failing_module
-from compresskit.pruning.widths import Rounding, WidthSweepConfig, rounded_ratio, sweep_round_to
+from compresskit.pruning.widths import (
+    Rounding,
+    WidthSweepConfig,
+    kept_channels,
+    rounded_ratio,
+    sweep_round_to,
+)
 
 __all__ = ["PruneChannels", "PruneChannelsConfig", "classifier_name", "prunable_widths"]
 
@@ -398,18 +404,14 @@ def _check_not_emptied(
     rounding: Rounding,
 ) -> None:
     """torch-pruning silently skips a layer it would empty; say so instead."""
-    round_to = rounding.round_to
     for name, width in prunable_widths(model).items():
         if name in ignored or name in heads:
             continue
         ratio = scaled_ratio(ratios[name], config.ratio, amount) if name in ratios else amount
-        kept = int(width * (1 - ratio))
-        if round_to and not rounding.up:
-            kept -= kept % round_to
-        if kept <= 0:
+        if kept_channels(width, ratio, rounding) <= 0:
             raise LayerEmptiedError(
                 f"prune_channels: ratio {ratio:.2f}"
-                + (f" with round_to {round_to}" if round_to else "")
+                + (f" with round_to {rounding.round_to}" if rounding.round_to else "")
                 + f" would remove every channel of {name} ({width} wide); lower the ratio "
                 "or ignore that layer"
             )

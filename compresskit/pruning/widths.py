@@ -77,9 +77,19 @@ class Rounding:
     round_to: int | None = None
     up: bool = False
 
-    @property
-    def label(self) -> str:
-        return f"{self.round_to or 1}" + (" up" if self.up else "")
+
+def kept_channels(width: int, ratio: float, rounding: Rounding) -> int:
+    """The channels of a ``width``-wide layer that pruning at ``ratio`` keeps, rounded as
+    ``rounding`` says (torch-pruning's count, ``int(width * (1 - ratio))``, rounds down).
+
+    >>> kept_channels(64, 0.7, Rounding(8)), kept_channels(64, 0.7, Rounding(8, up=True))
+    (16, 24)
+    """
+    kept = int(width * (1 - ratio))
+    step = rounding.round_to
+    if not step:
+        return kept
+    return min(width, math.ceil(kept / step) * step) if rounding.up else kept - kept % step
 
 
 def rounded_ratio(width: int, ratio: float, rounding: Rounding) -> float:
@@ -89,10 +99,9 @@ def rounded_ratio(width: int, ratio: float, rounding: Rounding) -> float:
     >>> rounded_ratio(64, 0.7, Rounding(8, up=True)) == 1 - 24.5 / 64
     True
     """
-    kept = int(width * (1 - ratio))
     if not (rounding.up and rounding.round_to):
         return ratio
-    kept = min(width, math.ceil(kept / rounding.round_to) * rounding.round_to)
+    kept = kept_channels(width, ratio, rounding)
     # Half a channel of slack: int(width * (1 - r)) must land on `kept`, not just below it.
     return 0.0 if kept >= width else 1 - (kept + 0.5) / width
 
