@@ -2,8 +2,10 @@
 (see :mod:`compresskit.quantization.residuals` for the mechanism).
 
 An op qualifies when every tensor it adds or concatenates comes, through grid-preserving
-ops only, from a quant layer's output quantizer or from an op that already qualified; its
-result must feed something besides the model's output. Decisions are made on one trace of
+ops only, from a quant layer's output quantizer or from an op that already qualified, or
+is a float tensor that a quant layer quantizes at its input anyway (a float stem's output:
+the add takes it on that layer's grid); its result must feed something besides the
+model's output. Decisions are made on one trace of
 the whole model, in graph order, so a chain of residual blocks qualifies block by block.
 
 Example::
@@ -115,6 +117,28 @@ def _source(
     return None
 
 
+def _quantized_by_reader(model: _Model, value: object) -> ActQuant | None:
+    """The input quantizer of a quant layer that reads the same float tensor (through
+    identities only), e.g. a float stem's output that the next block's first conv
+    quantizes: an add taking that tensor on the same grid shares its Quantize node."""
+    while isinstance(value, fx.Node):
+        for user in value.users:
+            layer = model.module(user)
+            if (
+                isinstance(layer, QUANT_TYPES)
+                and model.calls[user.target] == 1
+                and user.args
+                and user.args[0] is value
+                and layer.act_in.enabled
+                and layer.act_in.tied_to is None
+            ):
+                return layer.act_in
+        if not isinstance(model.module(value), nn.Identity | nn.Dropout) or not value.args:
+            return None
+        value = value.args[0]
+    return None
+
+
 def _label(owner: str | None, node: fx.Node) -> str:
     return f"{owner or '(model)'}: {node.name}"
 
@@ -131,7 +155,12 @@ def _decide(
             continue
         owner = model.owner(node)
         label = _label(owner, node)
-        sources = [_source(model, value, quantized) for value in tensor_inputs(node)]
+        sources = []
+        for value in tensor_inputs(node):
+            found = _source(model, value, quantized)
+            if found is None and (reader := _quantized_by_reader(model, value)) is not None:
+                found = (reader, 1)  # a quantizer of its own, on the reader's grid
+            sources.append(found)
         why = None
         if owner is None:
             why = "its module runs more than once"

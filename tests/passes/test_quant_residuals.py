@@ -92,6 +92,27 @@ def test_fashion_mnist_resnet_adds_all_run_as_qlinearadd(
     assert ort_parity(quantized, tmp_path / "resnet.onnx", loader, "int8").ok
 
 
+def test_an_add_reading_a_float_layers_output_takes_it_on_the_next_layers_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A float stem (kept float for speed): layer1's add reads the stem's float output,
+    which layer1.conv1 quantizes anyway; the add takes it on that grid and runs in int8."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from models import resnet_fmnist
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 28, 28, generator=generator)
+    data = split(x, torch.randint(0, 10, (96,), generator=generator), name="fm", seed=0)
+    torch.manual_seed(0)
+    quantized, records = _quantize(resnet_fmnist().eval(), data, exclude=["stem.0"])
+    assert records["integer_residuals"] == ["layer1: add", "layer2: add_1", "layer3: add_2"]
+    ops, _ = _ops(quantized, data, tmp_path / "stem_float.onnx")
+    assert ops.get("QLinearAdd") == 3 and "Add" not in ops, ops
+    assert ops.get("Conv") == 1, ops  # the stem, float
+    loader = data.loader("eval", batch_size=64)
+    assert ort_parity(quantized, tmp_path / "stem_float.onnx", loader, "int8").ok
+
+
 def test_rewritten_model_reloads_copies_and_pickles_to_the_same_outputs(
     tiny, tmp_path: Path
 ) -> None:
