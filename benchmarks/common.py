@@ -584,6 +584,9 @@ def compresskit_candidate(
         _RUNS[out] = (result, time.perf_counter() - start)
     result, run_s = _RUNS[out]
     report = result.report
+    if not report.candidates:
+        failed = "; ".join(f.line for f in report.failed) or "none built"
+        raise RuntimeError(f"{Path(policy).name} gave no candidate: {failed}")
     entry = next(
         (c for c in report.candidates if leaf is None or c.name == leaf), report.candidates[-1]
     )
