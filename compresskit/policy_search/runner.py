@@ -44,6 +44,7 @@ from compresskit.policy_search.space import (
 )
 from compresskit.progress import status
 from compresskit.tasks import get_task
+from compresskit.units import human_seconds
 
 
 @dataclass
@@ -264,7 +265,7 @@ def _progress(record: SearchRecord, deadline: float) -> None:
         what = f"failed: {trial.error}"
     status(
         f"search: {len(record.trials)} trials done; {trial.name} {trial.description}: {what}; "
-        f"front: {front}; {left:.0f} s left"
+        f"front: {front}; {human_seconds(left)} left"
     )
 
 

@@ -71,6 +71,7 @@ class SearchSpace:
     removable_blocks: int
     precisions: tuple[str, ...]
     round_to: int | None = None
+    blocks: tuple[str, ...] = ()  # the blocks prune_blocks ranks (module names)
 
     @classmethod
     def of(
@@ -89,7 +90,10 @@ class SearchSpace:
         # The classifier and embeddings keep their widths, as prune_channels keeps them.
         ignored = ignored_modules(model, [], defaults=True, what="search")
         layers = [name for name in prunable_widths(model) if name not in ignored]
-        blocks = len(find_blocks(model, example_inputs, [])) - 1 if depth else 0
+        # Every block of a stack but one may go, by sensitivity (the first too: a ResNet's
+        # one identity block is often the cheapest to lose); a lone block may go.
+        found = tuple(b.name for b in find_blocks(model, example_inputs, [])) if depth else ()
+        blocks = len(found) - 1 if len(found) > 1 else len(found)
         precisions = ["float"]
         if quantize:
             precisions.append("int8")
@@ -97,9 +101,10 @@ class SearchSpace:
                 precisions.append("int8-by-latency")
         return cls(
             stages=tuple(_stages(layers, max_stages)),
-            removable_blocks=max(0, blocks),
+            removable_blocks=blocks,
             precisions=tuple(precisions),
             round_to=round_to,
+            blocks=found,
         )
 
     def suggest(self, trial: Any) -> Choice:  # noqa: ANN401  (an optuna Trial)
@@ -167,7 +172,10 @@ def choice_nodes(
         steps.append(("prune", PruneChannels(config)))
     # Blocks go after the channels: removing one renames the layers after it in its list.
     if choice.remove_blocks:
-        steps.append(("blocks", PruneBlocks(PruneBlocksConfig(remove=choice.remove_blocks))))
+        blocks = PruneBlocksConfig(
+            remove=choice.remove_blocks, blocks=list(space.blocks), protect_first=0
+        )
+        steps.append(("blocks", PruneBlocks(blocks)))
     train = TrainConfig(epochs=epochs, lr=settings.lr)
     distill = (
         DistillConfig(alpha=0.5, temperature=4.0, train=train)

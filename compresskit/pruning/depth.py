@@ -63,8 +63,9 @@ def find_blocks(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], patterns: list[str]
 ) -> list[Block]:
     """Blocks that may be removed, in module order: those matching ``patterns``, or by
-    default the encoder layers of a transformer, else the composite members of every
-    ``ModuleList``/``Sequential`` whose output keeps the input's shape."""
+    default the encoder layers of a transformer, else the composite members of the model
+    itself and of every ``ModuleList``/``Sequential`` whose output keeps the input's shape
+    (a ResNet's ``layer1`` that is an attribute of the model, as much as ``features.3``)."""
     preserving = _shape_preserving(model, inputs)
     if patterns:
         blocks = []
@@ -84,9 +85,11 @@ def find_blocks(
         return [Block(layer.name, layer.module) for layer in layers]
     blocks = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.ModuleList | nn.Sequential):
+        if parent is not model and not isinstance(parent, nn.ModuleList | nn.Sequential):
             continue
         for child_name, child in parent.named_children():
+            if parent is model and isinstance(child, nn.ModuleList | nn.Sequential):
+                continue  # a stack of the model's: its members are the blocks
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             composite = any(True for _ in child.children())
             has_params = any(True for _ in child.parameters())

@@ -40,6 +40,21 @@ class TinyResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+class LoneBlockNet(nn.Module):
+    """One identity block as an attribute of the model, between two width changes (the
+    Fashion-MNIST ResNet's layer1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.layer1 = Residual(8)
+        self.layer2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer2(self.layer1(self.stem(x))).mean((2, 3)))
+
+
 SETTINGS = Settings("cpu-ort", 8, Budget(max_accuracy_drop=0.1))
 
 
@@ -49,11 +64,24 @@ def test_stages_blocks_and_precisions_of_a_model() -> None:
     names = [name for name, _ in space.stages]
     assert names == ["stem", "blocks"]  # the top-level modules holding the layers
     assert dict(space.stages)["blocks"] == ("blocks.0.conv", "blocks.1.conv", "blocks.2.conv")
-    assert space.removable_blocks == 2  # prune_blocks keeps the first one
+    assert space.removable_blocks == 2  # every block of the stack but one
     assert space.precisions == ("float", "int8", "int8-by-latency")
     plain = SearchSpace.of(TinyCNN(), data.example_inputs(2), quantize=False, depth=False)
     assert plain.removable_blocks == 0 and plain.precisions == ("float",)
     assert [layers for _, layers in plain.stages] == [("features.0",), ("features.3",)]
+
+
+def test_a_lone_block_outside_a_container_may_be_removed() -> None:
+    data = tiny_data()
+    space = SearchSpace.of(LoneBlockNet(), data.example_inputs(2), quantize=False)
+    assert space.removable_blocks == 1
+    choice = Choice((0.0, 0.0, 0.0), remove_blocks=1, precision="float")
+    chain = choice_nodes(space, choice, "t0", epochs=1, settings=SETTINGS)
+    model = LoneBlockNet().eval()
+    ctx = Context(data=data, teacher=model, example_inputs=data.example_inputs(2))
+    (candidate,) = run_pipeline(chain, model, ctx)
+    assert isinstance(candidate.model.layer1, nn.Identity)
+    assert isinstance(model.layer1, Residual)  # the input model is not modified
 
 
 def test_a_choice_is_a_chain_of_passes_that_runs() -> None:
