@@ -5,8 +5,8 @@ An op qualifies when every tensor it adds or concatenates comes, through grid-pr
 ops only, from a quant layer's output quantizer or from an op that already qualified, or
 is a float tensor that a quant layer quantizes at its input anyway (a float stem's output:
 the add takes it on that layer's grid); its result must feed something besides the
-model's output. Decisions are made on one trace of
-the whole model, in graph order, so a chain of residual blocks qualifies block by block.
+model's output. Decisions are made on one trace of the whole model, in graph order, so a
+chain of residual blocks qualifies block by block.
 
 Example::
 
@@ -120,7 +120,8 @@ def _source(
 def _quantized_by_reader(model: _Model, value: object) -> ActQuant | None:
     """The input quantizer of a quant layer that reads the same float tensor (through
     identities only), e.g. a float stem's output that the next block's first conv
-    quantizes: an add taking that tensor on the same grid shares its Quantize node."""
+    quantizes: an add taking that tensor on the same grid runs as QLinearAdd, where it
+    would otherwise run in float between Dequantize/Quantize pairs."""
     while isinstance(value, fx.Node):
         for user in value.users:
             layer = model.module(user)
