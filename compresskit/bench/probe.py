@@ -32,33 +32,63 @@ def measure_p50(
 ) -> float:
     """p50 ms of ``model`` at ``batch`` on ``target`` (exported to ONNX for an ORT target,
     eager for a torch one), measured in the benchmark worker."""
+    (p50,) = measure_p50s(
+        [model],
+        example_inputs,
+        target=target,
+        batch=batch,
+        seconds=seconds,
+        dynamic_sequence=dynamic_sequence,
+    )
+    return p50
+
+
+def measure_p50s(
+    models: Sequence[nn.Module],
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    target: str,
+    batch: int,
+    seconds: float,
+    dynamic_sequence: bool,
+) -> list[float]:
+    """Each model's p50 ms, measured interleaved in one benchmark worker, as the run and
+    the benchmarks measure: a model timed alone keeps its weights in cache between calls,
+    which flatters a small model against a large one."""
     spec = load_target(target)
     reason = target_available(spec)
     if reason:
         raise CompressKitError(f"latency target on {target}: {reason}; choose another target")
     spec = spec.model_copy(update={"batch_sizes": [batch]})
+    names = [f"model{index}" for index in range(len(models))]
     with tempfile.TemporaryDirectory(prefix="compresskit-probe-") as tmp:
-        path = None
-        if spec.runtime == "onnxruntime":
-            path = export_onnx(
-                model,
-                example_inputs,
-                Path(tmp) / "candidate.onnx",
-                dynamic_sequence=dynamic_sequence,
-            ).path
+        bench_models = []
+        for name, model in zip(names, models, strict=True):
+            path = None
+            if spec.runtime == "onnxruntime":
+                path = export_onnx(
+                    model,
+                    example_inputs,
+                    Path(tmp) / f"{name}.onnx",
+                    dynamic_sequence=dynamic_sequence,
+                ).path
+            bench_models.append(BenchModel(name, onnx=path, module=model))
         run = measure_target(
             spec,
-            [BenchModel("candidate", onnx=path, module=model)],
+            bench_models,
             [x.numpy() for x in example_inputs],
             max_seconds=seconds,
             dynamic_sequence=dynamic_sequence,
         )
-    latency = run.latency("candidate", batch)
-    if latency is None:
-        measured = run.model("candidate")
-        why = run.skipped or (measured.error if measured else None) or "no result"
-        raise CompressKitError(f"latency target: could not measure the candidate ({why})")
-    return latency.p50_ms
+    p50s = []
+    for name in names:
+        latency = run.latency(name, batch)
+        if latency is None:
+            measured = run.model(name)
+            why = run.skipped or (measured.error if measured else None) or "no result"
+            raise CompressKitError(f"latency target: could not measure a model ({why})")
+        p50s.append(latency.p50_ms)
+    return p50s
 
 
 def measure_costs(

@@ -45,7 +45,10 @@ class Trial(_Model):
     error: str | None = None
     quality: float | None = Field(default=None, description="proxy: on the val split, torch")
     latency_ms: float | None = Field(default=None, description="p50 on the target at the batch")
-    speedup: float | None = None
+    baseline_ms: float | None = Field(
+        default=None, description="the baseline's p50, timed interleaved with this trial's model"
+    )
+    speedup: float | None = Field(default=None, description="baseline_ms / latency_ms")
     feasible: bool = False
     violations: list[float] = Field(
         default_factory=list, description="how far each budget limit is missed (<= 0: met)"
