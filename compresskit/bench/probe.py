@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compresskit.bench.harness import BenchModel, measure_target
+from compresskit.bench.measurement import TargetRun
 from compresskit.context import ModelCost
 from compresskit.errors import CompressKitError
 from compresskit.export.onnx import export_onnx
@@ -55,31 +56,9 @@ def measure_p50s(
     """Each model's p50 ms, measured interleaved in one benchmark worker, as the run and
     the benchmarks measure: a model timed alone keeps its weights in cache between calls,
     which flatters a small model against a large one."""
-    spec = load_target(target)
-    reason = target_available(spec)
-    if reason:
-        raise CompressKitError(f"latency target on {target}: {reason}; choose another target")
-    spec = spec.model_copy(update={"batch_sizes": [batch]})
-    names = [f"model{index}" for index in range(len(models))]
-    with tempfile.TemporaryDirectory(prefix="compresskit-probe-") as tmp:
-        bench_models = []
-        for name, model in zip(names, models, strict=True):
-            path = None
-            if spec.runtime == "onnxruntime":
-                path = export_onnx(
-                    model,
-                    example_inputs,
-                    Path(tmp) / f"{name}.onnx",
-                    dynamic_sequence=dynamic_sequence,
-                ).path
-            bench_models.append(BenchModel(name, onnx=path, module=model))
-        run = measure_target(
-            spec,
-            bench_models,
-            [x.numpy() for x in example_inputs],
-            max_seconds=seconds,
-            dynamic_sequence=dynamic_sequence,
-        )
+    run, names = _interleaved(
+        models, example_inputs, target, batch, seconds, dynamic_sequence, profile=False
+    )
     p50s = []
     for name in names:
         latency = run.latency(name, batch)
@@ -104,10 +83,39 @@ def measure_costs(
     measured interleaved in one benchmark worker. ONNX Runtime targets time ONNX files
     all written by the TorchScript exporter, whose scopes name the same modules in a
     float and a quantized model."""
+    run, names = _interleaved(
+        models, example_inputs, target, batch, seconds, dynamic_sequence, profile=True
+    )
+    costs = []
+    for name in names:
+        measured = run.model(name)
+        latency = measured.at(batch) if measured else None
+        if measured is None or latency is None:
+            why = run.skipped or (measured.error if measured else None) or "no result"
+            raise CompressKitError(f"profile probe: could not measure a model on {target} ({why})")
+        profile = measured.profile_at(batch)
+        costs.append(ModelCost(latency.p50_ms, profile.layer_ms() if profile else {}))
+    return costs
+
+
+def _interleaved(
+    models: Sequence[nn.Module],
+    example_inputs: tuple[torch.Tensor, ...],
+    target: str,
+    batch: int,
+    seconds: float,
+    dynamic_sequence: bool,
+    *,
+    profile: bool,
+) -> tuple[TargetRun, list[str]]:
+    """Export ``models`` (for an ORT target) and time them interleaved in one worker;
+    ``profile``: also ORT's per-node profile, from TorchScript exports whose scopes name
+    the torch modules."""
     spec = load_target(target)
     reason = target_available(spec)
     if reason:
-        raise CompressKitError(f"profile target {target}: {reason}; choose another target")
+        what = "profile" if profile else "latency"
+        raise CompressKitError(f"{what} target {target}: {reason}; choose another target")
     spec = spec.model_copy(update={"batch_sizes": [batch]})
     names = [f"model{index}" for index in range(len(models))]
     with tempfile.TemporaryDirectory(prefix="compresskit-probe-") as tmp:
@@ -119,7 +127,7 @@ def measure_costs(
                     model,
                     example_inputs,
                     Path(tmp) / f"{name}.onnx",
-                    exporter="legacy",
+                    exporter="legacy" if profile else "auto",
                     dynamic_sequence=dynamic_sequence,
                 ).path
             bench_models.append(BenchModel(name, onnx=path, module=model))
@@ -129,15 +137,6 @@ def measure_costs(
             [x.numpy() for x in example_inputs],
             max_seconds=seconds,
             dynamic_sequence=dynamic_sequence,
-            profile=True,
+            profile=profile,
         )
-    costs = []
-    for name in names:
-        measured = run.model(name)
-        latency = measured.at(batch) if measured else None
-        if measured is None or latency is None:
-            why = run.skipped or (measured.error if measured else None) or "no result"
-            raise CompressKitError(f"profile probe: could not measure a model on {target} ({why})")
-        profile = measured.profile_at(batch)
-        costs.append(ModelCost(latency.p50_ms, profile.layer_ms() if profile else {}))
-    return costs
+    return run, names
