@@ -353,14 +353,14 @@ class PruneChannels(Pass[PruneChannelsConfig]):
         ]
 
         def prune(amount: float) -> nn.Module:
-            if not config.global_ranking:
-                _check_not_emptied(model, ignored + inside, ratios, heads, amount, config, rounding)
             layer_ratios = {
                 n: scaled_ratio(r, config.ratio, amount) if r > 0 else 0.0
                 for n, r in ratios.items()
             }
+            skip = {*ignored, *inside, *heads}  # torch-pruning does not cut their widths
+            if not config.global_ranking:
+                _check_not_emptied(model, skip, layer_ratios, amount, rounding)
             if rounding.up:  # every layer's ratio set so that its kept width rounds up
-                skip = {*ignored, *inside, *heads}
                 layer_ratios = {
                     name: rounded_ratio(width, layer_ratios.get(name, amount), rounding)
                     for name, width in prunable_widths(model).items()
@@ -396,18 +396,17 @@ class PruneChannels(Pass[PruneChannelsConfig]):
 
 def _check_not_emptied(
     model: nn.Module,
-    ignored: list[str],
-    ratios: dict[str, float],
-    heads: dict[str, int],
+    skip: set[str],
+    layer_ratios: dict[str, float],
     amount: float,
-    config: PruneChannelsConfig,
     rounding: Rounding,
 ) -> None:
-    """torch-pruning silently skips a layer it would empty; say so instead."""
+    """torch-pruning silently skips a layer it would empty; say so instead (a layer
+    prunes at its own ratio in ``layer_ratios``, else at ``amount``)."""
     for name, width in prunable_widths(model).items():
-        if name in ignored or name in heads:
+        if name in skip:
             continue
-        ratio = scaled_ratio(ratios[name], config.ratio, amount) if name in ratios else amount
+        ratio = layer_ratios.get(name, amount)
         if kept_channels(width, ratio, rounding) <= 0:
             raise LayerEmptiedError(
                 f"prune_channels: ratio {ratio:.2f}"
