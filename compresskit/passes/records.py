@@ -309,6 +309,10 @@ class StaticQuantRecord(PassRecord):
     float_layers: list[str] = Field(default_factory=list)
     calibration: str | None = None
     calibration_samples: int | None = None
+    calibration_errors: dict[str, float] = Field(
+        default_factory=dict,
+        description="calibration auto: each method's relative output error against float",
+    )
     unused_layers: list[str] = Field(default_factory=list)
     sensitivity: dict[str, float] = Field(default_factory=dict)
     float_layer_reasons: dict[str, str] = Field(default_factory=dict)
@@ -333,6 +337,9 @@ class StaticQuantRecord(PassRecord):
             text += f", {self.calibration} calibration"
             if self.calibration_samples is not None:
                 text += f" on {self.calibration_samples:,} samples"
+            if self.calibration_errors:
+                tried = ", ".join(f"{k} {v:.2e}" for k, v in self.calibration_errors.items())
+                text += f" (chosen by output error: {tried})"
         if self.float_layers:
             shown = [
                 f"{name} ({self.float_causes[name]})" if name in self.float_causes else name

@@ -74,11 +74,13 @@ def layer_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str,
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, batches: Batches) -> list[torch.Tensor]:
+def batch_outputs(model: nn.Module, batches: Batches) -> list[torch.Tensor]:
+    """The model's outputs on each ``(*inputs, label)`` batch."""
     return [model(*inputs) for *inputs, _ in batches]
 
 
-def _relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+def relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """Squared error of ``outputs`` against ``reference``, relative to the reference's."""
     num = sum(float(((o - r) ** 2).sum()) for o, r in zip(outputs, reference, strict=True))
     den = sum(float((r**2).sum()) for r in reference) or 1.0
     return num / den
@@ -102,7 +104,7 @@ def plan_mixed_precision(
     choose the layers to keep float. ``configure(model)`` sets calibration options;
     ``residuals``: int8 residual adds, as the final model will have them."""
     model.eval()
-    reference = _outputs(model, batches)
+    reference = batch_outputs(model, batches)
     float_accuracy = _accuracy(reference, batches)
     macs = layer_macs(model, tuple(batches[0][:-1]))
     total_macs = sum(macs.values()) or 1
@@ -121,9 +123,11 @@ def plan_mixed_precision(
     for layer in quant_layers(probe):
         set_mode(probe, "float")
         set_mode(layer, "quant")
-        plan.sensitivity[names[id(layer)]] = _relative_error(_outputs(probe, batches), reference)
+        plan.sensitivity[names[id(layer)]] = relative_error(
+            batch_outputs(probe, batches), reference
+        )
     set_mode(probe, "quant")
-    drop = float_accuracy - _accuracy(_outputs(probe, batches), batches)
+    drop = float_accuracy - _accuracy(batch_outputs(probe, batches), batches)
     ranked = sorted(plan.sensitivity, key=plan.sensitivity.__getitem__, reverse=True)
     kept: list[str] = []
     for rank, name in enumerate(ranked, start=1):
@@ -136,7 +140,7 @@ def plan_mixed_precision(
             continue  # too big to keep float; a smaller, less sensitive layer may still fit
         before = drop
         kept.append(name)
-        drop = float_accuracy - _accuracy(_outputs(quantized_copy(kept), batches), batches)
+        drop = float_accuracy - _accuracy(batch_outputs(quantized_copy(kept), batches), batches)
         plan.float_layers[name] = (
             f"sensitivity {plan.sensitivity[name]:.3g} (rank {rank} of {len(ranked)}); "
             f"calibration accuracy drop {before:.2%} -> {drop:.2%} when kept float"

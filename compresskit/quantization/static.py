@@ -3,6 +3,7 @@ the float layers (exclusions, mixed precision), prepare, calibrate, record."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any, Literal
 
@@ -21,15 +22,26 @@ from compresskit.quantization.modules import (
     quant_layers,
 )
 from compresskit.quantization.prepare import prepare
-from compresskit.quantization.sensitivity import MixedPrecisionConfig, plan_mixed_precision
+from compresskit.quantization.sensitivity import (
+    MixedPrecisionConfig,
+    batch_outputs,
+    plan_mixed_precision,
+    relative_error,
+)
 
 SUPPORTED_BITS = 8
+CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = ("minmax", "percentile", "mse", "entropy")
 
 
 class StaticQuantConfig(PassConfig):
     """Settings every static int8 pass shares."""
 
-    calibration: CalibrationMethod = "minmax"
+    calibration: CalibrationMethod | Literal["auto"] = Field(
+        default="minmax",
+        description="how observed activations become ranges; auto: each method is tried on "
+        "the calibration data and the one whose int8 outputs stay closest to the float "
+        "model's is used (outlier-heavy activations, as in BERT, can lose to clipping)",
+    )
     percentile: float = Field(
         default=99.99, gt=50, lt=100, description="for calibration: percentile"
     )
@@ -83,9 +95,33 @@ def calibration_batches(ctx: Context, count: int, what: str) -> list[list[torch.
 
 
 def configure_calibration(model: nn.Module, config: StaticQuantConfig) -> None:
+    if config.calibration == "auto":
+        raise ValueError("resolve calibration 'auto' with choose_calibration first")
     for quantizer in activation_quantizers(model):
         quantizer.method = config.calibration
         quantizer.percentile = config.percentile
+
+
+def choose_calibration(
+    model: nn.Module,
+    batches: list[list[torch.Tensor]],
+    config: StaticQuantConfig,
+    *,
+    exclude: list[str],
+) -> tuple[CalibrationMethod, dict[str, float]]:
+    """The calibration method whose int8 copy of ``model`` (``model`` is untouched) has the
+    least relative squared output error against the float model on ``batches``, and each
+    method's error. Ties go to the earlier method of ``CALIBRATION_METHODS``."""
+    reference = batch_outputs(model.eval(), batches)
+    errors: dict[str, float] = {}
+    for method in CALIBRATION_METHODS:
+        candidate = copy.deepcopy(model)
+        prepare(candidate, exclude=exclude, residuals=config.integer_residuals)
+        configure_calibration(candidate, config.model_copy(update={"calibration": method}))
+        calibrate_(candidate, batches)
+        errors[method] = relative_error(batch_outputs(candidate, batches), reference)
+    best = min(CALIBRATION_METHODS, key=errors.__getitem__)
+    return best, errors
 
 
 def quantize_static(
@@ -96,6 +132,10 @@ def quantize_static(
     exclude = list(config.exclude)
     records: dict[str, Any] = {}
     torch.manual_seed(ctx.seed)
+    if config.calibration == "auto":
+        method, errors = choose_calibration(model, batches, config, exclude=exclude)
+        records["calibration_errors"] = {k: round(v, 6) for k, v in errors.items()}
+        config = config.model_copy(update={"calibration": method})
     if config.mixed_precision is not None:
         plan = plan_mixed_precision(
             model,

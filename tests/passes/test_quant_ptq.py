@@ -61,6 +61,45 @@ def test_static_ptq_each_method_runs_in_int8_and_matches_ort(
     assert ort_parity(model, result.path, loader, "int8").ok
 
 
+class HeavyTailed(nn.Module):
+    """An MLP whose hidden activations are cubed: a few huge values carry much of the
+    output, as outlier features do in BERT-style models, so clipping them costs more
+    than the coarse steps of the whole range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc1(self.flatten(x)) ** 3)
+
+
+def test_auto_calibration_uses_the_method_with_the_least_output_error(tiny) -> None:
+    torch.manual_seed(0)
+    model = HeavyTailed().eval()
+    settings = {"calibration_batches": 2, "integer_residuals": False}
+    ctx = context(tiny)
+    chosen = Quantize(QuantizeConfig(calibration="auto", **settings)).apply(
+        copy.deepcopy(model), ctx
+    )
+    errors = ctx.records["calibration_errors"]
+    assert set(errors) == {"minmax", "percentile", "mse", "entropy"}
+    method = ctx.records["calibration"]
+    assert errors[method] == min(errors.values())
+    assert errors["percentile"] > 2 * errors[method], errors  # clipping the outliers hurts
+    # The model the pass returns is the one that was measured: calibrated by `method`.
+    batches = [list(b) for b in tiny.loader("calibration", batch_size=32)][:2]
+    with torch.no_grad():
+        reference = [model(x) for x, _ in batches]
+        outputs = [chosen(x) for x, _ in batches]
+    error = sum(float(((o - r) ** 2).sum()) for o, r in zip(outputs, reference, strict=True))
+    assert error / sum(float((r**2).sum()) for r in reference) == pytest.approx(
+        errors[method], rel=1e-3
+    )
+
+
 def test_dynamic_int8_transformer_uses_integer_matmuls_and_agrees(
     trained_tiny_transformer, tiny_text, tmp_path: Path
 ) -> None:
