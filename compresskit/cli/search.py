@@ -48,6 +48,12 @@ MAX_TIME_LIMIT = 7 * 24 * 3600.0
 )
 @click.option("--proxy-epochs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--final-epochs", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--proxy-slack",
+    type=click.FloatRange(0, 1),
+    help="A trial whose proxy quality misses the budget by at most this (speed limits met) "
+    "may still be trained in full [default: as much again as the budget allows to lose].",
+)
 @click.option("--max-stages", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-quantize", is_flag=True, help="Search float models only.")
 @click.option("--no-precision-by-latency", is_flag=True, help="int8 everywhere or not at all.")
@@ -85,6 +91,7 @@ def search(
     final: int,
     proxy_epochs: int,
     final_epochs: int,
+    proxy_slack: float | None,
     max_stages: int,
     no_quantize: bool,
     no_precision_by_latency: bool,
@@ -116,6 +123,7 @@ def search(
         final=final,
         proxy_epochs=proxy_epochs,
         final_epochs=final_epochs,
+        proxy_slack=proxy_slack,
         latency_seconds=latency_seconds,
         max_stages=max_stages,
         quantize=not no_quantize,

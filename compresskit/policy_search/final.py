@@ -59,6 +59,7 @@ class Plan:
     proxy_epochs: int
     final_epochs: int
     final: int
+    slack: float = 0.0  # how far a proxy quality may miss the budget and still be trained
 
     def policy(self, trial: Trial, *, epochs: int) -> Policy:
         """The re-runnable policy of ``trial``, distilled for ``epochs``."""
@@ -73,12 +74,19 @@ class Plan:
         )
 
 
-def ranked(front: list[Trial]) -> list[Trial]:
-    """Within budget first, fastest first; then the others, nearest the budget first."""
-    return sorted(
-        front,
-        key=lambda t: (not t.feasible, t.latency_ms if t.feasible else max(t.violations)),
+def ranked(front: list[Trial], slack: float = 0.0) -> list[Trial]:
+    """The order in which front members are trained in full: the fastest within budget
+    (the safe choice), then the promising ones (see :meth:`Trial.promising`) fastest first, then
+    the other members within budget fastest first, then the rest nearest the budget
+    first. A short proxy underrates aggressive configurations most, so without the
+    promising ones the fastest corner of the space would never be trained."""
+    feasible = sorted((t for t in front if t.feasible), key=lambda t: t.latency_ms or 0.0)
+    near = sorted((t for t in front if t.promising(slack)), key=lambda t: t.latency_ms or 0.0)
+    rest = sorted(
+        (t for t in front if not t.feasible and not t.promising(slack)),
+        key=lambda t: max(t.violations),
     )
+    return feasible[:1] + near + feasible[1:] + rest
 
 
 def final_seconds(trials: list[Trial], plan: Plan, *, epochs: int | None = None) -> float:
@@ -94,7 +102,7 @@ def final_seconds(trials: list[Trial], plan: Plan, *, epochs: int | None = None)
 def fitting(front: list[Trial], plan: Plan, seconds_left: float) -> tuple[list[Trial], int] | None:
     """The front members to train and the epochs that fit in ``seconds_left``: as many
     members as fit at the final epochs, else one at fewer epochs (None: not even that)."""
-    best = ranked(front)[: plan.final]
+    best = ranked(front, plan.slack)[: plan.final]
     for count in range(len(best), 0, -1):
         if final_seconds(best[:count], plan) <= seconds_left:
             return best[:count], plan.final_epochs

@@ -72,6 +72,14 @@ class Goal:
         """The quality limit as a policy budget (the report judges candidates by it)."""
         return Budget.model_validate({self.quality_field: getattr(self, self.quality_field)})
 
+    def default_slack(self) -> float:
+        """How far a proxy's quality may miss the budget and still be trained in full, by
+        default: as much again as the budget allows to lose."""
+        if self.max_accuracy_drop is not None:
+            return self.max_accuracy_drop
+        assert self.min_cosine is not None
+        return 1.0 - self.min_cosine
+
     def limits(self) -> dict[str, float]:
         return {
             k: v
@@ -136,6 +144,7 @@ class SearchOptions:
     precision_by_latency: bool = True
     depth: bool = True
     round_to: int | None = None
+    proxy_slack: float | None = None  # None: Goal.default_slack()
 
     def check(self) -> None:
         for name in ("final", "proxy_epochs", "final_epochs", "max_stages"):
@@ -143,6 +152,8 @@ class SearchOptions:
                 raise CompressKitError(f"search {name} {getattr(self, name)}: give at least 1")
         if self.trials is not None and self.trials < 1:
             raise CompressKitError(f"search trials {self.trials}: give at least 1")
+        if self.proxy_slack is not None and not 0 <= self.proxy_slack <= 1:
+            raise CompressKitError(f"search proxy_slack {self.proxy_slack}: give 0 to 1")
         if not 0.01 <= self.latency_seconds <= 3600:
             raise CompressKitError("search latency_seconds: give 0.01 to 3600 seconds")
 

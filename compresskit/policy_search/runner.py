@@ -197,7 +197,14 @@ def search(
         trial.seconds = time.monotonic() - begin
         return trial
 
-    plan = Plan(space, settings, goal, options.proxy_epochs, options.final_epochs, options.final)
+    slack = goal.default_slack() if options.proxy_slack is None else options.proxy_slack
+    record.proxy_slack = slack
+    plan = Plan(
+        space, settings, goal, options.proxy_epochs, options.final_epochs, options.final, slack
+    )
+    bold = space.boldest()
+    if bold is not None:  # the fastest corner first: the proxy alone would rarely go there
+        study.enqueue_trial(bold)
     record.stopped = "the time limit"
     while True:
         if options.trials is not None and len(record.trials) >= options.trials:
@@ -207,7 +214,7 @@ def search(
         # Time kept for the final training of the best so far, but never more than half
         # the limit: past that, the final training is shortened rather than the search.
         reserve = min(
-            final_seconds(ranked(record.front())[: options.final], plan),
+            final_seconds(ranked(record.front(), slack)[: options.final], plan),
             time_limit / 2,
         )
         if time.monotonic() + next_trial + reserve > deadline:

@@ -107,6 +107,19 @@ class SearchSpace:
             blocks=found,
         )
 
+    def boldest(self) -> dict[str, Any] | None:
+        """The optuna parameters of the most aggressive choice (every stage at the highest
+        ratio, every removable block gone, the last precision), or None in a space with
+        nothing to prune."""
+        if not self.stages and not self.removable_blocks:
+            return None
+        params: dict[str, Any] = {f"ratio_{name}": MAX_RATIO for name, _ in self.stages}
+        if self.removable_blocks:
+            params["remove_blocks"] = self.removable_blocks
+        if len(self.precisions) > 1:
+            params["precision"] = self.precisions[-1]
+        return params
+
     def suggest(self, trial: Any) -> Choice:  # noqa: ANN401  (an optuna Trial)
         """The choice an optuna trial samples from this space."""
         ratios = tuple(

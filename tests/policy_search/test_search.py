@@ -20,6 +20,7 @@ from compresskit.cli.main import cli
 from compresskit.models.loading import load_model
 from compresskit.policies import load_policy
 from compresskit.policy_search.front import SearchRecord
+from compresskit.policy_search.space import MAX_RATIO
 from compresskit.testing import TinyCNN, tiny_data
 
 ARCH = "compresskit.testing.tiny:TinyCNN"
@@ -79,6 +80,13 @@ def test_front_is_the_non_dominated_set_of_the_trials(searched: Any) -> None:
     assert result.exit_code == 0, result.output  # a loose budget: a final candidate meets it
     assert json.loads(result.stdout) == json.loads(record.model_dump_json())
     assert len(record.trials) == 3 and record.stopped == "3 trials"
+    # The first trial is the space's most aggressive corner, which the sampler may not reach.
+    assert record.trials[0].params == {
+        "stage_ratios": [MAX_RATIO, MAX_RATIO],
+        "remove_blocks": 0,
+        "precision": "int8",
+    }
+    assert record.proxy_slack == 0.5  # default: as much again as the budget allows to lose
     done = [t for t in record.trials if t.state == "complete"]
     assert done
     for trial in done:

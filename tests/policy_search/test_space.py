@@ -13,7 +13,13 @@ from compresskit.pipeline import run_pipeline
 from compresskit.policy_search.final import Plan, fitting, ranked
 from compresskit.policy_search.front import Trial
 from compresskit.policy_search.goal import Goal
-from compresskit.policy_search.space import Choice, SearchSpace, Settings, choice_nodes
+from compresskit.policy_search.space import (
+    MAX_RATIO,
+    Choice,
+    SearchSpace,
+    Settings,
+    choice_nodes,
+)
 from compresskit.testing import TinyCNN, tiny_data
 
 
@@ -66,8 +72,16 @@ def test_stages_blocks_and_precisions_of_a_model() -> None:
     assert dict(space.stages)["blocks"] == ("blocks.0.conv", "blocks.1.conv", "blocks.2.conv")
     assert space.removable_blocks == 2  # every block of the stack but one
     assert space.precisions == ("float", "int8", "int8-by-latency")
+    assert space.boldest() == {
+        "ratio_stem": MAX_RATIO,
+        "ratio_blocks": MAX_RATIO,
+        "remove_blocks": 2,
+        "precision": "int8-by-latency",
+    }
     plain = SearchSpace.of(TinyCNN(), data.example_inputs(2), quantize=False, depth=False)
     assert plain.removable_blocks == 0 and plain.precisions == ("float",)
+    assert plain.boldest() == {"ratio_stage1": MAX_RATIO, "ratio_stage2": MAX_RATIO}
+    assert SearchSpace(stages=(), removable_blocks=0, precisions=("float",)).boldest() is None
     assert [layers for _, layers in plain.stages] == [("features.0",), ("features.3",)]
 
 
@@ -160,3 +174,22 @@ def test_the_final_training_is_fitted_into_the_time_left() -> None:
     shorter = fitting(front, plan, seconds_left=6 + 6 + 8 + 1)
     assert shorter is not None and [t.number for t in shorter[0]] == [2] and shorter[1] == 2
     assert fitting(front, plan, seconds_left=10) is None
+
+
+def test_a_trial_the_proxy_puts_near_the_budget_is_trained_before_slower_safe_ones() -> None:
+    goal = Goal(max_accuracy_drop=0.01, min_speedup=2)
+    assert goal.default_slack() == 0.01
+    assert Goal(min_cosine=0.97).default_slack() == pytest.approx(0.03)
+    safe_slow, safe_fast = _trial(0, 3.0, [-0.01, -1]), _trial(1, 2.0, [-0.005, -2])
+    near = _trial(2, 1.0, [0.008, -4])  # 0.8 points short of the budget, fast enough
+    far = _trial(3, 0.8, [0.05, -5])  # 5 points short: beyond the slack
+    too_slow = _trial(4, 4.0, [0.001, 0.5])  # near on quality, but misses the speed limit
+    front = [safe_slow, safe_fast, near, far, too_slow]
+    assert near.promising(0.01) and not far.promising(0.01) and not too_slow.promising(0.01)
+    assert not safe_fast.promising(0.01)  # within budget: not "near"
+    assert [t.number for t in ranked(front, slack=0.01)] == [1, 2, 0, 3, 4]
+    assert [t.number for t in ranked(front)] == [1, 0, 2, 3, 4]  # no slack: as before
+    space = SearchSpace(stages=(), removable_blocks=0, precisions=("float",))
+    plan = Plan(space, SETTINGS, goal, 1, 4, final=2, slack=0.01)
+    chosen = fitting(front, plan, seconds_left=1000)
+    assert chosen is not None and [t.number for t in chosen[0]] == [1, 2]
