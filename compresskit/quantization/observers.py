@@ -18,13 +18,14 @@ own, so one observer serves any quantizer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 
 from compresskit.quantization.qparams import affine_fake_quant_error
 
 CalibrationMethod = Literal["minmax", "percentile", "mse", "entropy"]
+CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 BINS = 2048
 # Clipping ratios of the observed range tried by the mse and entropy observers.
 _RATIOS = torch.linspace(0.02, 1.0, 50).tolist()

@@ -21,6 +21,7 @@ from compresskit.quantization.modules import (
     calibrate_,
     quant_layers,
 )
+from compresskit.quantization.observers import CALIBRATION_METHODS
 from compresskit.quantization.prepare import prepare
 from compresskit.quantization.sensitivity import (
     MixedPrecisionConfig,
@@ -30,7 +31,6 @@ from compresskit.quantization.sensitivity import (
 )
 
 SUPPORTED_BITS = 8
-CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = ("minmax", "percentile", "mse", "entropy")
 
 
 class StaticQuantConfig(PassConfig):
