@@ -76,12 +76,12 @@ def load_example(name: str) -> nn.Module:
             + ", ".join(f"example:{n}" for n in EXAMPLES)
         )
     example = EXAMPLES[name]
-    path = cache_dir() / f"{name}-v1.pt"
-    model = example.build()
+    path = cache_dir() / f"{name}-v2.pt"
     if path.is_file():
+        model = example.build()
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    _train_example(model, example)
+    model = _train_example(example)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write-then-rename so a concurrent or interrupted run never sees half a file.
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
@@ -90,16 +90,19 @@ def load_example(name: str) -> nn.Module:
     return model.eval()
 
 
-def _train_example(model: nn.Module, example: Example) -> None:
+def _train_example(example: Example) -> nn.Module:
+    """``example`` built and trained from seed 0: the same weights on every first use."""
     from compresskit.data import load_data
     from compresskit.training.loop import TrainConfig, train
 
     data = load_data(example.data, seed=0)
     with torch.random.fork_rng():
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # before building: the initial weights come from this seed too
+        model = example.build()
         train(
             model,
             data,
             TrainConfig(epochs=example.epochs, lr=example.lr, batch_size=64),
             description=f"training example:{example.name} (first use, cached)",
         )
+    return model

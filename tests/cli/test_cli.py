@@ -239,7 +239,7 @@ def test_default_command_end_to_end_as_a_subprocess(tmp_path: Path) -> None:
         timeout=600,
         cwd=tmp_path,
     )
-    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.returncode == 0, process.stderr[-2000:] + process.stdout[-2000:]
     assert "pruned-int8" in process.stdout and "speedup" in process.stdout
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     pruned = report["candidates"][0]

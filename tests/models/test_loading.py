@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from compresskit.context import Context
 from compresskit.errors import CompressKitError
 from compresskit.models.checkpoint import save_model
+from compresskit.models.examples import EXAMPLES, _train_example
 from compresskit.models.loading import load_model
 from compresskit.passes.prune_channels import PruneChannels, PruneChannelsConfig
 from compresskit.passes.quantize import Quantize, QuantizeConfig
@@ -139,3 +141,14 @@ def test_directory_without_config(tmp_path: Path) -> None:
 def test_unknown_example() -> None:
     with pytest.raises(CompressKitError, match="example:digits-cnn"):
         load_model("example:nope")
+
+
+def test_example_trains_to_the_same_weights_whatever_the_random_state() -> None:
+    """A first use anywhere (CI, a user's machine) gets the example the README describes."""
+    example = dataclasses.replace(EXAMPLES["digits-cnn"], epochs=1)
+    trained = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # what came before in the process must not matter
+        trained.append(_train_example(example).state_dict())
+    for name, value in trained[0].items():
+        torch.testing.assert_close(value, trained[1][name], msg=name)
