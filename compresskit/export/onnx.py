@@ -168,16 +168,18 @@ def _weight_bytes(model: nn.Module) -> int:
 def _finish(
     raw: Path, out: Path, metadata: dict[str, str], *, external_data_threshold: int
 ) -> str | None:
-    """Fold constant quantization of weights (int8 on disk), write ``metadata``, save to
+    """Fold constant quantization of weights (int8 on disk), quantize each activation
+    once for all the layers that read it, write ``metadata``, save to
     ``out`` (weights in ``<out>.data`` when too large for one file) and run the ONNX
     checker. Returns the external data file's name, if any."""
     import onnx
 
-    from compresskit.export.qdq import fold_constants
+    from compresskit.export.qdq import fold_constants, share_quantizers
 
     model = onnx.load(str(raw))  # loads external data written by the exporter too
     if any(node.op_type == "QuantizeLinear" for node in model.graph.node):
         fold_constants(model)
+        share_quantizers(model)
     existing = {p.key: p for p in model.metadata_props}
     for key, value in metadata.items():
         prop = existing.get(key) or model.metadata_props.add()

@@ -114,6 +114,49 @@ def fold_constants(model: Any) -> int:
     return folded
 
 
+def share_quantizers(model: Any) -> int:
+    """Merge QuantizeLinear nodes of ``model`` (an onnx.ModelProto, in place) that
+    quantize the same tensor with equal scale and zero point; returns how many went.
+
+    Layers that read one input (attention's query, key and value projections) each
+    quantize it with their own observer; calibrated on the same tensor, the observers
+    agree, and the exporter writes three QuantizeLinear nodes where one does the work.
+    The DequantizeLinear nodes stay one per consumer, as ORT's QDQ fusions want them.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+    def key(node: Any) -> tuple | None:
+        params = [constants.get(name) for name in node.input[1:]]
+        if any(p is None for p in params):
+            return None  # a computed scale: nothing to compare
+        values = tuple((p.dtype.str, p.shape, p.tobytes()) for p in params if p is not None)
+        attributes = tuple(sorted(a.SerializeToString() for a in node.attribute))
+        return (node.input[0], values, attributes)
+
+    kept: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+        signature = key(node) if node.op_type == "QuantizeLinear" else None
+        if signature is not None and signature in kept:
+            rename[node.output[0]] = kept[signature]
+            continue
+        if signature is not None:
+            kept[signature] = node.output[0]
+        nodes.append(node)
+    merged = len(graph.node) - len(nodes)
+    if merged:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return merged
+
+
 class NotExportableError(CompressKitError):
     """The model holds layers ONNX cannot represent (e.g. bitsandbytes int8/4-bit)."""
 
