@@ -233,11 +233,13 @@ def int8_coverage(path: Path) -> float:
 
 @dataclass
 class TimingBudget:
-    """How long latency is measured: the full run and --quick differ only here (seconds
-    per model and input set, and the fewest timed calls)."""
+    """How latency is measured: the full run and --quick differ only in the seconds per
+    model and input set and the fewest timed calls; ``--keep-denormals`` times with the
+    runtime's default handling of denormal floats (the targets flush them)."""
 
     max_seconds: float = 1.5
     min_repeats: int = 7
+    denormal_as_zero: bool = True
 
 
 def run_rows(
@@ -306,7 +308,11 @@ def time_rows(
         key=lambda c: c.name != BASELINE_ROW,  # stable: the baseline first, then as built
     )
     eager = [c for c in candidates if c.module is not None]
-    settings = {"threads": THREADS, "allow_spinning": False}
+    settings = {
+        "threads": THREADS,
+        "allow_spinning": False,
+        "denormal_as_zero": budget.denormal_as_zero,
+    }
     plans = [("cpu-ort", ort), ("torch-cpu", eager)]
     runs = []
     for target_name, group in plans:
@@ -413,8 +419,12 @@ def timing_note(runs: Sequence[TargetRun]) -> str:
     parts = []
     for run in runs:
         noisy = f"noisy: {'; '.join(run.noise_reasons)}" if run.noisy else "quiet machine"
+        denormals = {True: ", denormals flushed to zero", False: ", denormals kept"}.get(
+            run.denormal_as_zero, ""
+        )
         parts.append(
-            f"{run.target} ({run.threads} threads, {len(run.models)} rows interleaved; {noisy})"
+            f"{run.target} ({run.threads} threads{denormals}, {len(run.models)} rows "
+            f"interleaved; {noisy})"
         )
     return (
         "Latency: every row timed together, interleaved in one worker per target, "
@@ -516,6 +526,11 @@ def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--seconds", type=float, default=None, help="time cap per row and input set"
     )
+    parser.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="time with denormal floats kept (the runtime's default; the targets flush them)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
@@ -527,6 +542,7 @@ def case_main(script: CaseScript, argv: list[str] | None = None) -> Path:
     )
     if args.seconds is not None:
         budget.max_seconds = args.seconds
+    budget.denormal_as_zero = not args.keep_denormals
     rows, runs = run_rows(case, select_rows(script.producers, args.rows), budget=budget)
     meta: dict[str, Any] = {"quick": args.quick}
     table, preface = script.describe(case, rows, meta)

@@ -145,6 +145,9 @@ class TargetInfo(_Model):
     threads: int | None = None
     inter_op_threads: int | None = None
     allow_spinning: bool | None = None
+    denormal_as_zero: bool | None = Field(
+        default=None, description="denormal floats flushed to zero while timing"
+    )
     noisy: bool = False
     noise_reasons: list[str] = Field(default_factory=list)
     seconds: float = 0.0

@@ -191,12 +191,15 @@ def target_lines(report: Report) -> list[str]:
         inter_op = (
             "" if target.inter_op_threads is None else f", {target.inter_op_threads} inter-op"
         )
+        denormals = {True: ", denormals flushed to zero", False: ", denormals kept", None: ""}[
+            target.denormal_as_zero
+        ]
         noise = (
             f" **noisy**: {'; '.join(target.noise_reasons)}" if target.noisy else " quiet machine."
         )
         lines.append(
             f"`{target.target}` ({target.runtime}, {target.provider}, {target.precision}): "
-            f"{target.threads} intra-op thread(s){inter_op}{spinning};"
+            f"{target.threads} intra-op thread(s){inter_op}{spinning}{denormals};"
             f"{noise}"
         )
     lines += [f"`{name}` skipped: {why}" for name, why in report.skipped_targets.items()]

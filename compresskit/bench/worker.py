@@ -136,6 +136,11 @@ def _ort_session(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    # ORT applies the first session's setting to this (the calling) thread for the whole
+    # process, and each session's to its own pool: every session here asks the same.
+    options.add_session_config_entry(
+        "session.set_denormal_as_zero", str(int(target.denormal_as_zero))
+    )
     options.log_severity_level = 3
     provider: Any = target.provider
     if target.provider == "TensorrtExecutionProvider":
@@ -178,6 +183,7 @@ def _torch_loader(target: Target, threads: int) -> Callable[[dict], Any]:
     import torch
 
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(target.denormal_as_zero)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
@@ -303,6 +309,7 @@ def run_job(job: dict[str, Any]) -> TargetRun:
         threads=threads,
         inter_op_threads=1,
         allow_spinning=spinning if target.runtime == "onnxruntime" else None,
+        denormal_as_zero=target.denormal_as_zero,
     )
     batch_sizes: list[int] = job["batch_sizes"]
     total = len(models) + len(batch_sizes) + len(workloads)

@@ -48,6 +48,13 @@ class Target(BaseModel):
         description="ORT intra-op threads spin while idle; None: only when one model is "
         "measured (spinning threads of one session would steal cores from the next)",
     )
+    denormal_as_zero: bool = Field(
+        default=True,
+        description="flush denormal floats to zero while timing (ORT's session."
+        "set_denormal_as_zero, torch.set_flush_denormal): a masked softmax leaves "
+        "probabilities of 1e-45 that x86 multiplies many times slower; false times the "
+        "runtime's default",
+    )
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1)
     sequence_length: int | None = Field(
         default=None, ge=1, description="length of inputs with a dynamic sequence axis"

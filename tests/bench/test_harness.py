@@ -157,3 +157,49 @@ def test_a_factory_opens_a_model_that_needs_adapting(models: list[BenchModel], t
         max_seconds=0.05,
     )
     assert torch_run.skipped and "torch model" in torch_run.skipped
+
+
+DENORMAL = '''
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tiny_product(open_session, *, out):
+    """Opens a graph whose output, 1e-20 * 1e-20, is a denormal float, and writes what
+    the target's session made of it to ``out``."""
+    scale = numpy_helper.from_array(np.array([1e-20], np.float32), "scale")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])],
+        "denormal",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = open_session(model.SerializeToString())
+    tiny = np.full((1, 1, 8, 8), 1e-20, np.float32)
+    with open(out, "w") as f:
+        f.write(repr(float(session.run(None, {"x": tiny})[0].max())))
+    return lambda inputs: (lambda: session.run(None, {"x": inputs[0]}))
+'''
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_target_says_whether_denormals_are_flushed(flush: bool, tmp_path) -> None:
+    """A masked softmax leaves denormal probabilities; timing sessions flush them to zero
+    unless the target says otherwise, and the run records which."""
+    (tmp_path / "denormal_runner.py").write_text(DENORMAL)
+    out = tmp_path / "product.txt"
+    row = BenchModel(
+        "tiny",
+        factory="denormal_runner:tiny_product",
+        factory_args={"out": str(out)},
+        sys_path=(str(tmp_path),),
+    )
+    target = load_target("cpu-ort").model_copy(
+        update={"batch_sizes": [1], "threads": 1, "denormal_as_zero": flush}
+    )
+    run = measure_target(target, [row], SAMPLE, max_seconds=0.05, min_repeats=3)
+    assert run.models[0].error is None and run.denormal_as_zero is flush
+    product = float(out.read_text())
+    assert (product == 0.0) if flush else (0.0 < product < 1e-38)
