@@ -95,10 +95,10 @@ def evaluate_models(
             with torch.no_grad():
                 expected = task.adapt(model(*inputs), tuple(inputs)).numpy()
             actual = expected if session is None else run_session(session, inputs)
-            if session is not None:
-                check.update(expected, actual)
             if index == 0:
                 references.append(task.reference(actual))
+            if session is not None:
+                check.update(expected, actual, baseline=references[number])
             evaluation.update(actual, labels.numpy(), references[number])
         parity = check.result() if session is not None else None
         if parity is not None and not parity.ok:

@@ -61,6 +61,11 @@ class ParityEntry(_Model):
     ok: bool
     precision: str = "fp32"
     nonfinite: int = Field(default=0, description="NaN/inf values in one output, not the other")
+    quantization_error: float | None = Field(
+        default=None,
+        description="int8: mean |torch's output - the float baseline's|, the noise ORT may "
+        "differ from torch by",
+    )
 
 
 class StepEntry(_Model):

@@ -156,9 +156,17 @@ def entry_lines(report: Report, entry: Entry) -> list[str]:
             if entry.exporter_fallback_reason
             else ""
         )
+        noise = ""
+        if parity.quantization_error is not None:
+            within = parity.max_abs_error > parity.tolerance and parity.ok
+            noise = (
+                f", mean {parity.mean_abs_error:.2e} against {parity.quantization_error:.2e} "
+                "for int8 in torch vs the float baseline"
+                + (" (within the quantization noise)" if within else "")
+            )
         lines.append(
             f"ORT vs torch ({parity.precision}): max abs error {parity.max_abs_error:.2e} "
-            f"(allowed {parity.tolerance:.2e}), agreement {parity.agreement:.4f} "
+            f"(allowed {parity.tolerance:.2e}){noise}, agreement {parity.agreement:.4f} "
             f"({'ok' if parity.ok else 'FAILED'}); exported with the {entry.exporter} "
             f"exporter{fallback}."
         )

@@ -28,12 +28,30 @@ class Parity:
     min_agreement: float
     precision: str = "fp32"
     nonfinite: int = 0  # values NaN or infinite in one output and not the same in the other
+    # int8: mean |torch's fake-quant output - the float baseline's|, when the baseline ran
+    # on the same inputs: the size of the quantization noise itself.
+    quantization_error: float | None = None
+
+    @property
+    def within_noise(self) -> bool:
+        """ORT differs from torch no more than two roundings of one int8 model do.
+
+        In a deep int8 network a tiny float difference (an erf, a sum's order) moves a value
+        across a rounding boundary; with per-tensor scales widened by outlier features, the
+        flip grows layer by layer until ORT's and torch's outputs are two draws of the same
+        quantization noise (all-MiniLM-L6-v2: 1e-5 after layer 0, saturated by layer 3).
+        Such draws differ by about sqrt(2) times the noise; a broken export by far more."""
+        return (
+            self.quantization_error is not None
+            and self.mean_abs_error <= NOISE_FACTOR * self.quantization_error
+            and self.max_abs_error <= NOISE_MAX_FACTOR * self.tolerance
+        )
 
     @property
     def ok(self) -> bool:
         return (
             self.nonfinite == 0
-            and self.max_abs_error <= self.tolerance
+            and (self.max_abs_error <= self.tolerance or self.within_noise)
             and self.agreement >= self.min_agreement
         )
 
@@ -92,6 +110,10 @@ PARITY_TOLERANCES: dict[Precision, tuple[float, float]] = {
     "fp16": (1e-2, 0.99),
     "int8": (0.1, 0.97),
 }
+# int8 outputs beyond the tolerance still agree when ORT's mean error to torch is within
+# NOISE_FACTOR times torch's own quantization error and no value is off by more than
+# NOISE_MAX_FACTOR tolerances (see Parity.within_noise).
+NOISE_FACTOR, NOISE_MAX_FACTOR = 2.0, 3.0
 # The scale a relative tolerance multiplies is capped here: float32 holds integers exactly
 # only up to 2**24, so outputs beyond it (int64 or bool weights cast to float, a broken
 # model) cannot widen the allowed error to match (1e-3 of 8.7e18 would pass 2e15 errors).
@@ -138,7 +160,9 @@ class ParityCheck:
     capped at :data:`MAX_TOLERANCE_SCALE`; integer or bool outputs must match exactly, and
     a NaN or infinity in one output that the other does not have fails the check. Top-1
     agreement is checked only where the output's top-1 is a decision (``decisions``:
-    class or token logits, not embeddings).
+    class or token logits, not embeddings). Given the float baseline's outputs on the same
+    inputs (``update(..., baseline=)``), an int8 check also measures the quantization
+    noise, and ORT may differ from torch by as much as it (:attr:`Parity.within_noise`).
 
     >>> torch_batch = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
     >>> ort_batch = torch_batch + np.float32(0.001)
@@ -155,10 +179,13 @@ class ParityCheck:
         self.precision = precision
         self.decisions = decisions
         self.exact = False
-        self.max_error = self.error_sum = self.scale = 0.0
+        self.max_error = self.error_sum = self.scale = self.noise_sum = 0.0
         self.values = self.agree = self.rows = self.samples = self.nonfinite = 0
+        self.noise_values = 0
 
-    def update(self, reference: np.ndarray, actual: np.ndarray) -> None:
+    def update(self, reference: np.ndarray, actual: np.ndarray, *, baseline: Any = None) -> None:
+        """One batch: torch's outputs (``reference``), ONNX Runtime's (``actual``) and,
+        when at hand, the float baseline's on the same inputs (used for int8 only)."""
         if reference.shape != actual.shape:
             raise CompressKitError(
                 f"ONNX output shape {actual.shape} differs from torch's {reference.shape}"
@@ -176,6 +203,14 @@ class ParityCheck:
             same = reference.argmax(-1) == actual.argmax(-1)
             self.agree += int(same.sum())
             self.rows += same.size
+        if (
+            self.precision == "int8"
+            and isinstance(baseline, np.ndarray)
+            and baseline.shape == reference.shape
+        ):
+            noise, _, _ = output_errors(baseline, reference)
+            self.noise_sum += float(noise.sum())
+            self.noise_values += noise.size
 
     def result(self) -> Parity:
         min_agreement = PARITY_TOLERANCES[self.precision][1]
@@ -188,6 +223,7 @@ class ParityCheck:
             min_agreement=min_agreement if self.decisions else 0.0,
             precision=self.precision,
             nonfinite=self.nonfinite,
+            quantization_error=self.noise_sum / self.noise_values if self.noise_values else None,
         )
 
 
