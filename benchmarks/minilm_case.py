@@ -285,15 +285,21 @@ def compresskit_policy(case: MiniLMCase) -> Candidate:
 
 @common.producer("compresskit minilm-embedder-fidelity", "compresskit")
 def compresskit_embedder_fidelity(case: MiniLMCase) -> Candidate:
-    """policies/minilm-embedder-fidelity.yaml on the embedder (1 of 6 layers and a quarter
-    of the heads removed), distilled on more unlabelled text: the Rotten Tomatoes training
-    snippets plus WIKI_SENTENCES Wikipedia sentences."""
-    return _embedder_fidelity(case, "compresskit minilm-embedder-fidelity", "fidelity-int8")
+    """policies/minilm-embedder-fidelity.yaml on the embedder: a sixth of the heads and 15%
+    of the FFN neurons removed, distilled on more unlabelled text (the Rotten Tomatoes
+    training snippets plus WIKI_SENTENCES Wikipedia sentences), then int8."""
+    return _embedder_fidelity(case, "compresskit minilm-embedder-fidelity", "narrower-int8")
+
+
+@common.producer("compresskit fidelity int8", "compresskit")
+def compresskit_embedder_fidelity_int8(case: MiniLMCase) -> Candidate:
+    """The same policy's candidate with nothing removed: int8 alone (same run)."""
+    return _embedder_fidelity(case, "compresskit fidelity int8", "int8")
 
 
 @common.producer("compresskit fidelity remove-1", "compresskit")
 def compresskit_embedder_fidelity_remove_1(case: MiniLMCase) -> Candidate:
-    """The same policy's other candidate, the layer removed but every head kept: the other
+    """The same policy's candidate with one whole layer removed and distilled: the fast
     side of the trade-off between cosine and speed (same run)."""
     return _embedder_fidelity(case, "compresskit fidelity remove-1", "remove-1-int8")
 

@@ -55,8 +55,9 @@ SCRIPT = common.CaseScript(
     load_case=lambda quick: load_case(quick=quick),
     producers=[
         *minilm_case.PRODUCERS,
-        minilm_case.compresskit_embedder_fidelity_remove_1,
+        minilm_case.compresskit_embedder_fidelity_int8,
         minilm_case.compresskit_embedder_fidelity,
+        minilm_case.compresskit_embedder_fidelity_remove_1,
     ],
     min_repeats=7,
     describe=describe,
