@@ -127,8 +127,11 @@ def share_quantizers(model: Any) -> int:
 
     graph = model.graph
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
 
     def key(node: Any) -> tuple | None:
+        if node.output[0] in outputs:
+            return None  # a graph output keeps its own node
         params = [constants.get(name) for name in node.input[1:]]
         if any(p is None for p in params):
             return None  # a computed scale: nothing to compare
