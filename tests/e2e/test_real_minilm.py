@@ -69,7 +69,7 @@ def test_embedder_fidelity_recipe_end_to_end(tmp_path: Path) -> None:
         assert chosen != "percentile" and errors["percentile"] > 2 * errors[chosen], errors
     # int8 alone keeps 0.993 (benchmarks/results/minilm_embedder_ablation/int8.md); the
     # layer cut alone keeps 0.935 before int8 (benchmarks/results/minilm_embedder_probe.md).
-    # One epoch on 256 snippets then int8 measured HEADS_MEASURED and LAYERS_MEASURED here.
+    # Distilled on these 256 snippets then int8, here: 0.993, 0.947 (narrower), 0.941.
     assert whole.metrics["cosine"] > 0.98
-    assert whole.metrics["cosine"] > narrow.metrics["cosine"] > 0.9
-    assert layers.metrics["cosine"] > 0.93
+    assert whole.metrics["cosine"] > narrow.metrics["cosine"] > 0.92
+    assert layers.metrics["cosine"] > 0.92
