@@ -419,9 +419,7 @@ def timing_note(runs: Sequence[TargetRun]) -> str:
     parts = []
     for run in runs:
         noisy = f"noisy: {'; '.join(run.noise_reasons)}" if run.noisy else "quiet machine"
-        denormals = {True: ", denormals flushed to zero", False: ", denormals kept"}.get(
-            run.denormal_as_zero, ""
-        )
+        denormals = f", {run.denormals}" if run.denormals else ""
         parts.append(
             f"{run.target} ({run.threads} threads{denormals}, {len(run.models)} rows "
             f"interleaved; {noisy})"

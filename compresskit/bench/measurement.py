@@ -152,6 +152,12 @@ class TargetInfo(_Model):
     noise_reasons: list[str] = Field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def denormals(self) -> str:
+        """How denormal floats were timed, in words ("" when the run did not say)."""
+        flag = self.denormal_as_zero
+        return "" if flag is None else ("denormals flushed to zero" if flag else "denormals kept")
+
 
 class TargetRun(TargetInfo):
     """Everything one worker measured on one target; the first model is the baseline of

@@ -199,9 +199,7 @@ def target_lines(report: Report) -> list[str]:
         inter_op = (
             "" if target.inter_op_threads is None else f", {target.inter_op_threads} inter-op"
         )
-        denormals = {True: ", denormals flushed to zero", False: ", denormals kept", None: ""}[
-            target.denormal_as_zero
-        ]
+        denormals = f", {target.denormals}" if target.denormals else ""
         noise = (
             f" **noisy**: {'; '.join(target.noise_reasons)}" if target.noisy else " quiet machine."
         )

@@ -109,9 +109,7 @@ def print_runs(runs: Sequence[TargetRun], console: Console | None = None) -> Non
             _say(console, f"target {run.target} skipped: {run.skipped}")
             continue
         spinning = "" if run.allow_spinning is None else f", spinning {run.allow_spinning}"
-        denormals = {True: ", denormals flushed", False: ", denormals kept", None: ""}[
-            run.denormal_as_zero
-        ]
+        denormals = f", {run.denormals}" if run.denormals else ""
         _say(
             console,
             f"{run.target} ({run.runtime}, {run.provider}, {run.precision}; "

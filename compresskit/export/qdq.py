@@ -126,7 +126,9 @@ def share_quantizers(model: Any) -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # Only scales and zero points are compared: leave the (large) weights unread.
+    wanted = {name for n in graph.node if n.op_type == "QuantizeLinear" for name in n.input[1:]}
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.name in wanted}
     outputs = {o.name for o in graph.output}
 
     def key(node: Any) -> tuple | None:
