@@ -106,23 +106,26 @@ def load_teacher(path: str, *, trust_factory: bool = False, causal_lm: bool = Fa
     return teacher.eval()
 
 
-def check_losses(specs: Sequence[Any], config: DistillConfig, task: Task) -> None:
-    """Refuse class-based losses (and the alpha/temperature short form) where the task's
-    outputs are not class distributions (embeddings), and label losses without labels."""
+def check_losses(
+    specs: Sequence[Any], task: Task, *, short_form: bool, what: str = "distill"
+) -> None:
+    """Refuse class-based losses (and the alpha/temperature ``short_form``) where the
+    task's outputs are not class distributions (embeddings), and label losses without
+    labels. ``what`` is the pass that asks."""
     if not task.class_outputs:
-        if not config.losses:
+        if short_form:
             raise CompressKitError(
-                f"distill: alpha/temperature distil class logits, but the {task.name} task has "
+                f"{what}: alpha/temperature distil class logits, but the {task.name} task has "
                 f"none; {task.unlabelled_recovery}"
             )
         wrong = sorted({spec.kind for spec in specs} & CLASS_LOSSES)
         if wrong:
             raise CompressKitError(
-                f"distill: losses {', '.join(wrong)} need classes but this is the {task.name} "
+                f"{what}: losses {', '.join(wrong)} need classes but this is the {task.name} "
                 f"task; {task.unlabelled_recovery}"
             )
     if not task.labelled and any(spec.kind == "task" for spec in specs):
-        raise CompressKitError(task.needs_labels("distill's task loss"))
+        raise CompressKitError(task.needs_labels(f"{what}'s task loss"))
 
 
 @register_pass("distill")
@@ -142,7 +145,7 @@ class Distill(Pass[DistillConfig]):
         config = self.config
         specs = config.loss_specs()
         task = ctx.task
-        check_losses(specs, config, task)
+        check_losses(specs, task, short_form=not config.losses)
         lm = task.name == "causal-lm"
         lm_only = sorted({spec.kind for spec in specs} & LM_LOSS_KINDS)
         if lm_only and not lm:

@@ -5,25 +5,33 @@ fused, ranges from calibration; ``mixed_precision`` works too), then trained wit
 straight-through gradients on the shared loop. Activation ranges follow a moving average
 or are learned (LSQ); at ``freeze_at`` of training they freeze, with any unfolded
 BatchNorm statistics. With ``alpha < 1`` the loss mixes in distillation from the teacher
-(quantized distillation). The result exports to the same int8 QDQ graph as PTQ.
+(quantized distillation). With ``losses`` (the terms of ``distill``: output, hidden, ...)
+the model trains against the teacher alone, so a task without labels (an embedder) can
+train through its quantizers too. The result exports to the same int8 QDQ graph as PTQ.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from compresskit.context import Context
-from compresskit.distill.losses import label_kd_loss
+from compresskit.distill.losses import LossSpec, label_kd_loss
+from compresskit.distill.objective import DistillObjective
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
+from compresskit.passes.distill import check_losses
 from compresskit.passes.records import QATRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
-from compresskit.tasks.classification import evaluate_accuracy
-from compresskit.training.loop import Inputs, TrainConfig, train
+from compresskit.tasks.base import to_device
+from compresskit.training.loop import Inputs, Objective, TrainConfig, train
 
 
 class QATConfig(StaticQuantConfig):
@@ -45,7 +53,21 @@ class QATConfig(StaticQuantConfig):
         description="weight of the label loss; < 1 distils from the teacher",
     )
     temperature: float = Field(default=4.0, gt=0)
+    losses: list[LossSpec] = Field(
+        default_factory=list,
+        description="distill's weighted loss terms (output, hidden, ...) against the teacher; "
+        "replace alpha/temperature and need no labels",
+    )
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-4))
+
+    @model_validator(mode="after")
+    def _one_form(self) -> QATConfig:
+        if self.losses and (self.alpha != 1.0 or self.temperature != 4.0):
+            raise ValueError(
+                "alpha/temperature are the short form; with losses, give the weights and "
+                "temperature in the losses (kind: task / kind: kd)"
+            )
+        return self
 
     def data_needs(self) -> frozenset[DataNeed]:
         return frozenset({DataNeed.CALIBRATION, DataNeed.TRAIN})
@@ -67,43 +89,83 @@ class QAT(Pass[QATConfig]):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config
         teacher = ctx.teacher
-        ctx.task.require_labels("qat")
-        if config.alpha < 1 and teacher is None:
-            raise CompressKitError(
-                "qat: alpha < 1 distils from the teacher but the context has none; "
-                "set alpha: 1 to train on labels only"
+        task = ctx.task
+        if config.losses:
+            check_losses(config.losses, task, short_form=False, what="qat")
+            if teacher is None and any(spec.kind != "task" for spec in config.losses):
+                raise CompressKitError(
+                    "qat: its losses distil from the teacher but the context has none; set "
+                    "the policy's teacher, or keep only the task loss"
+                )
+        else:
+            task.require_labels(
+                "qat", "give qat losses (as distill's, e.g. [{kind: output, metric: cosine}])"
             )
+            if config.alpha < 1 and teacher is None:
+                raise CompressKitError(
+                    "qat: alpha < 1 distils from the teacher but the context has none; "
+                    "set alpha: 1 to train on labels only"
+                )
         if is_quantized(model):
             ctx.record(notes=["model was already fake-quantized; fine-tuning its quantizers"])
         else:
             ctx.record(**quantize_static(model, ctx, config, what="qat"))
-        ptq_accuracy = evaluate_accuracy(model, ctx.data.loader("val", batch_size=256))
+        metric_fn = task.validation(teacher if config.losses else None)
+        monitor = task.monitor(config.train.monitor, what="qat")
+        val = [
+            to_device(batch, ctx.device)
+            for batch in ctx.data.loader("val", batch_size=task.eval_batch_size)
+        ]
+        ptq_val = metric_fn(model.eval(), val)[monitor]
         prepare_qat(model, learn_scales=config.learn_scales, track_ranges=not config.learn_scales)
-        steps = config.train.epochs * len(
+        steps = config.train.steps or config.train.epochs * len(
             ctx.data.loader("train", batch_size=config.train.batch_size)
         )
         freeze_step = int(config.freeze_at * steps)
         step = 0
 
-        label_kd = label_kd_loss(
-            ctx.task, teacher, alpha=config.alpha, temperature=config.temperature
-        )
+        def freezing(loss: Callable[[nn.Module, Inputs, torch.Tensor], Any]) -> Any:
+            def loss_fn(student: nn.Module, inputs: Inputs, y: torch.Tensor) -> Any:
+                nonlocal step
+                if step >= freeze_step:
+                    freeze_qat(student)  # also puts unfolded BatchNorm back in eval each step
+                step += 1
+                return loss(student, inputs, y)
 
-        def loss_fn(student: nn.Module, inputs: Inputs, y: torch.Tensor) -> torch.Tensor:
-            nonlocal step
-            if step >= freeze_step:
-                freeze_qat(student)  # also puts unfolded BatchNorm back in eval each step
-            step += 1
-            return label_kd(student, inputs, y)
+            return loss_fn
 
         torch.manual_seed(ctx.seed)
-        history = train(model, ctx.data, config.train, loss_fn=loss_fn, description="qat")
+        if config.losses:
+            example = tuple(x.to(ctx.device) for x in ctx.example_inputs)
+            distillation = DistillObjective(config.losses, model, teacher, example_inputs=example)
+            terms = distillation.as_objective()
+            objective = Objective(
+                loss=freezing(terms.loss), modules=terms.modules, on_step=terms.on_step
+            )
+            taps = distillation.teacher_taps or contextlib.nullcontext()
+            with distillation.student_taps, taps:
+                history = train(
+                    model,
+                    ctx.data,
+                    config.train,
+                    objective=objective,
+                    metric_fn=metric_fn,
+                    seed=ctx.seed,
+                    description="qat",
+                )
+        else:
+            label_kd = label_kd_loss(
+                task, teacher, alpha=config.alpha, temperature=config.temperature
+            )
+            history = train(
+                model, ctx.data, config.train, loss_fn=freezing(label_kd), description="qat"
+            )
         convert_qat(model)
         ctx.record(
             history=history.as_dict(),
-            ptq_val_accuracy=round(ptq_accuracy, 4),
+            ptq_val={monitor: round(ptq_val, 4)},
             freeze_step=freeze_step,
             train_steps=steps,
-            distilled=config.alpha < 1,
+            distilled=bool(config.losses) or config.alpha < 1,
         )
         return model

@@ -7,9 +7,9 @@ before records were typed still validate against these classes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compresskit.records import Line, PassRecord, Table
 from compresskit.units import human_bytes, ratio, si
@@ -381,17 +381,27 @@ class QATRecord(StaticQuantRecord):
     """Quantization-aware training: the PTQ starting point and the training run."""
 
     history: History | None = None
-    ptq_val_accuracy: float | None = None
+    ptq_val: dict[str, float] | None = None  # the monitored val metric after PTQ
     freeze_step: int | None = None
     train_steps: int | None = None
     distilled: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_reports(cls, data: Any) -> Any:
+        """Reports before ``ptq_val`` kept ``ptq_val_accuracy``."""
+        if isinstance(data, dict) and "ptq_val_accuracy" in data:
+            data = dict(data)
+            accuracy = data.pop("ptq_val_accuracy")
+            data.setdefault("ptq_val", None if accuracy is None else {"accuracy": accuracy})
+        return data
 
     def summary(self) -> list[Line | Table]:
         # A model that was already fake-quantized records notes only, no PTQ facts.
         blocks = super().summary() if self.quantized_layers else PassRecord.summary(self)
         facts = []
-        if self.ptq_val_accuracy is not None:
-            facts.append(f"val accuracy after PTQ {self.ptq_val_accuracy:.4f}")
+        for metric, value in (self.ptq_val or {}).items():
+            facts.append(f"val {metric} after PTQ {value:.4f}")
         if self.freeze_step is not None and self.train_steps is not None:
             facts.append(f"quantizers frozen at step {self.freeze_step} of {self.train_steps}")
         if self.distilled:

@@ -102,6 +102,32 @@ def test_distill_validates_by_cosine_and_stops_at_the_cosine_budget(data, embedd
     assert "accuracy" not in history["epochs"][0]["metrics"]
 
 
+def test_qat_distils_an_embedder_through_its_quantizers(data, embedder) -> None:
+    """Quantized distillation without labels: QAT with distill's losses trains the int8
+    model towards the teacher's embeddings, from where PTQ left it."""
+    student = PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.5)).apply(
+        copy.deepcopy(embedder), context(data, embedder)
+    )
+    ctx = context(data, embedder)
+    config = QATConfig(
+        losses=[{"kind": "output", "weight": 10.0, "metric": "cosine"}, {"kind": "hidden"}],
+        freeze_at=0.0,
+        train=TrainConfig(epochs=3, lr=1e-3, batch_size=32),
+    )
+    QAT(config).apply(student, ctx)
+    ptq = ctx.records["ptq_val"]["cosine"]
+    epochs = ctx.records["history"]["epochs"]
+    assert ctx.records["distilled"] and ctx.records["freeze_step"] == 0
+    assert epochs[-1]["metrics"]["cosine"] > ptq + 0.01
+    assert ptq < _cosine(student, embedder, data) <= 1.0  # the converted int8 model
+    assert ctx.records["quantized_layers"]
+
+
+def test_qat_losses_replace_the_short_form() -> None:
+    with pytest.raises(ValueError, match="alpha/temperature are the short form"):
+        QATConfig(losses=[OUTPUT_LOSS], alpha=0.5)
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -124,8 +150,10 @@ def test_label_trained_passes_refuse_embeddings_naming_what_to_use(data, embedde
         PruneTransformer(PruneTransformerConfig(heads=0.5, ffn=0.0, finetune={})).apply(
             copy.deepcopy(embedder), ctx
         )
-    with pytest.raises(CompressKitError, match=r"qat needs class labels, but the embedding task"):
+    with pytest.raises(CompressKitError, match=r"qat needs class labels.*give qat losses"):
         QAT(QATConfig()).apply(copy.deepcopy(embedder), ctx)
+    with pytest.raises(CompressKitError, match="qat: losses kd need classes"):
+        QAT(QATConfig(losses=[OUTPUT_LOSS, {"kind": "kd"}])).apply(copy.deepcopy(embedder), ctx)
     with pytest.raises(CompressKitError, match="remove mixed_precision"):
         Quantize(QuantizeConfig(mixed_precision={})).apply(copy.deepcopy(embedder), ctx)
     with pytest.raises(CompressKitError, match="training needs class labels.*distill"):
