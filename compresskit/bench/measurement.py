@@ -20,6 +20,7 @@ Pydantic only: the worker of an ONNX Runtime target imports this module, never t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -205,9 +206,32 @@ class BenchDocument(_Model):
     targets: list[TargetRun]
 
 
+def cpu_description(cpuinfo: str) -> str | None:
+    """The CPU model and the vector extensions int8 and fp32 kernels choose by, from the
+    text of ``/proc/cpuinfo``: "Intel(R) Xeon(R) Processor; AVX-512, VNNI". Two machines
+    of the same "x86_64" can differ here, and their speedups with them (ORT's int8 GEMMs
+    use VNNI where the CPU has it; fp32 uses AVX-512). None when the text says neither."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name")
+    flags = set(fields.get("flags", "").split())
+    if not model and not flags:
+        return None
+    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    isa = []
+    if widest:
+        isa.append(widest)
+        vnni = {"avx512_vnni", "avx_vnni"} & flags
+        isa.append("VNNI" if vnni else "no VNNI")
+    return "; ".join(part for part in (model, ", ".join(isa)) if part)
+
+
 def machine_info() -> dict[str, Any]:
-    """Where a run measured: cores, platform, processor, Python, torch and ORT versions
-    (torch and onnxruntime are imported here, when asked, not with this module)."""
+    """Where a run measured: cores, platform, processor (and on Linux the CPU model and
+    vector extensions), Python, torch and ORT versions (torch and onnxruntime are
+    imported here, when asked, not with this module)."""
     import platform
 
     import onnxruntime
@@ -215,10 +239,13 @@ def machine_info() -> dict[str, Any]:
 
     from compresskit.bench.noise import usable_cores
 
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = cpu_description(cpuinfo.read_text()) if cpuinfo.is_file() else None
     return {
         "cores": usable_cores(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        **({"cpu": cpu} if cpu else {}),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,

@@ -215,7 +215,15 @@ def target_lines(report: Report) -> list[str]:
             "machine: "
             + ", ".join(
                 f"{key} {machine[key]}"
-                for key in ("cores", "processor", "platform", "python", "torch", "onnxruntime")
+                for key in (
+                    "cores",
+                    "processor",
+                    "cpu",
+                    "platform",
+                    "python",
+                    "torch",
+                    "onnxruntime",
+                )
                 if key in machine
             )
         )

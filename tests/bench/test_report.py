@@ -261,3 +261,37 @@ def test_table_columns_come_from_the_task() -> None:
 def test_pareto_front_keeps_only_undominated_points() -> None:
     points = [(2.0, 0.95), (1.0, 0.94), (3.0, 0.90), (1.0, 0.93), (0.5, 0.80)]
     assert pareto_front(points) == [4, 1, 0]
+
+
+XEON = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 {}\n\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "isa"),
+    [
+        ("avx avx2 fma", "AVX2, no VNNI"),
+        ("avx2 avx_vnni", "AVX2, VNNI"),
+        ("avx2 avx512f avx512bw", "AVX-512, no VNNI"),
+        ("avx2 avx512f avx512_vnni", "AVX-512, VNNI"),
+        ("", ""),
+    ],
+)
+def test_the_machine_line_names_the_cpu_and_the_extensions_kernels_use(flags, isa) -> None:
+    """Two "x86_64" machines with and without AVX-512 or VNNI give different speedups;
+    the report says which one measured (from /proc/cpuinfo; the first processor's)."""
+    from compresskit.bench.measurement import cpu_description
+
+    text = XEON.format(flags) + XEON.format("avx512f avx512_vnni")  # a second processor
+    expected = "Intel(R) Xeon(R) Processor" + (f"; {isa}" if isa else "")
+    assert cpu_description(text) == expected
+    assert cpu_description("") is None
+
+
+def test_machine_info_has_the_cpu_where_linux_says_it() -> None:
+    from compresskit.bench.measurement import machine_info
+
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo on this platform")
+    info = machine_info()
+    report = Report.model_validate(report_dict() | {"machine": info})
+    assert f"cpu {info['cpu']}, platform" in render_markdown(report)
