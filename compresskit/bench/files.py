@@ -117,6 +117,7 @@ def bench_files(
     trust_pickle: bool = False,
     trust_factory: bool = False,
     threads: int | None = None,
+    profile: bool = False,
 ) -> list[TargetRun]:
     """Measure ``paths`` on ``targets`` ("all": every built-in target; those that cannot
     run here come back skipped, with the reason). An ONNX file is fed inputs made from its
@@ -194,6 +195,7 @@ def bench_files(
             batch_sizes=batch_sizes,
             max_seconds=seconds,
             dynamic_sequence=dynamic_sequence,
+            profile=profile,
         )
 
 

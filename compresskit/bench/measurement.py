@@ -100,6 +100,11 @@ class Profile(_Model):
     unmapped_ms: float = Field(
         default=0.0, description="kernel time of nodes no module could be found for"
     )
+    by_op: dict[str, float] = Field(
+        default_factory=dict,
+        description="kernel ms per call by ORT kernel type (QGemm, Softmax, ...), costliest "
+        "first: what no single module shows, such as the float attention core's share",
+    )
 
     def key(self) -> tuple[str, int, str | None]:
         return (self.target, self.batch, self.workload)

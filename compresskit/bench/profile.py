@@ -273,11 +273,13 @@ def summarize(
     total = sum(median.values())
     grouped: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
+    by_op: dict[str, float] = {}
     for name, ms in median.items():
         module, op = nodes.get(name, (UNMAPPED, "?"))
         ops = grouped.setdefault(module, {})
         ops[op] = ops.get(op, 0.0) + ms
         counts[module] = counts.get(module, 0) + 1
+        by_op[op] = by_op.get(op, 0.0) + ms
     layers = [
         LayerCost(
             module=module,
@@ -299,4 +301,5 @@ def summarize(
         kernel_ms=total,
         layers=layers,
         unmapped_ms=unmapped,
+        by_op=dict(sorted(by_op.items(), key=lambda item: -item[1])),
     )

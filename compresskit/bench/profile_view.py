@@ -58,8 +58,35 @@ def profile_table(profile: Profile, *, limit: int = TABLE_ROWS) -> Table:
     return Table(title=_title(profile), header=["module", "kernels", "ms", "share"], rows=rows)
 
 
+def kernel_table(profile: Profile, *, limit: int = TABLE_ROWS) -> Table | None:
+    """Kernel time by ORT kernel type, costliest ``limit`` first, the rest summed: the
+    float attention core of an int8 transformer, or the conversions, at a glance."""
+    if not profile.by_op:
+        return None
+    total = profile.kernel_ms or sum(profile.by_op.values())
+    items = list(profile.by_op.items())
+    rows = [[op, f"{ms:.3f}", f"{ms / total:.0%}"] for op, ms in items[:limit]]
+    rest = items[limit:]
+    if rest:
+        ms = sum(ms for _, ms in rest)
+        rows.append([f"{len(rest)} more kernel types", f"{ms:.3f}", f"{ms / total:.0%}"])
+    at = f"workload {profile.workload}" if profile.workload else f"batch {profile.batch}"
+    return Table(
+        title=f"by kernel type on {profile.target}, {at}",
+        header=["kernel", "ms", "share"],
+        rows=rows,
+    )
+
+
 def profile_tables(entry: Entry) -> list[Table]:
-    return [profile_table(profile) for profile in entry.profiles]
+    """Per profile, the costliest modules, then (where recorded) the kernel types."""
+    tables = []
+    for profile in entry.profiles:
+        tables.append(profile_table(profile))
+        kernels = kernel_table(profile)
+        if kernels is not None:
+            tables.append(kernels)
+    return tables
 
 
 def profile_line(entry: Entry, *, top: int = 3) -> str | None:

@@ -121,6 +121,12 @@ def export(
     type=click.IntRange(min=1, max=256),
     help="Intra-op threads (overrides the targets').",
 )
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also say where the time goes (ONNX Runtime targets): costliest modules and "
+    "kernel types per model and batch.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -135,6 +141,7 @@ def bench(
     trust_pickle: bool,
     trust_factory: bool,
     threads: int | None,
+    profile: bool,
 ) -> None:
     """Measure MODELS (.onnx files or torch checkpoints) on targets; the first is the
     baseline of the speedups. Each target runs in its own process.
@@ -163,6 +170,7 @@ def bench(
         trust_pickle=trust_pickle,
         trust_factory=trust_factory,
         threads=threads,
+        profile=profile,
     )
     print_runs(runs, Console(stderr=True) if to_stdout else None)
     document = json.dumps(runs_json(list(models), runs), indent=2)

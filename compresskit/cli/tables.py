@@ -15,8 +15,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from compresskit.bench.measurement import Latency, TargetRun
-from compresskit.bench.profile_view import profile_line
+from compresskit.bench.measurement import Latency, Profile, TargetRun
+from compresskit.bench.profile_view import kernel_table, profile_line, profile_table
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     NOISY_NOTE,
@@ -150,11 +150,21 @@ def print_runs(runs: Sequence[TargetRun], console: Console | None = None) -> Non
                 _say(console, f"{model.name}: not measured: {model.error}", "red")
             for reason in model.skipped:
                 _say(console, f"{model.name}: not timed: {reason}", "yellow")
+        for model in run.models:
+            for profile in model.profiles:
+                _print_profile(console, model.name, profile)
         noisy = [x for m in run.models for x in m.latency if x.noisy]
         if noisy:
             _say(console, "* noisy: " + _noise_summary(noisy))
         if run.noisy:
             _say(console, f"noisy machine: {'; '.join(run.noise_reasons)}", "yellow")
+
+
+def _print_profile(console: Console, name: str, profile: Profile) -> None:
+    """One model's profile at one batch: costliest modules, then kernel types."""
+    for table in (profile_table(profile), kernel_table(profile)):
+        if table is not None:
+            console.print(_table(table.header, table.rows, title=f"{name}: {table.title}"))
 
 
 def _noise_summary(noisy: list[Latency]) -> str:

@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 
 import onnx
+import pytest
 import torch
 from onnx import TensorProto, helper
 
@@ -52,6 +53,10 @@ def test_profiles_map_every_costly_node_to_a_module_of_the_model(tmp_path: Path)
             assert profile.runs >= 3 and profile.kernel_ms > 0
             assert profile.unmapped_ms == 0.0, profile
             assert sum(layer.share for layer in profile.layers) > 0.999
+            # by kernel type: the same kernel time, split by what ran, costliest first
+            assert sum(profile.by_op.values()) == pytest.approx(profile.kernel_ms)
+            assert list(profile.by_op.values()) == sorted(profile.by_op.values(), reverse=True)
+            assert set(profile.by_op) == {op for layer in profile.layers for op in layer.ops}
             for layer in profile.layers:
                 assert layer.module in _modules(model), (name, layer)
                 assert "act_in" not in layer.module and "int8_" not in layer.module
@@ -60,6 +65,8 @@ def test_profiles_map_every_costly_node_to_a_module_of_the_model(tmp_path: Path)
     assert "QLinearAdd" in int8_rows[""]  # the add of the model's own forward
     float_rows = {layer.module for layer in run.model("float").profiles[1].layers}
     assert {"conv1", "conv2", "head"} <= float_rows
+    assert "QLinearConv" in run.model("int8").profiles[1].by_op
+    assert not any(op.startswith("QLinear") for op in run.model("float").profiles[1].by_op)
 
 
 def test_scopes_of_both_exporters_name_the_module() -> None:
@@ -125,6 +132,7 @@ def _profile(batch: int, rows: list[tuple[str, str, float]]) -> dict:
             {"module": module, "ops": [op], "ms": ms, "share": ms / total, "nodes": 1}
             for module, op, ms in rows
         ],
+        "by_op": {op: ms for _, op, ms in sorted(rows, key=lambda row: -row[2])},
     }
 
 
@@ -151,6 +159,8 @@ def test_profiles_render_as_tables_a_chart_and_a_terminal_line(tmp_path: Path) -
     assert "**where the time goes on cpu-ort, batch 8 (kernels 0.500 ms per call" in markdown
     assert "| conv1 | QLinearConv | 0.300 | 60% |" in markdown
     assert "| (top level) | QLinearAdd | 0.150 | 30% |" in markdown
+    assert "**by kernel type on cpu-ort, batch 8**" in markdown
+    assert "| QLinearConv | 0.300 | 60% |" in markdown and "| QGemm | 0.050 | 10% |" in markdown
     write_reports(report, tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert 'alt="kernel time per module"' in html and "<h2>Where the time goes</h2>" in html

@@ -57,6 +57,25 @@ def test_export_and_bench_a_state_dict_given_its_input_shape(tmp_path: Path) -> 
             assert (x.speedup is None) == (run.target == "torch-cpu")
 
 
+def test_bench_profile_says_where_each_models_time_goes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.onnx.export(
+        TinyCNN().eval(), (torch.randn(1, 1, 8, 8),), tmp_path / "m.onnx", dynamo=False,
+        input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+    )  # fmt: skip
+    bench = invoke(
+        "bench", str(tmp_path / "m.onnx"), "--target", "cpu-ort-1t", "--batch", "4",
+        "--seconds", "0.05", "--profile", "--json", str(tmp_path / "b.json"),
+    )  # fmt: skip
+    assert bench.exit_code == 0, bench.output
+    printed = " ".join(bench.output.split())  # titles wrap at the table's width
+    assert "m: where the time goes on cpu-ort-1t, batch 4" in printed
+    assert "m: by kernel type on cpu-ort-1t, batch 4" in printed
+    document = BenchDocument.model_validate_json((tmp_path / "b.json").read_text())
+    (profile,) = document.targets[0].models[0].profiles
+    assert "Conv" in " ".join(profile.by_op) and profile.kernel_ms > 0
+
+
 def test_bench_all_targets_lists_every_skip_with_its_reason(tmp_path: Path) -> None:
     torch.save(TinyCNN().state_dict(), tmp_path / "w.pt")
     from compresskit.export.onnx import export_onnx
