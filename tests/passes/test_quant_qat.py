@@ -108,3 +108,12 @@ class TestQATContract(PassContract):
         "calibration_batches": 2,
         "train": TrainConfig(epochs=1, batch_size=64, lr=1e-3).model_dump(),
     }
+
+
+def test_qat_records_of_older_reports_still_load() -> None:
+    """Reports written before ``ptq_val`` kept the PTQ accuracy as ``ptq_val_accuracy``."""
+    from compresskit.passes.records import QATRecord
+
+    record = QATRecord.model_validate({"ptq_val_accuracy": 0.91, "freeze_step": 3})
+    assert record.ptq_val == {"accuracy": 0.91}
+    assert "val accuracy after PTQ 0.9100" in record.summary()[0].text  # type: ignore[union-attr]
