@@ -43,7 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from compresskit.bench.harness import BenchModel, Workload, measure_targets
-from compresskit.bench.measurement import Latency, Session, TargetRun, machine_info
+from compresskit.bench.measurement import Latency, Session, TargetRun, this_cpu
 from compresskit.export.targets import load_target
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -360,7 +360,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": machine_info().get("cpu"),
+        "cpu_model": this_cpu(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ort_threads": THREADS,
@@ -425,7 +425,7 @@ def timing_note(runs: Sequence[TargetRun]) -> str:
             f"{run.target} ({run.threads} threads{denormals}, {len(run.models)} rows "
             f"interleaved; {noisy})"
         )
-    cpu = machine_info().get("cpu")
+    cpu = this_cpu()
     return (
         "Latency: every row timed together, interleaved in one worker per target, "
         + ", ".join(parts)

@@ -233,6 +233,12 @@ def cpu_description(cpuinfo: str) -> str | None:
     return "; ".join(part for part in (model, ", ".join(isa)) if part)
 
 
+def this_cpu() -> str | None:
+    """:func:`cpu_description` of this machine (Linux; None elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpu_description(cpuinfo.read_text()) if cpuinfo.is_file() else None
+
+
 def machine_info() -> dict[str, Any]:
     """Where a run measured: cores, platform, processor (and on Linux the CPU model and
     vector extensions), Python, torch and ORT versions (torch and onnxruntime are
@@ -244,8 +250,7 @@ def machine_info() -> dict[str, Any]:
 
     from compresskit.bench.noise import usable_cores
 
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu = cpu_description(cpuinfo.read_text()) if cpuinfo.is_file() else None
+    cpu = this_cpu()
     return {
         "cores": usable_cores(),
         "platform": platform.platform(),

@@ -33,10 +33,13 @@ def kernel_kind(layer: LayerCost) -> str:
     return "int8" if op.startswith(_INTEGER) else "float"
 
 
+def _at(profile: Profile) -> str:
+    return f"workload {profile.workload}" if profile.workload else f"batch {profile.batch}"
+
+
 def _title(profile: Profile) -> str:
-    at = f"workload {profile.workload}" if profile.workload else f"batch {profile.batch}"
     return (
-        f"where the time goes on {profile.target}, {at} "
+        f"where the time goes on {profile.target}, {_at(profile)} "
         f"(kernels {profile.kernel_ms:.3f} ms per call, median of {profile.runs} runs)"
     )
 
@@ -70,9 +73,8 @@ def kernel_table(profile: Profile, *, limit: int = TABLE_ROWS) -> Table | None:
     if rest:
         ms = sum(ms for _, ms in rest)
         rows.append([f"{len(rest)} more kernel types", f"{ms:.3f}", f"{ms / total:.0%}"])
-    at = f"workload {profile.workload}" if profile.workload else f"batch {profile.batch}"
     return Table(
-        title=f"by kernel type on {profile.target}, {at}",
+        title=f"by kernel type on {profile.target}, {_at(profile)}",
         header=["kernel", "ms", "share"],
         rows=rows,
     )

@@ -30,7 +30,7 @@ from compresskit.passes.records import QATRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
 from compresskit.quantization.static import StaticQuantConfig, quantize_static
-from compresskit.tasks.base import to_device
+from compresskit.tasks.base import model_device
 from compresskit.training.loop import Inputs, Objective, TrainConfig, train
 
 
@@ -112,10 +112,8 @@ class QAT(Pass[QATConfig]):
             ctx.record(**quantize_static(model, ctx, config, what="qat"))
         metric_fn = task.validation(teacher if config.losses else None)
         monitor = task.monitor(config.train.monitor, what="qat")
-        val = [
-            to_device(batch, ctx.device)
-            for batch in ctx.data.loader("val", batch_size=task.eval_batch_size)
-        ]
+        # The metric moves batches to the model itself, as in the training loop.
+        val = ctx.data.loader("val", batch_size=task.eval_batch_size)
         ptq_val = metric_fn(model.eval(), val)[monitor]
         prepare_qat(model, learn_scales=config.learn_scales, track_ranges=not config.learn_scales)
         steps = config.train.steps or config.train.epochs * len(
@@ -136,7 +134,7 @@ class QAT(Pass[QATConfig]):
 
         torch.manual_seed(ctx.seed)
         if config.losses:
-            example = tuple(x.to(ctx.device) for x in ctx.example_inputs)
+            example = tuple(x.to(model_device(model)) for x in ctx.example_inputs)
             distillation = DistillObjective(config.losses, model, teacher, example_inputs=example)
             terms = distillation.as_objective()
             objective = Objective(
