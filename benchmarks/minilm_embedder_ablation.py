@@ -2,6 +2,7 @@
 
     python benchmarks/minilm_embedder_ablation.py --study int8      # ~3 min
     python benchmarks/minilm_embedder_ablation.py --study distill   # ~35 min
+    python benchmarks/minilm_embedder_ablation.py --study widths    # ~10 min
 
 Each study is one branching compresskit run on all-MiniLM-L6-v2 as a sentence embedder,
 scored by the cosine to the fp32 teacher on the 512 held-out snippets of compresskit's
@@ -14,6 +15,9 @@ indicative):
 * ``distill``: 2 of 6 layers removed, then one epoch of distillation on the Rotten
   Tomatoes training snippets plus 6,000 Wikipedia sentences, with different loss terms
   and learning rates (no int8).
+* ``widths``: how much each amount of heads and FFN neurons removed buys in speed once
+  int8, before any training (what distillation then has to win back), to size the
+  recipe's ``narrower`` candidate.
 
 Records ``results/minilm_embedder_ablation/<study>.md`` (the run report's table) and
 ``<study>_report.md`` (the whole report); the run itself stays under ``artifacts/``.
@@ -90,7 +94,39 @@ def distill_nodes() -> list[dict[str, Any]]:
     return nodes
 
 
-STUDIES = {"int8": int8_nodes, "distill": distill_nodes}
+WIDTHS = {  # heads, FFN neurons removed (fractions, ranked across the model)
+    "h17-f15": (0.1667, 0.15),
+    "h17-f30": (0.1667, 0.30),
+    "h25-f15": (0.25, 0.15),
+    "h25-f30": (0.25, 0.30),
+    "h33-f15": (0.3333, 0.15),
+}
+
+
+def widths_nodes() -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = []
+    for name, (heads, ffn) in WIDTHS.items():
+        prune = {
+            "heads": heads,
+            "ffn": ffn,
+            "importance": "sensitivity",
+            "global_ranking": True,
+            "calibration_batches": 4,
+        }
+        nodes += [
+            {"id": name, "pass": "prune_transformer", "config": prune},
+            {
+                "id": f"{name}-int8-linear",
+                "pass": "quantize",
+                "after": name,
+                "config": STATIC | {"calibration": "auto"},
+            },
+            {"id": f"{name}-int8", "pass": "quantize_embeddings", "after": f"{name}-int8-linear"},
+        ]
+    return nodes
+
+
+STUDIES = {"int8": int8_nodes, "distill": distill_nodes, "widths": widths_nodes}
 
 
 def main(argv: list[str] | None = None) -> Path:
