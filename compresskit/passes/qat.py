@@ -62,7 +62,9 @@ class QATConfig(StaticQuantConfig):
 
     @model_validator(mode="after")
     def _one_form(self) -> QATConfig:
-        if self.losses and (self.alpha != 1.0 or self.temperature != 4.0):
+        # Given at all, not "differs from its default": alpha: 1 beside losses is as
+        # ambiguous as alpha: 0.5 (distill refuses both the same way).
+        if self.losses and {"alpha", "temperature"} & self.model_fields_set:
             raise ValueError(
                 "alpha/temperature are the short form; with losses, give the weights and "
                 "temperature in the losses (kind: task / kind: kd)"

@@ -123,9 +123,11 @@ def test_qat_distils_an_embedder_through_its_quantizers(data, embedder) -> None:
     assert ctx.records["quantized_layers"]
 
 
-def test_qat_losses_replace_the_short_form() -> None:
+@pytest.mark.parametrize("short_form", [{"alpha": 0.5}, {"alpha": 1.0}, {"temperature": 4.0}])
+def test_qat_losses_replace_the_short_form(short_form: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="alpha/temperature are the short form"):
-        QATConfig(losses=[OUTPUT_LOSS], alpha=0.5)
+        QATConfig(losses=[OUTPUT_LOSS], **short_form)
+    assert QATConfig(losses=[OUTPUT_LOSS]).losses  # the defaults alone are not "given"
 
 
 @pytest.mark.parametrize(
