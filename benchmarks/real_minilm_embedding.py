@@ -25,10 +25,10 @@ from rotten_tomatoes import load_rt_split  # noqa: E402
 CASE = "minilm_embedding"
 
 
-def load_case(*, quick: bool) -> minilm_case.MiniLMCase:
+def load_case(*, quick: bool, name: str = CASE) -> minilm_case.MiniLMCase:
     bert, tokenizer = minilm.load_bert()
     return minilm_case.rotten_tomatoes_case(
-        CASE, bert, tokenizer, load_rt_split(), head=None, quick=quick
+        name, bert, tokenizer, load_rt_split(), head=None, quick=quick
     )
 
 
