@@ -91,10 +91,5 @@ SCRIPT = common.CaseScript(
     describe=describe,
 )
 
-
-def main(argv: list[str] | None = None) -> Path:
-    return common.case_main(SCRIPT, argv)
-
-
 if __name__ == "__main__":
-    main()
+    common.case_main(SCRIPT)
