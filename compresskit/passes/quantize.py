@@ -61,10 +61,5 @@ class Quantize(Pass[QuantizeConfig]):
             raise CompressKitError(
                 "quantize: the model is already quantized; remove one quantize node"
             )
-        if self.config.mixed_precision is not None:
-            ctx.task.require_labels(
-                "quantize: mixed_precision (it budgets a calibration accuracy drop)",
-                "remove mixed_precision and keep sensitive layers float with exclude",
-            )
         ctx.record(**quantize_static(model, ctx, self.config, what="quantize"))
         return model

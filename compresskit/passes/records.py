@@ -317,6 +317,7 @@ class StaticQuantRecord(PassRecord):
     sensitivity: dict[str, float] = Field(default_factory=dict)
     float_layer_reasons: dict[str, str] = Field(default_factory=dict)
     calibration_accuracy_drop: float | None = None
+    calibration_cosine_drop: float | None = None
     float_mac_fraction: float | None = None
     integer_residuals: list[str] = Field(
         default_factory=list, description="residual adds / concatenations on int8 inputs"
@@ -352,14 +353,18 @@ class StaticQuantRecord(PassRecord):
         if self.float_layer_reasons:
             rows = [[name, why] for name, why in self.float_layer_reasons.items()]
             blocks.append(Table(title="kept in float", header=["layer", "why"], rows=rows))
-        if self.calibration_accuracy_drop is not None:
-            blocks.append(
-                Line(
-                    text=f"mixed precision: calibration accuracy drop "
-                    f"{self.calibration_accuracy_drop:.2%}, "
-                    f"{self.float_mac_fraction or 0.0:.0%} of MACs in float"
+        drops = {
+            "accuracy": (self.calibration_accuracy_drop, ".2%"),
+            "cosine": (self.calibration_cosine_drop, ".4f"),
+        }
+        for metric, (drop, form) in drops.items():
+            if drop is not None:
+                blocks.append(
+                    Line(
+                        text=f"mixed precision: calibration {metric} drop {drop:{form}}, "
+                        f"{self.float_mac_fraction or 0.0:.0%} of MACs in float"
+                    )
                 )
-            )
         if self.unused_layers:
             blocks.append(
                 Line(text=f"never called by forward (left float): {_names(self.unused_layers)}")

@@ -144,11 +144,12 @@ def quantize_static(
             config=config.mixed_precision,
             configure=lambda m: configure_calibration(m, config),
             residuals=config.integer_residuals,
+            metric="cosine" if ctx.task.monitors[0] == "cosine" else "accuracy",
         )
         exclude += list(plan.float_layers)
         records["sensitivity"] = {k: round(v, 6) for k, v in plan.sensitivity.items()}
         records["float_layer_reasons"] = plan.float_layers
-        records["calibration_accuracy_drop"] = round(plan.accuracy_drop, 4)
+        records[f"calibration_{plan.metric}_drop"] = round(plan.drop, 4)
         records["float_mac_fraction"] = round(plan.float_macs, 4)
     causes = {name: "sensitivity" for name in records.get("float_layer_reasons", {})}
     if config.precision_by_latency is not None:

@@ -156,7 +156,7 @@ def test_label_trained_passes_refuse_embeddings_naming_what_to_use(data, embedde
         QAT(QATConfig()).apply(copy.deepcopy(embedder), ctx)
     with pytest.raises(CompressKitError, match="qat: losses kd need classes"):
         QAT(QATConfig(losses=[OUTPUT_LOSS, {"kind": "kd"}])).apply(copy.deepcopy(embedder), ctx)
-    with pytest.raises(CompressKitError, match="remove mixed_precision"):
+    with pytest.raises(CompressKitError, match="no labels to measure accuracy on.*max_cosine"):
         Quantize(QuantizeConfig(mixed_precision={})).apply(copy.deepcopy(embedder), ctx)
     with pytest.raises(CompressKitError, match="training needs class labels.*distill"):
         train(copy.deepcopy(embedder), data, TrainConfig(epochs=1))
@@ -169,3 +169,43 @@ def test_monitor_defaults_by_task() -> None:
     assert classification.monitor("agreement", what="x") == "agreement"
     with pytest.raises(CompressKitError, match="use monitor: cosine"):
         embedding.monitor("agreement", what="x")
+
+
+def test_mixed_precision_budgets_an_embedders_cosine_and_keeps_the_fragile_layer_float(
+    data, embedder
+) -> None:
+    # Plant: intermediate neuron 0 of layer 1 is dead (GELU(-10) ~ 0) and the layer's
+    # output projection gives it a huge weight. Float outputs do not change, but every
+    # output channel's int8 scale now rounds the other weights of that layer to zero.
+    fragile = "bert.encoder.layer.1.output.dense"
+    with torch.no_grad():
+        layer = embedder.bert.encoder.layer[1]
+        layer.intermediate.dense.weight[0] = 0.0
+        layer.intermediate.dense.bias[0] = -10.0
+        layer.output.dense.weight[:, 0] = 1000.0
+    plain = Quantize(QuantizeConfig()).apply(copy.deepcopy(embedder), context(data, embedder))
+    ctx = context(data, embedder)
+    budget = {"max_cosine_drop": 0.01, "max_float_macs": 0.5}
+    mixed = Quantize(QuantizeConfig(mixed_precision=budget)).apply(copy.deepcopy(embedder), ctx)
+    sensitivity = ctx.records["sensitivity"]
+    assert max(sensitivity, key=sensitivity.get) == fragile, sensitivity
+    assert ctx.records["float_layers"] == [fragile]
+    assert "calibration cosine drop" in ctx.records["float_layer_reasons"][fragile]
+    assert ctx.records["calibration_cosine_drop"] <= 0.01
+    assert _cosine(plain, embedder, data) < 0.95  # the plant works
+    assert _cosine(mixed, embedder, data) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("task", "budget", "message"),
+    [
+        ("embedding", {"max_accuracy_drop": 0.01}, "budget the cosine.*max_cosine_drop"),
+        ("classification", {"max_cosine_drop": 0.01}, "max_cosine_drop is for embedding"),
+    ],
+)
+def test_mixed_precision_refuses_the_other_tasks_budget(task, budget, message) -> None:
+    from compresskit.quantization.sensitivity import MixedPrecisionConfig
+
+    metric = get_task(task).monitors[0]
+    with pytest.raises(CompressKitError, match=message):
+        MixedPrecisionConfig(**budget).budget("cosine" if metric == "cosine" else "accuracy")
