@@ -56,7 +56,8 @@ def int8_nodes() -> list[dict[str, Any]]:
     for cosine_drop in (0.004, 0.002):  # the most sensitive layers float, up to 4
         mixed = {"max_cosine_drop": cosine_drop, "max_float_layers": 4}
         config = STATIC | {"calibration": "auto", "mixed_precision": mixed}
-        nodes.append({"id": f"static-auto-mixed-{cosine_drop}", "pass": "quantize", "config": config})
+        name = f"static-auto-mixed-{cosine_drop}"
+        nodes.append({"id": name, "pass": "quantize", "config": config})
     for removed in (1, 2):
         nodes += [
             {
