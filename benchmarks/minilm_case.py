@@ -285,8 +285,8 @@ def compresskit_policy(case: MiniLMCase) -> Candidate:
 
 @common.producer("compresskit minilm-embedder-fidelity", "compresskit")
 def compresskit_embedder_fidelity(case: MiniLMCase) -> Candidate:
-    """policies/minilm-embedder-fidelity.yaml on the embedder: a quarter of the heads and
-    15% of the FFN neurons removed, distilled on more unlabelled text (the Rotten Tomatoes
+    """policies/minilm-embedder-fidelity.yaml on the embedder: a sixth of the heads and 15%
+    of the FFN neurons removed, distilled on more unlabelled text (the Rotten Tomatoes
     training snippets plus WIKI_SENTENCES Wikipedia sentences), then int8."""
     return _embedder_fidelity(case, "compresskit minilm-embedder-fidelity", "narrower-int8")
 
