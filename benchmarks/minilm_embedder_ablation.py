@@ -11,7 +11,8 @@ indicative):
 
 * ``int8``: the whole model under dynamic int8 and under static int8 with each calibration
   method (``auto`` included), with the layers most sensitive to int8 kept float
-  (``mixed_precision`` budgeting the cosine on calibration data), and static int8 after
+  (``static-auto-mixed-NNN``: ``mixed_precision`` with ``max_cosine_drop`` NNN thousandths
+  of cosine on calibration data, at most 4 layers), and static int8 after
   removing 1 or 2 layers (no training); the run report shows where the int8 models' time
   goes.
 * ``distill``: 2 of 6 layers removed, then one epoch of distillation on the Rotten
@@ -56,7 +57,7 @@ def int8_nodes() -> list[dict[str, Any]]:
     for cosine_drop in (0.004, 0.002):  # the most sensitive layers float, up to 4
         mixed = {"max_cosine_drop": cosine_drop, "max_float_layers": 4}
         config = STATIC | {"calibration": "auto", "mixed_precision": mixed}
-        name = f"static-auto-mixed-{cosine_drop}"
+        name = f"static-auto-mixed-{cosine_drop * 1000:03.0f}"  # of a thousandth
         nodes.append({"id": name, "pass": "quantize", "config": config})
     for removed in (1, 2):
         nodes += [
