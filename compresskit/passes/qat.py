@@ -29,7 +29,11 @@ from compresskit.passes.distill import check_losses
 from compresskit.passes.records import QATRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
-from compresskit.quantization.static import StaticQuantConfig, quantize_static
+from compresskit.quantization.static import (
+    StaticQuantConfig,
+    check_mixed_precision,
+    quantize_static,
+)
 from compresskit.tasks.base import model_device
 from compresskit.training.loop import Inputs, Objective, TrainConfig, train
 
@@ -87,6 +91,9 @@ class QAT(Pass[QATConfig]):
     config_cls = QATConfig
     effects = Effects(quantizes=frozenset({"layers"}), refines=frozenset({"layers"}), trains=True)
     record_cls = QATRecord
+
+    def check(self, model: nn.Module, ctx: Context) -> None:
+        check_mixed_precision(self.config, ctx)
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

@@ -18,7 +18,11 @@ from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
 from compresskit.passes.records import StaticQuantRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.prepare import check_supported, excluded, plain_layer
-from compresskit.quantization.static import StaticQuantConfig, quantize_static
+from compresskit.quantization.static import (
+    StaticQuantConfig,
+    check_mixed_precision,
+    quantize_static,
+)
 
 
 class QuantizeConfig(StaticQuantConfig):
@@ -45,6 +49,7 @@ class Quantize(Pass[QuantizeConfig]):
 
     def check(self, model: nn.Module, ctx: Context) -> None:
         check_supported(model, list(self.config.exclude), what="quantize")
+        check_mixed_precision(self.config, ctx)
         layers = [
             name
             for name, m in model.named_modules()

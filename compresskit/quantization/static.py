@@ -24,6 +24,7 @@ from compresskit.quantization.modules import (
 from compresskit.quantization.observers import CALIBRATION_METHODS
 from compresskit.quantization.prepare import prepare
 from compresskit.quantization.sensitivity import (
+    Metric,
     MixedPrecisionConfig,
     batch_outputs,
     plan_mixed_precision,
@@ -124,6 +125,18 @@ def choose_calibration(
     return best, errors
 
 
+def precision_metric(ctx: Context) -> Metric:
+    """What ``mixed_precision`` budgets on this task: cosine to the float model for an
+    embedder, top-1 accuracy on the labels otherwise."""
+    return "cosine" if ctx.task.monitors[0] == "cosine" else "accuracy"
+
+
+def check_mixed_precision(config: StaticQuantConfig, ctx: Context) -> None:
+    """Refuse, before anything runs, a ``mixed_precision`` budget the task cannot measure."""
+    if config.mixed_precision is not None:
+        config.mixed_precision.budget(precision_metric(ctx))
+
+
 def quantize_static(
     model: nn.Module, ctx: Context, config: StaticQuantConfig, *, what: str
 ) -> dict[str, Any]:
@@ -144,7 +157,7 @@ def quantize_static(
             config=config.mixed_precision,
             configure=lambda m: configure_calibration(m, config),
             residuals=config.integer_residuals,
-            metric="cosine" if ctx.task.monitors[0] == "cosine" else "accuracy",
+            metric=precision_metric(ctx),
         )
         exclude += list(plan.float_layers)
         records["sensitivity"] = {k: round(v, 6) for k, v in plan.sensitivity.items()}

@@ -209,3 +209,18 @@ def test_mixed_precision_refuses_the_other_tasks_budget(task, budget, message) -
     metric = get_task(task).monitors[0]
     with pytest.raises(CompressKitError, match=message):
         MixedPrecisionConfig(**budget).budget("cosine" if metric == "cosine" else "accuracy")
+
+
+def test_a_budget_the_embedder_cannot_measure_is_refused_before_anything_runs(
+    data, embedder
+) -> None:
+    ctx = context(data, embedder)
+    for node in (
+        Quantize(QuantizeConfig(mixed_precision={})),
+        QAT(QATConfig(losses=[OUTPUT_LOSS], mixed_precision={"max_accuracy_drop": 0.01})),
+    ):
+        with pytest.raises(CompressKitError, match="budget the cosine.*max_cosine_drop"):
+            node.check(embedder, ctx)
+    QAT(QATConfig(losses=[OUTPUT_LOSS], mixed_precision={"max_cosine_drop": 0.01})).check(
+        embedder, ctx
+    )
