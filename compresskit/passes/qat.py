@@ -93,7 +93,7 @@ class QAT(Pass[QATConfig]):
     record_cls = QATRecord
 
     def check(self, model: nn.Module, ctx: Context) -> None:
-        check_mixed_precision(self.config, ctx)
+        check_mixed_precision(self.config, ctx, what="qat")
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         config = self.config

@@ -49,7 +49,7 @@ class Quantize(Pass[QuantizeConfig]):
 
     def check(self, model: nn.Module, ctx: Context) -> None:
         check_supported(model, list(self.config.exclude), what="quantize")
-        check_mixed_precision(self.config, ctx)
+        check_mixed_precision(self.config, ctx, what="quantize")
         layers = [
             name
             for name, m in model.named_modules()

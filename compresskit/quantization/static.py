@@ -125,16 +125,23 @@ def choose_calibration(
     return best, errors
 
 
-def precision_metric(ctx: Context) -> Metric:
+def precision_metric(ctx: Context, *, what: str) -> Metric:
     """What ``mixed_precision`` budgets on this task: cosine to the float model for an
-    embedder, top-1 accuracy on the labels otherwise."""
-    return "cosine" if ctx.task.monitors[0] == "cosine" else "accuracy"
+    embedder, top-1 accuracy on the labels for a labelled task; other unlabelled tasks
+    (fidelity) are refused."""
+    if ctx.task.monitors[0] == "cosine":
+        return "cosine"
+    ctx.task.require_labels(
+        f"{what}: mixed_precision (it budgets a calibration accuracy drop)",
+        "remove mixed_precision and keep sensitive layers float with exclude",
+    )
+    return "accuracy"
 
 
-def check_mixed_precision(config: StaticQuantConfig, ctx: Context) -> None:
+def check_mixed_precision(config: StaticQuantConfig, ctx: Context, *, what: str) -> None:
     """Refuse, before anything runs, a ``mixed_precision`` budget the task cannot measure."""
     if config.mixed_precision is not None:
-        config.mixed_precision.budget(precision_metric(ctx))
+        config.mixed_precision.budget(precision_metric(ctx, what=what))
 
 
 def quantize_static(
@@ -157,7 +164,7 @@ def quantize_static(
             config=config.mixed_precision,
             configure=lambda m: configure_calibration(m, config),
             residuals=config.integer_residuals,
-            metric=precision_metric(ctx),
+            metric=precision_metric(ctx, what=what),
         )
         exclude += list(plan.float_layers)
         records["sensitivity"] = {k: round(v, 6) for k, v in plan.sensitivity.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -166,6 +167,13 @@ def test_mixed_precision_keeps_the_planted_fragile_layer_float(tiny) -> None:
     assert "sensitivity" in ctx.records["float_layer_reasons"]["head"]
     assert evaluate_accuracy(plain, loader) < float_accuracy - 0.2  # the plant works
     assert evaluate_accuracy(mixed, loader) >= float_accuracy - 0.03
+
+
+def test_mixed_precision_on_unlabelled_logits_is_refused_before_anything_runs(tiny) -> None:
+    # fidelity: class logits without labels, nothing for an accuracy budget to count
+    ctx = context(dataclasses.replace(tiny, task="fidelity"))
+    with pytest.raises(CompressKitError, match="needs class labels.*remove mixed_precision"):
+        Quantize(QuantizeConfig(mixed_precision={})).check(Fragile(), ctx)
 
 
 @pytest.mark.parametrize(
