@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -26,6 +25,7 @@ from compresskit.configs import PassConfig
 from compresskit.errors import CompressKitError
 from compresskit.quantization.modules import calibrate_, quant_layers, set_mode
 from compresskit.quantization.prepare import prepare
+from compresskit.tasks.embedding import sample_cosines
 
 Batches = Sequence[Sequence[torch.Tensor]]
 
@@ -126,10 +126,7 @@ def _accuracy(outputs: list[torch.Tensor], batches: Batches) -> float:
 
 
 def _cosine(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
-    rows = [
-        F.cosine_similarity(o.flatten(1).double(), r.flatten(1).double(), dim=1)
-        for o, r in zip(outputs, reference, strict=True)
-    ]
+    rows = [sample_cosines(o, r) for o, r in zip(outputs, reference, strict=True)]
     return float(torch.cat(rows).mean())
 
 

@@ -162,8 +162,9 @@ class _TeacherCosine(TeacherMatch):
     """Validation metric: the mean cosine of the model's embeddings to the teacher's."""
 
     def __call__(self, model: nn.Module, batches: Batches) -> dict[str, float]:
-        return {"cosine": self.mean_score(model, list(batches), _cosine)}
+        return {"cosine": self.mean_score(model, list(batches), sample_cosines)}
 
 
-def _cosine(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+def sample_cosines(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Each sample's cosine of ``got`` to ``expected`` (flattened, in float64)."""
     return F.cosine_similarity(got.flatten(1).double(), expected.flatten(1).double(), dim=1)
