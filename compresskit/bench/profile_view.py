@@ -80,15 +80,15 @@ def kernel_table(profile: Profile, *, limit: int = TABLE_ROWS) -> Table | None:
     )
 
 
+def tables_of(profile: Profile) -> list[Table]:
+    """One profile's costliest modules, then (where recorded) its kernel types."""
+    kernels = kernel_table(profile)
+    return [profile_table(profile), *([kernels] if kernels is not None else [])]
+
+
 def profile_tables(entry: Entry) -> list[Table]:
-    """Per profile, the costliest modules, then (where recorded) the kernel types."""
-    tables = []
-    for profile in entry.profiles:
-        tables.append(profile_table(profile))
-        kernels = kernel_table(profile)
-        if kernels is not None:
-            tables.append(kernels)
-    return tables
+    """:func:`tables_of` each of ``entry``'s profiles."""
+    return [table for profile in entry.profiles for table in tables_of(profile)]
 
 
 def profile_line(entry: Entry, *, top: int = 3) -> str | None:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compresskit.bench.measurement import Latency, Profile, TargetRun
-from compresskit.bench.profile_view import kernel_table, profile_line, profile_table
+from compresskit.bench.profile_view import profile_line, tables_of
 from compresskit.bench.report import Report
 from compresskit.bench.text import (
     NOISY_NOTE,
@@ -162,9 +162,8 @@ def print_runs(runs: Sequence[TargetRun], console: Console | None = None) -> Non
 
 def _print_profile(console: Console, name: str, profile: Profile) -> None:
     """One model's profile at one batch: costliest modules, then kernel types."""
-    for table in (profile_table(profile), kernel_table(profile)):
-        if table is not None:
-            console.print(_table(table.header, table.rows, title=f"{name}: {table.title}"))
+    for table in tables_of(profile):
+        console.print(_table(table.header, table.rows, title=f"{name}: {table.title}"))
 
 
 def _noise_summary(noisy: list[Latency]) -> str:
