@@ -57,7 +57,7 @@ SCRIPT = common.CaseScript(
         *minilm_case.PRODUCERS,
         minilm_case.compresskit_embedder_fidelity_int8,
         minilm_case.compresskit_embedder_fidelity,
-        minilm_case.compresskit_embedder_fidelity_remove_1,
+        minilm_case.compresskit_embedder_fidelity_narrower,
     ],
     min_repeats=7,
     describe=describe,
