@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -38,7 +38,7 @@ from compresskit.tasks import Task
 from compresskit.tasks.base import model_device, to_device
 from compresskit.training.loop import Runtime, TrainConfig, train
 
-__all__ = ["Distill", "DistillConfig", "kd_loss"]
+__all__ = ["Distill", "DistillConfig", "kd_loss", "training_on"]
 
 # Losses over class labels or class probabilities: meaningless on embeddings.
 CLASS_LOSSES = frozenset({"task", "kd", "nkd", "dts", "taid"})
@@ -106,6 +106,26 @@ def load_teacher(path: str, *, trust_factory: bool = False, causal_lm: bool = Fa
     return teacher.eval()
 
 
+@contextlib.contextmanager
+def training_on(
+    device: torch.device, model: nn.Module, teacher: nn.Module | None
+) -> Iterator[None]:
+    """``model`` and ``teacher`` on the run's ``device`` while a pass trains (pass
+    ``Runtime(device)`` to ``train``); each goes back where it was afterwards, also when
+    training fails, so the next pass finds the models as it left them."""
+    home = model_device(model)
+    teacher_home = model_device(teacher) if teacher is not None else None
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    try:
+        yield
+    finally:
+        if teacher is not None:
+            teacher.to(teacher_home)
+        model.to(home)
+
+
 def check_losses(
     specs: Sequence[Any], task: Task, *, short_form: bool, what: str = "distill"
 ) -> None:
@@ -168,12 +188,7 @@ class Distill(Pass[DistillConfig]):
         if not needs_teacher:
             teacher = None
         device = ctx.device
-        teacher_device = model_device(teacher) if teacher is not None else device
-        home = model_device(model)
-        model.to(device)
-        if teacher is not None:
-            teacher.to(device)
-        try:
+        with training_on(device, model, teacher):
             torch.manual_seed(ctx.seed)
             example = tuple(x.to(device) for x in ctx.example_inputs)
             objective: DistillObjective | LMDistillObjective
@@ -200,10 +215,6 @@ class Distill(Pass[DistillConfig]):
                     runtime=Runtime(device),
                     description="distill",
                 )
-        finally:
-            if teacher is not None:
-                teacher.to(teacher_device)
-        model.to(home)
         ctx.record(
             history=history.as_dict(),
             distill={

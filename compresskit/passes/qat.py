@@ -25,7 +25,7 @@ from compresskit.distill.losses import LossSpec, label_kd_loss
 from compresskit.distill.objective import DistillObjective
 from compresskit.errors import CompressKitError
 from compresskit.passes.base import DataNeed, Effects, Pass, register_pass
-from compresskit.passes.distill import check_losses
+from compresskit.passes.distill import check_losses, training_on
 from compresskit.passes.records import QATRecord
 from compresskit.quantization.modules import is_quantized
 from compresskit.quantization.qat import convert_qat, freeze_qat, prepare_qat
@@ -34,8 +34,7 @@ from compresskit.quantization.static import (
     check_mixed_precision,
     quantize_static,
 )
-from compresskit.tasks.base import model_device
-from compresskit.training.loop import Inputs, Objective, TrainConfig, train
+from compresskit.training.loop import Inputs, Objective, Runtime, TrainConfig, train
 
 
 class QATConfig(StaticQuantConfig):
@@ -141,38 +140,50 @@ class QAT(Pass[QATConfig]):
 
             return loss_fn
 
-        torch.manual_seed(ctx.seed)
-        if config.losses:
-            example = tuple(x.to(model_device(model)) for x in ctx.example_inputs)
-            distillation = DistillObjective(config.losses, model, teacher, example_inputs=example)
-            terms = distillation.as_objective()
-            objective = Objective(
-                loss=freezing(terms.loss), modules=terms.modules, on_step=terms.on_step
-            )
-            taps = distillation.teacher_taps or contextlib.nullcontext()
-            with distillation.student_taps, taps:
+        distils = bool(config.losses) or config.alpha < 1
+        device = ctx.device
+        with training_on(device, model, teacher if distils else None):
+            torch.manual_seed(ctx.seed)
+            if config.losses:
+                example = tuple(x.to(device) for x in ctx.example_inputs)
+                distillation = DistillObjective(
+                    config.losses, model, teacher, example_inputs=example
+                )
+                terms = distillation.as_objective()
+                objective = Objective(
+                    loss=freezing(terms.loss), modules=terms.modules, on_step=terms.on_step
+                )
+                taps = distillation.teacher_taps or contextlib.nullcontext()
+                with distillation.student_taps, taps:
+                    history = train(
+                        model,
+                        ctx.data,
+                        config.train,
+                        objective=objective,
+                        metric_fn=metric_fn,
+                        seed=ctx.seed,
+                        runtime=Runtime(device),
+                        description="qat",
+                    )
+            else:
+                label_kd = label_kd_loss(
+                    task, teacher, alpha=config.alpha, temperature=config.temperature
+                )
                 history = train(
                     model,
                     ctx.data,
                     config.train,
-                    objective=objective,
-                    metric_fn=metric_fn,
+                    loss_fn=freezing(label_kd),
                     seed=ctx.seed,
+                    runtime=Runtime(device),
                     description="qat",
                 )
-        else:
-            label_kd = label_kd_loss(
-                task, teacher, alpha=config.alpha, temperature=config.temperature
-            )
-            history = train(
-                model, ctx.data, config.train, loss_fn=freezing(label_kd), description="qat"
-            )
         convert_qat(model)
         ctx.record(
             history=history.as_dict(),
             ptq_val={monitor: round(ptq_val, 4)},
             freeze_step=freeze_step,
             train_steps=steps,
-            distilled=bool(config.losses) or config.alpha < 1,
+            distilled=distils,
         )
         return model
